@@ -1,0 +1,69 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "leasehold",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "leasehold", targets: ["leasehold"]),
+        .executable(name: "leasehold-echo", targets: ["leasehold-echo"]),
+        .library(name: "LeaseholdClient", targets: ["LeaseholdClient"]),
+        // For the Benchmarks package.
+        .library(name: "WebSocketCodec", targets: ["WebSocketCodec"]),
+        .library(name: "LeaseCore", targets: ["LeaseCore"]),
+        .library(name: "Transport", targets: ["Transport"]),
+        .library(name: "LeaseProtocol", targets: ["LeaseProtocol"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+    ],
+    targets: [
+        // System libraries (apt: zlib1g-dev, libssl-dev).
+        .systemLibrary(name: "CZlib", providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(name: "COpenSSL", providers: [.apt(["libssl-dev"])]),
+
+        // Protocol layers: pure, no sockets, no Dispatch.
+        .target(name: "WebSocketCodec", dependencies: ["COpenSSL"]),
+        .target(name: "HTTPCodec"),
+
+        // Sockets, event loops, HTTP and WebSocket connections.
+        .target(name: "Transport", dependencies: ["WebSocketCodec", "HTTPCodec"]),
+
+        // The lease table: a pure state machine, no I/O, no clock.
+        .target(name: "LeaseCore"),
+        // Wire types of PROTOCOL.md, shared by server, clients and tests.
+        .target(name: "LeaseProtocol"),
+
+        .target(
+            name: "LeaseholdServer",
+            dependencies: [
+                "Transport", "LeaseCore", "LeaseProtocol",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
+        .target(name: "LeaseholdClient", dependencies: ["Transport", "LeaseProtocol"]),
+
+        .executableTarget(
+            name: "leasehold",
+            dependencies: [
+                "LeaseholdServer", "LeaseholdClient",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(name: "leasehold-echo", dependencies: ["Transport"]),
+
+        .testTarget(name: "WebSocketCodecTests", dependencies: ["WebSocketCodec"]),
+        .testTarget(name: "HTTPCodecTests", dependencies: ["HTTPCodec"]),
+        .testTarget(name: "TransportTests", dependencies: ["Transport"]),
+        .testTarget(name: "LeaseCoreTests", dependencies: ["LeaseCore"]),
+        .testTarget(
+            name: "LeaseholdServerTests",
+            dependencies: ["LeaseholdServer", "LeaseholdClient", "Transport", "LeaseProtocol"]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

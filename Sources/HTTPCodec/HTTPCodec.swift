@@ -1,0 +1,1 @@
+// HTTPCodec: see README.md for the layout.

@@ -1,0 +1,1 @@
+// LeaseCore: see README.md for the layout.

@@ -1,0 +1,1 @@
+// LeaseholdClient: see README.md for the layout.

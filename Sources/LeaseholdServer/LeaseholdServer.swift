@@ -1,0 +1,1 @@
+// LeaseholdServer: see README.md for the layout.

@@ -1,0 +1,1 @@
+// WebSocketCodec: see README.md for the layout.

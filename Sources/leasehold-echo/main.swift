@@ -1,0 +1,1 @@
+print("leasehold-echo: not built yet")
