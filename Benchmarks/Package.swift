@@ -1,0 +1,29 @@
+// swift-tools-version:6.0
+// Benchmarks live in their own package so `swift test` at the top never builds them.
+// Run: cd Benchmarks && swift run -c release <CodecBench|CoreBench|LoadBench> --help
+import PackageDescription
+
+let package = Package(
+    name: "leasehold-benchmarks",
+    dependencies: [
+        .package(name: "leasehold", path: ".."),
+    ],
+    targets: [
+        .executableTarget(
+            name: "CodecBench",
+            dependencies: [.product(name: "WebSocketCodec", package: "leasehold")]
+        ),
+        .executableTarget(
+            name: "CoreBench",
+            dependencies: [.product(name: "LeaseCore", package: "leasehold")]
+        ),
+        .executableTarget(
+            name: "LoadBench",
+            dependencies: [
+                .product(name: "Transport", package: "leasehold"),
+                .product(name: "LeaseProtocol", package: "leasehold"),
+            ]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,1 @@
+print("LoadBench: not written yet")
