@@ -333,3 +333,32 @@ struct DecoderMemoryTests {
         #expect(try decoder.nextEvent() == .text(bytes("Hello")))
     }
 }
+
+@Suite("Decoder robustness")
+struct DecoderRobustnessTests {
+    /// Valid traffic with random bytes changed, fed in random pieces: errors are fine, traps are not,
+    /// and every error carries one of the close codes the decoder documents.
+    @Test(arguments: [WebSocketRole.server, .client])
+    func mutatedInputNeverTraps(role: WebSocketRole) {
+        let key: (UInt8, UInt8, UInt8, UInt8)? = role == .server ? exampleKey : nil
+        let traffic = rawFrame(0x01, bytes("Hel"), maskingKey: key) + rawFrame(0x89, bytes("p"), maskingKey: key)
+            + rawFrame(0x80, bytes("lo ✓"), maskingKey: key) + rawFrame(0x82, [UInt8](repeating: 1, count: 300), maskingKey: key)
+            + rawFrame(0x88, [0x03, 0xE8, 0x61], maskingKey: key)
+        var generator = SplitMix64(seed: role == .server ? 1 : 2)
+        for _ in 0..<3000 {
+            var input = traffic
+            for _ in 0..<(generator.next() % 4 + 1) {
+                input[Int(generator.next() % UInt64(input.count))] = UInt8(truncatingIfNeeded: generator.next())
+            }
+            var pieces: [[UInt8]] = []
+            var index = 0
+            while index < input.count {
+                let size = min(input.count - index, Int(generator.next() % 40) + 1)
+                pieces.append(Array(input[index..<(index + size)]))
+                index += size
+            }
+            let outcome = decode(pieces, role: role, maxMessageSize: 200, reservedBitsAllowed: generator.next() % 2 == 0 ? 0x40 : 0)
+            if let code = outcome.errorCode { #expect([1002, 1007, 1009].contains(code)) }
+        }
+    }
+}
