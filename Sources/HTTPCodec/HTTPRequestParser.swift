@@ -191,6 +191,7 @@ public struct HTTPRequestParser: Sendable {
                 if take > 0 {
                     body.append(contentsOf: buffer[readIndex..<(readIndex + take)])
                     readIndex += take
+                    scanIndex = readIndex
                     bodyRemaining -= take
                 }
                 guard bodyRemaining == 0 else { return nil }
@@ -203,7 +204,7 @@ public struct HTTPRequestParser: Sendable {
     /// all arrived. Enforces the head size limit as soon as it is exceeded.
     private mutating func nextLine() throws(HTTPParseError) -> Range<Int>? {
         let limit = maxHeadSize - headBytes
-        var index = scanIndex
+        var index = max(scanIndex, readIndex)
         while index < buffer.count && buffer[index] != UInt8(ascii: "\n") { index += 1 }
         guard index < buffer.count else {
             scanIndex = index
@@ -353,7 +354,7 @@ public struct HTTPRequestParser: Sendable {
         } else {
             return
         }
-        scanIndex -= readIndex
+        scanIndex = max(0, scanIndex - readIndex)
         readIndex = 0
     }
 }
