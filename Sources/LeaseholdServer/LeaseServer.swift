@@ -209,7 +209,7 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         default: coreAction = .enable
         }
         let peer = responder.peer.description
-        service.admin(coreAction, resource: resource) { [logger] result in
+        service.admin(coreAction, resource: resource) { [logger, reason] result in
             switch result {
             case .ok:
                 logger.notice("admin \(action)", metadata: [

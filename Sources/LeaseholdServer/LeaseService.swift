@@ -28,6 +28,8 @@ final class LeaseService: @unchecked Sendable {
         let session: LeaseSession
         let loop: EventLoop
         let arrival: Tick
+        /// Carries lease id, holder and peer for every log line about this lease.
+        let logger: Logger
         var granted = false
     }
 
@@ -75,11 +77,11 @@ final class LeaseService: @unchecked Sendable {
             wait: request.wait.map { Duration.nanoseconds(Int64(min($0, 1e12) * 1e9)) })
         queue.async { [self] in
             let now = clock.now()
-            sessions[id] = SessionEntry(session: session, loop: loop, arrival: now)
             var leaseLogger = logger
             leaseLogger[metadataKey: "lease.id"] = .string(Self.format(id))
             leaseLogger[metadataKey: "lease.holder"] = .string(coreRequest.holder)
             leaseLogger[metadataKey: "connection.peer"] = .string(session.peer)
+            sessions[id] = SessionEntry(session: session, loop: loop, arrival: now, logger: leaseLogger)
             leaseLogger.info("acquire", metadata: ["want": .string(request.want.map { $0.json.serialized() }.joined(separator: ","))])
             let effects = table.acquire(id, coreRequest, now: now)
             apply(effects, now: now)
@@ -93,9 +95,9 @@ final class LeaseService: @unchecked Sendable {
             let reason = shuttingDown ? .shutdown : reason
             if entry.granted {
                 metrics.releases[reason, default: 0] += 1
-                logger.info("released", metadata: ["lease.id": .string(Self.format(id)), "reason": .string(reason.rawValue)])
+                entry.logger.info("released", metadata: ["reason": .string(reason.rawValue)])
             } else {
-                logger.info("left the queue", metadata: ["lease.id": .string(Self.format(id)), "reason": .string(reason.rawValue)])
+                entry.logger.info("left the queue", metadata: ["reason": .string(reason.rawValue)])
             }
             let effects = table.release(id, now: now)
             apply(effects, now: now)
@@ -151,18 +153,17 @@ final class LeaseService: @unchecked Sendable {
                 resources = granted.map(Self.wireResource)
                 metrics.grants += 1
                 metrics.grantWait.observe(Double(now.duration(since: entry.arrival).nanosecondsValue) / 1e9)
-                logger.info("granted", metadata: [
-                    "lease.id": .string(Self.format(id)),
+                entry.logger.info("granted", metadata: [
                     "resources": .string(granted.map { "\($0.name)#\($0.epoch)" }.joined(separator: ",")),
                 ])
             case .revoked(_, let reason):
                 sessions[id] = nil
                 metrics.revokes += 1
                 metrics.releases[.revoked, default: 0] += 1
-                logger.notice("revoked", metadata: ["lease.id": .string(Self.format(id)), "reason": .string(reason)])
+                entry.logger.notice("revoked", metadata: ["reason": .string(reason)])
             case .failed(_, let why):
                 sessions[id] = nil
-                logger.info("failed", metadata: ["lease.id": .string(Self.format(id)), "why": .string("\(why)")])
+                entry.logger.info("failed", metadata: ["why": .string("\(why)")])
             case .queued, .positionChanged:
                 break
             }
