@@ -74,7 +74,8 @@ final class LeaseService: @unchecked Sendable {
             holder: request.holder ?? session.peer,
             meta: Dictionary(request.meta, uniquingKeysWith: { _, last in last }),
             peer: session.peer,
-            wait: request.wait.map { Duration.nanoseconds(Int64(min($0, 1e12) * 1e9)) })
+            // Clamped to 10^9 s (31 years, "as long as it takes"): 10^12 s in nanoseconds overflows Int64.
+            wait: request.wait.map { Duration.nanoseconds(Int64(min($0, 1e9) * 1e9)) })
         queue.async { [self] in
             let now = clock.now()
             var leaseLogger = logger
