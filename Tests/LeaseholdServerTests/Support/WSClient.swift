@@ -219,4 +219,16 @@ final class WSClient: WebSocketHandler, @unchecked Sendable {
             throw TestFailure("expected nothing, got \(message)")
         }
     }
+
+    /// Nothing but position updates arrives within `seconds` (no grant, no error, no close).
+    func expectOnlyPositionUpdates(_ seconds: Double) async throws {
+        let deadline = Date().addingTimeInterval(seconds)
+        while deadline.timeIntervalSinceNow > 0 {
+            guard let message = await buffer.next(timeout: deadline.timeIntervalSinceNow) else { return }
+            if case .text(let text) = message, let event = try? JSONValue.parse(text), event["event"] == .string("queued") {
+                continue
+            }
+            throw TestFailure("expected to keep waiting, got \(message)")
+        }
+    }
 }
