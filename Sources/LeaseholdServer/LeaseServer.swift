@@ -126,7 +126,7 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         case ("GET", "/v1/lease"):
             guard !shuttingDown.isSet else { return responder.respond(.text(503, "server shutting down\n")) }
             let session = LeaseSession(service: service, peer: responder.peer.description,
-                                       requestTimeout: options.requestTimeout, logger: logger)
+                                       requestTimeout: options.requestTimeout)
             responder.upgradeToWebSocket(handler: session)
         case ("GET", "/v1/watch"):
             if let refusal = checkOrigin(head) { return responder.respond(refusal) }

@@ -28,9 +28,18 @@ final class LeaseService: @unchecked Sendable {
         let session: LeaseSession
         let loop: EventLoop
         let arrival: Tick
-        /// Carries lease id, holder and peer for every log line about this lease.
-        let logger: Logger
+        let holder: String
         var granted = false
+    }
+
+    /// A logger whose lines carry the lease id, holder and peer (built only when logging, so a
+    /// held lease does not keep a metadata dictionary around).
+    private func leaseLogger(_ id: LeaseID, _ entry: SessionEntry) -> Logger {
+        var leaseLogger = logger
+        leaseLogger[metadataKey: "lease.id"] = .string(Self.format(id))
+        leaseLogger[metadataKey: "lease.holder"] = .string(entry.holder)
+        leaseLogger[metadataKey: "connection.peer"] = .string(entry.session.peer)
+        return leaseLogger
     }
 
     init(inventory: Inventory, clock: ServerClock, logger: Logger, metrics: Metrics) throws(LeaseCore.InventoryError) {
@@ -77,12 +86,11 @@ final class LeaseService: @unchecked Sendable {
             wait: request.wait.map { Duration.nanoseconds(Int64(min($0, 1e12) * 1e9)) })
         queue.async { [self] in
             let now = clock.now()
-            var leaseLogger = logger
-            leaseLogger[metadataKey: "lease.id"] = .string(Self.format(id))
-            leaseLogger[metadataKey: "lease.holder"] = .string(coreRequest.holder)
-            leaseLogger[metadataKey: "connection.peer"] = .string(session.peer)
-            sessions[id] = SessionEntry(session: session, loop: loop, arrival: now, logger: leaseLogger)
-            leaseLogger.info("acquire", metadata: ["want": .string(request.want.map { $0.json.serialized() }.joined(separator: ","))])
+            let entry = SessionEntry(session: session, loop: loop, arrival: now, holder: coreRequest.holder)
+            sessions[id] = entry
+            if logger.logLevel <= .info {
+                leaseLogger(id, entry).info("acquire", metadata: ["want": .string(request.want.map { $0.json.serialized() }.joined(separator: ","))])
+            }
             let effects = table.acquire(id, coreRequest, now: now)
             apply(effects, now: now)
         }
@@ -95,9 +103,9 @@ final class LeaseService: @unchecked Sendable {
             let reason = shuttingDown ? .shutdown : reason
             if entry.granted {
                 metrics.releases[reason, default: 0] += 1
-                entry.logger.info("released", metadata: ["reason": .string(reason.rawValue)])
+                leaseLogger(id, entry).info("released", metadata: ["reason": .string(reason.rawValue)])
             } else {
-                entry.logger.info("left the queue", metadata: ["reason": .string(reason.rawValue)])
+                leaseLogger(id, entry).info("left the queue", metadata: ["reason": .string(reason.rawValue)])
             }
             let effects = table.release(id, now: now)
             apply(effects, now: now)
@@ -153,17 +161,17 @@ final class LeaseService: @unchecked Sendable {
                 resources = granted.map(Self.wireResource)
                 metrics.grants += 1
                 metrics.grantWait.observe(Double(now.duration(since: entry.arrival).nanosecondsValue) / 1e9)
-                entry.logger.info("granted", metadata: [
+                if logger.logLevel <= .info { leaseLogger(id, entry).info("granted", metadata: [
                     "resources": .string(granted.map { "\($0.name)#\($0.epoch)" }.joined(separator: ",")),
-                ])
+                ]) }
             case .revoked(_, let reason):
                 sessions[id] = nil
                 metrics.revokes += 1
                 metrics.releases[.revoked, default: 0] += 1
-                entry.logger.notice("revoked", metadata: ["reason": .string(reason)])
+                leaseLogger(id, entry).notice("revoked", metadata: ["reason": .string(reason)])
             case .failed(_, let why):
                 sessions[id] = nil
-                entry.logger.info("failed", metadata: ["why": .string("\(why)")])
+                leaseLogger(id, entry).info("failed", metadata: ["why": .string("\(why)")])
             case .queued, .positionChanged:
                 break
             }
