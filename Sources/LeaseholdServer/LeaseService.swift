@@ -42,11 +42,14 @@ final class LeaseService: @unchecked Sendable {
         return leaseLogger
     }
 
-    init(inventory: Inventory, clock: ServerClock, logger: Logger, metrics: Metrics) throws(LeaseCore.InventoryError) {
+    private let epochFile: EpochFile?
+
+    init(inventory: Inventory, epochFile: EpochFile?, clock: ServerClock, logger: Logger, metrics: Metrics) throws(LeaseCore.InventoryError) {
         self.clock = clock
         self.logger = logger
         self.metrics = metrics
-        table = try LeaseTable(inventory: inventory, now: clock.now())
+        self.epochFile = epochFile
+        table = try LeaseTable(inventory: inventory, epochs: epochFile?.seeds ?? [:], now: clock.now())
         var generator = SystemRandomNumberGenerator()
         // Ids unlikely to repeat across restarts, so a log line names one lease.
         nextRawID = (generator.next() as UInt64) >> 24
@@ -160,6 +163,13 @@ final class LeaseService: @unchecked Sendable {
                 sessions[id] = entry
                 resources = granted.map(Self.wireResource)
                 metrics.grants += 1
+                for resource in granted {
+                    do {
+                        try epochFile?.granted(name: resource.name, epoch: resource.epoch)
+                    } catch {
+                        logger.error("epochs not persisted: \(error.message)")
+                    }
+                }
                 metrics.grantWait.observe(Double(now.duration(since: entry.arrival).nanosecondsValue) / 1e9)
                 if logger.logLevel <= .info { leaseLogger(id, entry).info("granted", metadata: [
                     "resources": .string(granted.map { "\($0.name)#\($0.epoch)" }.joined(separator: ",")),
