@@ -312,8 +312,9 @@ public struct WebSocketDecoder: Sendable {
     }
 
     private mutating func takeControlPayload() -> [UInt8] {
+        // Hand the array over rather than copy it; control payloads are at most 125 bytes.
         let payload = controlBuffer
-        controlBuffer.removeAll(keepingCapacity: true)
+        controlBuffer = []
         return payload
     }
 
