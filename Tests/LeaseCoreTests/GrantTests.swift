@@ -123,6 +123,8 @@ let lab: [ResourceSpec] = [
              why: "overlapping groups need four arrays"),
         Case(want: [ty("switch", count: 0)], why: "count zero"),
         Case(want: [], why: "empty want"),
+        Case(want: [ty("array", count: Int.max)], why: "absurd count, no allocation"),
+        Case(want: Array(repeating: ty("switch"), count: 17), why: "more than 16 groups"),
     ]
 
     @Test("unsatisfiable at once, never queued", arguments: cases)

@@ -103,6 +103,32 @@ import Testing
         _ = lb
     }
 
+    @Test func hugeWaitIsForeverEnoughAndTimeNeverGoesBack() {
+        var h = Harness([res("a", "array")])
+        let (l, _) = h.acquire([.name("a")])
+        let id = LeaseID(100)
+        let e = h.table.acquire(id, Request(want: [.name("a")], wait: .seconds(Int64.max / 2)), now: .seconds(1))
+        #expect(e == [.queued(id, position: 1)])
+        #expect(h.table.tick(now: .seconds(1e9)).isEmpty)
+        // An earlier `now` is treated as the latest seen.
+        #expect(h.table.release(l, now: .seconds(0)).count == 1)
+        #expect(h.table.resource(named: "a")?.since == .seconds(1e9))
+        #expect(h.table.checkInvariants().isEmpty)
+    }
+
+    @Test func nextDeadlineIsTheEarliestTimeoutOrPositionUpdate() {
+        var h = Harness([res("a", "array")])
+        _ = h.acquire([.name("a")])
+        let (w1, _) = h.acquire([.name("a")], wait: 5)
+        _ = h.acquire([.name("a")], wait: 3)
+        #expect(h.table.nextDeadline == .seconds(3))
+        h.now = .seconds(0.5)
+        h.release(w1)
+        #expect(h.table.nextDeadline == .seconds(0.5))
+        #expect(h.tick(at: 0.5).isEmpty)
+        #expect(h.table.nextDeadline == .seconds(1))
+    }
+
     @Test func anyEventExpiresDueWaitersFirst() {
         var h = Harness([res("a", "array"), res("b", "array")])
         let (la, _) = h.acquire([.name("a")])
