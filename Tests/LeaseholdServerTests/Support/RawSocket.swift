@@ -23,7 +23,8 @@ final class RawSocket: @unchecked Sendable {
         }
         guard status == 0 else {
             let error = errno
-            Glibc.close(fd)
+            // deinit runs for a class whose throwing init had set every property: close once.
+            close()
             throw TestFailure("connect to port \(port): errno \(error)")
         }
     }
