@@ -151,8 +151,8 @@ import Testing
 
     @Test func aPeerThatStopsAnsweringPingsLosesItsLease() async throws {
         let server = try TestServer {
-            $0.pingInterval = .milliseconds(100)
-            $0.deadAfter = .milliseconds(500)
+            $0.pingInterval = .milliseconds(200)
+            $0.deadAfter = .milliseconds(1200)
         }
         let raw = try await RawWebSocket(port: server.port)
         raw.sendText(acquireJSON(#"[{"name":"switch-01"}]"#, holder: "silent"))
