@@ -151,6 +151,8 @@ final class HoldController: @unchecked Sendable {
     }
 
     func start() {
+        // A closed stderr must not kill hold (and orphan the command); the command gets SIGPIPE back.
+        signal(SIGPIPE, SIG_IGN)
         for number in [SIGINT, SIGTERM, SIGHUP] {
             signal(number, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: number, queue: .main)
