@@ -12,7 +12,7 @@ final class InProcessServer: @unchecked Sendable {
     static let token = "test-admin-token"
     let server: LeaseServer
     let url: ServerURL
-    init(inventory: String = TestFiles.inventory) throws {
+    init(inventory: String = TestFiles.inventory, pingInterval: Duration = .seconds(15), deadAfter: Duration = .seconds(45)) throws {
         let directory = try TestFiles.makeDirectory()
         defer { TestFiles.remove(directory) }  // read at start; these tests never reload
         let path = directory + "/inventory.yaml"
@@ -22,6 +22,8 @@ final class InProcessServer: @unchecked Sendable {
         options.inventoryPath = path
         options.adminToken = Self.token
         options.loops = 1
+        options.pingInterval = pingInterval
+        options.deadAfter = deadAfter
         server = try LeaseServer(options: options, logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() })
         guard let address = try server.start().first else { throw TestFailure("the server bound nothing") }
         url = ServerURL(host: "127.0.0.1", port: address.port)
@@ -39,7 +41,8 @@ struct TestFailure: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-/// The next event within `seconds`, or nil.
+/// The next event within `seconds`, or nil. A timeout cancels the stream (AsyncStream ends when a
+/// waiting `next()` is cancelled), so use it only where a timeout is a failure.
 func nextEvent(_ iterator: inout AsyncStream<LeaseEvent>.Iterator, within seconds: Double = 5) async -> LeaseEvent? {
     let box = IteratorBox(iterator)
     let event = await withTaskGroup(of: LeaseEvent?.self) { group in
@@ -110,6 +113,24 @@ final class IteratorBox: @unchecked Sendable {
         guard case .failed(.waitTimeout)? = await nextEvent(&events) else { Issue.record("expected wait_timeout"); return }
         #expect(await nextEvent(&events) == nil)  // the stream has ended
         holder.close()
+    }
+
+    @Test func theClientAnswersPingsSoAQuietLeaseLives() async throws {
+        // The server pings after 0.1 s of silence and drops peers silent for 0.4 s; the client
+        // itself never pings here, so only its pongs keep the lease.
+        let server = try InProcessServer(pingInterval: .milliseconds(100), deadAfter: .milliseconds(400))
+        defer { Task { await server.stop() } }
+        var configuration = ClientConfiguration()
+        configuration.pingInterval = .seconds(60)
+        configuration.deadAfter = .seconds(120)
+        let session = try await LeaseSession.connect(to: server.url, configuration: configuration)
+        var events = session.events.makeAsyncIterator()
+        session.acquire(AcquireRequest(want: [.name("array-01")]))
+        guard case .granted? = await nextEvent(&events) else { Issue.record("not granted"); return }
+        try await Task.sleep(for: .milliseconds(1500))  // many ping periods; a lost lease would queue a .failed
+        #expect(try LeaseholdHTTP(server: server.url).status().resources.first?.state == "held")
+        session.release()
+        #expect(await nextEvent(&events) == .released)
     }
 
     @Test func unknownResourcesAreUnsatisfiable() async throws {
