@@ -29,7 +29,8 @@ let package = Package(
         .target(name: "HTTPCodec"),
 
         // Sockets, event loops, HTTP and WebSocket connections.
-        .target(name: "Transport", dependencies: ["WebSocketCodec", "HTTPCodec"]),
+        .target(name: "CPosix"),
+        .target(name: "Transport", dependencies: ["CPosix", "WebSocketCodec", "HTTPCodec"]),
 
         // The lease table: a pure state machine, no I/O, no clock.
         .target(name: "LeaseCore"),

@@ -1,1 +1,0 @@
-// HTTPCodec: see README.md for the layout.

@@ -1,0 +1,192 @@
+import LeaseProtocol
+import Yams
+
+/// One resource as written in the inventory file.
+public struct InventoryEntry: Equatable, Sendable {
+    public var name: String
+    public var type: String
+    public var labels: [String: String]
+    public var attributes: JSONValue
+    public var line: Int
+}
+
+public struct InventoryError: Error, Equatable, Sendable, CustomStringConvertible {
+    public let line: Int?
+    public let problem: String
+
+    public var description: String {
+        if let line { return "line \(line): \(problem)" }
+        return problem
+    }
+}
+
+/// Reads the YAML inventory format of PROTOCOL.md, naming the line and the problem on any error.
+public enum InventoryFile {
+    static let resourceKeys: Set<String> = ["name", "type", "labels", "attributes"]
+
+    public static func parse(_ text: String) throws(InventoryError) -> [InventoryEntry] {
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: text)
+        } catch let error as YamlError {
+            throw InventoryError(line: error.line, problem: "not valid YAML: \(error.problemText)")
+        } catch {
+            throw InventoryError(line: nil, problem: "not valid YAML: \(error)")
+        }
+        guard let root, case .mapping(let top) = root else {
+            throw InventoryError(line: root?.mark?.line, problem: "the file must be a mapping with a 'resources' list")
+        }
+        try checkDuplicateKeys(top)
+        for (key, value) in top where key.string != "resources" {
+            throw InventoryError(line: value.mark?.line ?? key.mark?.line, problem: "unknown top-level key '\(key.string ?? "?")' (expected 'resources')")
+        }
+        guard let list = top["resources"] else {
+            throw InventoryError(line: root.mark?.line, problem: "missing 'resources' list")
+        }
+        if case .scalar = list, list.tag.rawValue == Tag.Name.null.rawValue { return [] }
+        guard case .sequence(let items) = list else {
+            throw InventoryError(line: list.mark?.line, problem: "'resources' must be a list")
+        }
+        var entries: [InventoryEntry] = []
+        var seen: [String: Int] = [:]
+        for item in items {
+            let entry = try parseResource(item)
+            if let first = seen[entry.name] {
+                throw InventoryError(line: entry.line, problem: "duplicate resource name '\(entry.name)' (first defined on line \(first))")
+            }
+            seen[entry.name] = entry.line
+            entries.append(entry)
+        }
+        return entries
+    }
+
+    static func parseResource(_ node: Node) throws(InventoryError) -> InventoryEntry {
+        let line = node.mark?.line ?? 0
+        guard case .mapping(let mapping) = node else {
+            throw InventoryError(line: line, problem: "a resource must be a mapping with 'name' and 'type'")
+        }
+        try checkDuplicateKeys(mapping)
+        for (key, value) in mapping {
+            guard let name = key.string, resourceKeys.contains(name) else {
+                throw InventoryError(line: key.mark?.line ?? value.mark?.line ?? line,
+                                     problem: "unknown key '\(key.string ?? "?")' (a resource has name, type, labels, attributes)")
+            }
+        }
+        guard let nameNode = mapping["name"] else { throw InventoryError(line: line, problem: "resource without 'name'") }
+        let name = try string(nameNode, what: "'name'")
+        guard !name.isEmpty else { throw InventoryError(line: nameNode.mark?.line ?? line, problem: "'name' must not be empty") }
+        guard let typeNode = mapping["type"] else {
+            throw InventoryError(line: line, problem: "resource '\(name)' has no 'type'")
+        }
+        let type = try string(typeNode, what: "'type' of '\(name)'")
+        guard !type.isEmpty else { throw InventoryError(line: typeNode.mark?.line ?? line, problem: "'type' of '\(name)' must not be empty") }
+
+        var labels: [String: String] = [:]
+        if let labelsNode = mapping["labels"], !isNull(labelsNode) {
+            guard case .mapping(let pairs) = labelsNode else {
+                throw InventoryError(line: labelsNode.mark?.line ?? line, problem: "'labels' of '\(name)' must be a mapping of strings")
+            }
+            try checkDuplicateKeys(pairs)
+            for (key, value) in pairs {
+                let labelName = try string(key, what: "a label name of '\(name)'")
+                labels[labelName] = try string(value, what: "label '\(labelName)' of '\(name)'")
+            }
+        }
+        var attributes = JSONValue.object([])
+        if let attributesNode = mapping["attributes"], !isNull(attributesNode) {
+            guard case .mapping = attributesNode else {
+                throw InventoryError(line: attributesNode.mark?.line ?? line, problem: "'attributes' of '\(name)' must be a mapping")
+            }
+            attributes = try json(attributesNode, depth: 0)
+        }
+        return InventoryEntry(name: name, type: type, labels: labels, attributes: attributes, line: line)
+    }
+
+    static func isNull(_ node: Node) -> Bool {
+        if case .scalar = node { return node.tag.rawValue == Tag.Name.null.rawValue }
+        return false
+    }
+
+    /// A string scalar. Plain scalars that YAML reads as numbers or booleans (`8`, `true`) are
+    /// refused: write them quoted, so nobody is surprised by `on` meaning true.
+    static func string(_ node: Node, what: String) throws(InventoryError) -> String {
+        guard case .scalar(let scalar) = node else {
+            throw InventoryError(line: node.mark?.line, problem: "\(what) must be a string")
+        }
+        guard node.tag.rawValue == Tag.Name.str.rawValue else {
+            throw InventoryError(line: node.mark?.line, problem: "\(what) must be a string, not \(typeName(Tag.Name(rawValue: node.tag.rawValue))) '\(scalar.string)' (quote it)")
+        }
+        return scalar.string
+    }
+
+    static func typeName(_ tag: Tag.Name) -> String {
+        switch tag {
+        case .int: return "the number"
+        case .float: return "the number"
+        case .bool: return "the boolean"
+        case .null: return "null"
+        default: return tag.rawValue
+        }
+    }
+
+    static func checkDuplicateKeys(_ mapping: Node.Mapping) throws(InventoryError) {
+        var seen = Set<String>()
+        for (key, _) in mapping {
+            let text = key.string ?? "?"
+            if !seen.insert(text).inserted {
+                throw InventoryError(line: key.mark?.line, problem: "duplicate key '\(text)'")
+            }
+        }
+    }
+
+    static func json(_ node: Node, depth: Int) throws(InventoryError) -> JSONValue {
+        guard depth < 16 else { throw InventoryError(line: node.mark?.line, problem: "attributes nested too deeply") }
+        switch node {
+        case .scalar(let scalar):
+            switch Tag.Name(rawValue: node.tag.rawValue) {
+            case .null: return .null
+            case .bool: return .bool(Bool.construct(from: scalar) ?? false)
+            case .int:
+                if let value = Int.construct(from: scalar) { return .int(Int64(value)) }
+                return .string(scalar.string)
+            case .float:
+                if let value = Double.construct(from: scalar), value.isFinite { return .double(value) }
+                return .string(scalar.string)
+            default: return .string(scalar.string)
+            }
+        case .mapping(let mapping):
+            try checkDuplicateKeys(mapping)
+            var members: [(String, JSONValue)] = []
+            for (key, value) in mapping {
+                members.append((key.string ?? "?", try json(value, depth: depth + 1)))
+            }
+            return .object(members)
+        case .sequence(let sequence):
+            var elements: [JSONValue] = []
+            for element in sequence { elements.append(try json(element, depth: depth + 1)) }
+            return .array(elements)
+        case .alias:
+            throw InventoryError(line: node.mark?.line, problem: "YAML aliases are not supported in attributes")
+        }
+    }
+}
+
+extension YamlError {
+    var line: Int? {
+        switch self {
+        case .scanner(_, _, let mark, _), .parser(_, _, let mark, _), .composer(_, _, let mark, _):
+            return mark.line
+        default:
+            return nil
+        }
+    }
+
+    var problemText: String {
+        switch self {
+        case .scanner(_, let problem, _, _), .parser(_, let problem, _, _), .composer(_, let problem, _, _):
+            return problem
+        default:
+            return "\(self)"
+        }
+    }
+}

@@ -1,0 +1,346 @@
+import Dispatch
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What a connection tells the protocol layer above it. All calls arrive on the connection's loop.
+protocol ConnectionDelegate: AnyObject, Sendable {
+    /// Bytes read from the peer. The buffer is the loop's shared one: copy what must be kept.
+    func connectionDidRead(_ bytes: UnsafeRawBufferPointer)
+    /// The connection is done for the layer above (EOF, error, close, abort). Called exactly once.
+    func connectionDidClose(_ reason: Connection.CloseReason)
+    /// `connection.deadline` has come.
+    func connectionDeadlineReached(now: UInt64)
+    /// A client connection finished connecting.
+    func connectionDidConnect()
+}
+
+/// One TCP socket on one event loop: non-blocking reads into the loop's buffer, a bounded output
+/// buffer written with direct writes first and write readiness only while bytes remain, and a
+/// close that always ends with the descriptor closed in the Dispatch cancel handler.
+final class Connection: DeadlineOwner, @unchecked Sendable {
+    enum CloseReason: Sendable, Equatable {
+        case closedByUs
+        case peerClosed
+        case reset(errno: Int32)
+        case outputOverflow
+        case connectFailed(errno: Int32)
+    }
+
+    enum CloseMode { case graceful, abort }
+
+    private enum State { case connecting, open, draining, closed }
+
+    let fd: Int32
+    unowned let loop: EventLoop
+    let peer: SocketAddress
+    var delegate: ConnectionDelegate?
+    /// Released when the descriptor is closed.
+    var limit: ConnectionLimit?
+
+    private var state: State
+    private var readSource: DispatchSourceRead?
+    private var writeSource: DispatchSourceWrite?
+    private var writeSourceResumed = false
+    private var readPaused = false
+    private var cancelsPending = 0
+
+    private var output: [UInt8] = []
+    private var outputOffset = 0
+    private let maxOutputBytes: Int
+    /// While the delegate handles a read, writes are gathered and sent once afterwards.
+    private var corked = false
+    private var shutdownAfterFlush = false
+    private var closeNotified = false
+
+    /// How long a graceful close waits for the peer's FIN before closing anyway.
+    static let drainTimeout: UInt64 = 2_000_000_000
+
+    /// Wraps an accepted, connected socket. Call on `loop`.
+    init(acceptedFD fd: Int32, peer: SocketAddress, loop: EventLoop, maxOutputBytes: Int) {
+        self.fd = fd
+        self.loop = loop
+        self.peer = peer
+        self.maxOutputBytes = maxOutputBytes
+        state = .open
+        super.init()
+        Posix.setNoDelay(fd)
+        loop.connections[ObjectIdentifier(self)] = self
+        startReading()
+    }
+
+    /// Wraps a socket with a connect in progress; the delegate hears `connectionDidConnect`.
+    init(connectingFD fd: Int32, peer: SocketAddress, loop: EventLoop, maxOutputBytes: Int) {
+        self.fd = fd
+        self.loop = loop
+        self.peer = peer
+        self.maxOutputBytes = maxOutputBytes
+        state = .connecting
+        super.init()
+        loop.connections[ObjectIdentifier(self)] = self
+        armWriteSource()
+    }
+
+    var isOpen: Bool { state == .open }
+    var pendingOutputBytes: Int { output.count - outputOffset }
+
+    // MARK: reading
+
+    private func startReading() {
+        let source = DispatchSource.makeReadSource(fileDescriptor: fd, queue: loop.queue)
+        source.setEventHandler { [unowned self] in self.handleReadable() }
+        source.setCancelHandler { [self] in self.sourceCancelled() }
+        cancelsPending += 1
+        readSource = source
+        source.activate()
+    }
+
+    private func handleReadable() {
+        // At most 4 buffers a wake-up, so one busy peer cannot starve the loop's others.
+        for _ in 0..<4 {
+            guard state == .open || state == .draining else { return }
+            switch Posix.read(fd, into: loop.readBuffer) {
+            case .bytes(let count):
+                guard state == .open else { continue }  // draining: discard
+                corked = true
+                delegate?.connectionDidRead(UnsafeRawBufferPointer(rebasing: loop.readBuffer[0..<count]))
+                corked = false
+                if state == .open || shutdownAfterFlush { flush() }
+                if count < loop.readBuffer.count { return }
+            case .wouldBlock:
+                return
+            case .endOfFile:
+                peerClosed()
+                return
+            case .failed(let error):
+                terminate(.reset(errno: error.errno), abortive: true)
+                return
+            }
+        }
+    }
+
+    /// Stops reading until `resumeReading()`, e.g. while a request waits for its response.
+    func pauseReading() {
+        guard !readPaused, let source = readSource else { return }
+        readPaused = true
+        source.suspend()
+    }
+
+    func resumeReading() {
+        guard readPaused, let source = readSource else { return }
+        readPaused = false
+        source.resume()
+    }
+
+    // MARK: writing
+
+    /// Queues bytes for the peer. Writes at once when nothing is queued; a peer that lets more than
+    /// `maxOutputBytes` pile up is cut off.
+    func write(_ bytes: [UInt8]) {
+        guard state == .open || state == .connecting, !bytes.isEmpty else { return }
+        if output.isEmpty, !corked, state == .open {
+            let written = writeDirect(bytes)
+            guard let written, written < bytes.count else { return }
+            output.append(contentsOf: bytes[written...])
+        } else {
+            output.append(contentsOf: bytes)
+        }
+        if pendingOutputBytes > maxOutputBytes {
+            terminate(.outputOverflow, abortive: true)
+            return
+        }
+        if !corked, state == .open { armWriteSource() }
+    }
+
+    /// Returns the count written, or nil when the connection failed.
+    private func writeDirect(_ bytes: [UInt8]) -> Int? {
+        let result: Posix.IOResult = bytes.withUnsafeBytes { raw in
+            guard let base = raw.baseAddress else { return .bytes(0) }
+            var vector = iovec(iov_base: UnsafeMutableRawPointer(mutating: base), iov_len: raw.count)
+            return withUnsafePointer(to: &vector) { Posix.writev(fd, UnsafeBufferPointer(start: $0, count: 1)) }
+        }
+        switch result {
+        case .bytes(let count): return count
+        case .wouldBlock, .endOfFile: return 0
+        case .failed(let error):
+            terminate(.reset(errno: error.errno), abortive: true)
+            return nil
+        }
+    }
+
+    private func flush() {
+        while outputOffset < output.count {
+            let result: Posix.IOResult = output.withUnsafeBytes { raw in
+                guard let base = raw.baseAddress else { return .bytes(0) }
+                var vector = iovec(iov_base: UnsafeMutableRawPointer(mutating: base + outputOffset),
+                                   iov_len: raw.count - outputOffset)
+                return withUnsafePointer(to: &vector) { Posix.writev(fd, UnsafeBufferPointer(start: $0, count: 1)) }
+            }
+            switch result {
+            case .bytes(let count):
+                outputOffset += count
+            case .wouldBlock, .endOfFile:
+                compactOutput()
+                armWriteSource()
+                return
+            case .failed(let error):
+                terminate(.reset(errno: error.errno), abortive: true)
+                return
+            }
+        }
+        // Drained: give the memory back and stop watching writability.
+        output = []
+        outputOffset = 0
+        if writeSourceResumed, let source = writeSource {
+            source.suspend()
+            writeSourceResumed = false
+        }
+        if shutdownAfterFlush { halfCloseAndDrain() }
+    }
+
+    private func compactOutput() {
+        if outputOffset > 0, outputOffset >= output.count / 2 {
+            output.removeFirst(outputOffset)
+            outputOffset = 0
+        }
+    }
+
+    private func armWriteSource() {
+        if let source = writeSource {
+            if !writeSourceResumed {
+                writeSourceResumed = true
+                source.resume()
+            }
+            return
+        }
+        let source = DispatchSource.makeWriteSource(fileDescriptor: fd, queue: loop.queue)
+        source.setEventHandler { [unowned self] in self.handleWritable() }
+        source.setCancelHandler { [self] in self.sourceCancelled() }
+        cancelsPending += 1
+        writeSource = source
+        writeSourceResumed = true
+        source.activate()
+    }
+
+    private func handleWritable() {
+        switch state {
+        case .connecting:
+            let code = Posix.pendingError(fd)
+            guard code == 0 else {
+                terminate(.connectFailed(errno: code), abortive: true)
+                return
+            }
+            state = .open
+            Posix.setNoDelay(fd)
+            startReading()
+            delegate?.connectionDidConnect()
+            if state == .open { flush() }
+        case .open, .draining:
+            flush()
+        case .closed:
+            return
+        }
+    }
+
+    // MARK: closing
+
+    /// Ends the connection. Graceful: queued bytes are sent, then FIN, then reads are drained until
+    /// the peer's FIN (so unread input cannot turn our close into a reset). Abort: RST at once.
+    func close(_ mode: CloseMode) {
+        switch mode {
+        case .abort:
+            terminate(.closedByUs, abortive: true)
+        case .graceful:
+            guard state == .open || state == .connecting else { return }
+            state = .draining
+            notifyClosed(.closedByUs)
+            shutdownAfterFlush = true
+            deadline = EventLoop.now() + Connection.drainTimeout
+            loop.watchDeadline(self)
+            if !corked { flush() }
+        }
+    }
+
+    private func halfCloseAndDrain() {
+        shutdownAfterFlush = false
+        shutdown(fd, Int32(SHUT_WR))
+        resumeReading()  // keep reading (and discarding) until EOF or the drain deadline
+    }
+
+    private func peerClosed() {
+        switch state {
+        case .draining:
+            terminate(.closedByUs, abortive: false)
+        case .open:
+            notifyClosed(.peerClosed)
+            if pendingOutputBytes > 0 {
+                // Give what we already queued a chance to leave; the peer may only have half-closed.
+                state = .draining
+                shutdownAfterFlush = true
+                deadline = EventLoop.now() + Connection.drainTimeout
+                loop.watchDeadline(self)
+                readPaused = true
+                readSource?.suspend()
+                armWriteSource()
+            } else {
+                terminate(.peerClosed, abortive: false)
+            }
+        case .connecting, .closed:
+            return
+        }
+    }
+
+    override func deadlineReached(now: UInt64) {
+        switch state {
+        case .draining:
+            terminate(.closedByUs, abortive: false)
+        case .open, .connecting:
+            delegate?.connectionDeadlineReached(now: now)
+        case .closed:
+            return
+        }
+    }
+
+    /// The one place a connection ends: sources cancelled, descriptor closed in the cancel handler.
+    private func terminate(_ reason: CloseReason, abortive: Bool) {
+        guard state != .closed else { return }
+        if abortive { Posix.setLingerZero(fd) }
+        state = .closed
+        deadline = .max
+        notifyClosed(reason)
+        output = []
+        outputOffset = 0
+        if let source = readSource {
+            source.cancel()
+            if readPaused { readPaused = false; source.resume() }
+        }
+        if let source = writeSource {
+            source.cancel()
+            if !writeSourceResumed { writeSourceResumed = true; source.resume() }
+        }
+        if cancelsPending == 0 { finish() }
+    }
+
+    private func sourceCancelled() {
+        cancelsPending -= 1
+        if cancelsPending == 0 { finish() }
+    }
+
+    private func finish() {
+        readSource = nil
+        writeSource = nil
+        Glibc.close(fd)
+        limit?.release()
+        limit = nil
+        loop.connections[ObjectIdentifier(self)] = nil
+    }
+
+    /// Tells the delegate once, at a safe point: never from inside the delegate's own callback.
+    private func notifyClosed(_ reason: CloseReason) {
+        guard !closeNotified else { return }
+        closeNotified = true
+        guard let delegate else { return }
+        self.delegate = nil
+        loop.queue.async { delegate.connectionDidClose(reason) }
+    }
+}

@@ -1,0 +1,337 @@
+import Dispatch
+import HTTPCodec
+import WebSocketCodec
+
+public struct WebSocketConfiguration: Sendable {
+    /// Largest message (after reassembly) accepted; larger closes with 1009.
+    public var maxMessageSize: Int = 1 << 20
+    /// Ping a peer after this long without hearing from it; nil: never.
+    public var pingInterval: Duration? = .seconds(15)
+    /// Close a peer that has sent nothing (not even a pong) for this long; nil: never.
+    public var deadAfter: Duration? = .seconds(45)
+    /// How long to wait for the peer's close frame after sending ours.
+    public var closeTimeout: Duration = .seconds(5)
+
+    public init() {}
+}
+
+public struct HTTPServerConfiguration: Sendable {
+    public var maxHeadSize = 16 * 1024
+    public var maxBodySize = 1 << 20
+    /// A request head must arrive within this long of its first byte (or of the accept).
+    public var requestHeadTimeout: Duration = .seconds(10)
+    /// An idle keep-alive connection is closed after this long.
+    public var keepAliveTimeout: Duration = .seconds(60)
+    /// A peer that lets more than this pile up unread is disconnected.
+    public var maxOutputBytes = 8 << 20
+    public var maxConnections = 100_000
+    public var backlog: Int32 = 4096
+    public var webSocket = WebSocketConfiguration()
+
+    public init() {}
+}
+
+/// The application side of an HTTP server.
+public protocol HTTPRequestHandler: AnyObject, Sendable {
+    /// Called on the connection's loop for each request. Answer exactly once through `responder`,
+    /// at once or later from any queue.
+    func handle(_ request: HTTPRequest, responder: HTTPResponder)
+}
+
+/// Answers one request: with a response, or by upgrading the connection to a WebSocket.
+public final class HTTPResponder: @unchecked Sendable {
+    public let peer: SocketAddress
+    public let loop: EventLoop
+    /// The request being answered.
+    public let head: HTTPRequestHead
+    private let connection: HTTPConnectionHandler
+
+    init(connection: HTTPConnectionHandler, request: HTTPRequestHead) {
+        self.connection = connection
+        self.loop = connection.connection.loop
+        self.peer = connection.connection.peer
+        self.head = request
+    }
+
+    /// Sends `response`. May be called from any queue.
+    public func respond(_ response: HTTPResponse) {
+        loop.execute { [self] in connection.complete(response, keepAlive: head.keepAlive) }
+    }
+
+    /// Validates the upgrade request and, if it is a valid WebSocket handshake, answers 101 and
+    /// hands the connection to `handler`; otherwise answers the matching error (400, 405, 426).
+    /// Must be called on `loop`.
+    public func upgradeToWebSocket(handler: WebSocketHandler) {
+        switch WebSocketUpgrade.validate(head) {
+        case .failure(let error):
+            connection.complete(error.response, keepAlive: false)
+        case .success(let accepted):
+            connection.upgrade(to: handler, accepted: accepted)
+        }
+    }
+}
+
+/// Accepts connections on one or more addresses and serves HTTP/1.1 and WebSocket on `group`.
+public final class HTTPServer: @unchecked Sendable {
+    public let group: EventLoopGroup
+    public let configuration: HTTPServerConfiguration
+    let handler: HTTPRequestHandler
+    let limit: ConnectionLimit
+    private let acceptQueue = DispatchQueue(label: "leasehold.accept")
+    private var listeners: [Listener] = []
+    private let onError: @Sendable (String) -> Void
+
+    public init(group: EventLoopGroup, configuration: HTTPServerConfiguration, handler: HTTPRequestHandler,
+                onError: @escaping @Sendable (String) -> Void = { _ in }) {
+        self.group = group
+        self.configuration = configuration
+        self.handler = handler
+        self.onError = onError
+        let descriptors = Posix.raiseDescriptorLimit()
+        // Keep a few descriptors for listeners, files and logs.
+        let byDescriptors = descriptors > 64 ? descriptors - 32 : descriptors
+        limit = ConnectionLimit(maximum: min(configuration.maxConnections, byDescriptors))
+    }
+
+    public var openConnections: Int { limit.current }
+
+    /// Starts listening on `address`; returns the bound address (with the real port for port 0).
+    @discardableResult
+    public func listen(on address: SocketAddress) throws(SocketError) -> SocketAddress {
+        let listener = try Listener(
+            address: address, backlog: configuration.backlog, queue: acceptQueue,
+            onAccept: { [unowned self] fd, peer in self.accepted(fd, peer: peer) },
+            onError: { [onError] error in onError("accept failed: \(error)") })
+        acceptQueue.sync { listeners.append(listener) }
+        return listener.address
+    }
+
+    private func accepted(_ fd: Int32, peer: SocketAddress) {
+        guard limit.tryAcquire() else {
+            onError("connection limit \(limit.maximum) reached: refusing \(peer)")
+            Posix.setLingerZero(fd)
+            Posix.close(fd)
+            return
+        }
+        let loop = group.next()
+        let configuration = configuration
+        loop.execute { [self] in
+            let connection = Connection(acceptedFD: fd, peer: peer, loop: loop,
+                                        maxOutputBytes: configuration.maxOutputBytes)
+            connection.limit = limit
+            let http = HTTPConnectionHandler(connection: connection, server: self)
+            connection.delegate = http
+            http.start()
+        }
+    }
+
+    /// Stops accepting; open connections go on.
+    public func stopAccepting() {
+        acceptQueue.sync {
+            for listener in listeners { listener.stop() }
+            listeners = []
+        }
+    }
+
+    /// Closes every connection: WebSockets with `code`, plain HTTP ones gracefully. Calls
+    /// `completion` once all descriptors are closed or `timeout` has passed.
+    public func closeAllConnections(code: UInt16, reason: String, timeout: Duration,
+                                    completion: @escaping @Sendable () -> Void) {
+        for loop in group.loops {
+            loop.execute {
+                for connection in loop.connections.values {
+                    if let socket = connection.delegate as? WebSocketConnection {
+                        socket.close(code: code, reason: reason)
+                    } else {
+                        connection.close(.graceful)
+                    }
+                }
+            }
+        }
+        let deadline = EventLoop.now() + UInt64(max(0, timeout.nanoseconds))
+        pollUntilClosed(deadline: deadline, completion: completion)
+    }
+
+    private func pollUntilClosed(deadline: UInt64, completion: @escaping @Sendable () -> Void) {
+        if limit.current == 0 || EventLoop.now() >= deadline {
+            completion()
+        } else {
+            acceptQueue.asyncAfter(deadline: .now() + .milliseconds(20)) { [self] in
+                pollUntilClosed(deadline: deadline, completion: completion)
+            }
+        }
+    }
+}
+
+extension Duration {
+    var nanoseconds: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds.multipliedReportingOverflow(by: 1_000_000_000).partialValue &+ attoseconds / 1_000_000_000
+    }
+}
+
+/// Serves plain HTTP requests on one connection until it upgrades or closes.
+final class HTTPConnectionHandler: ConnectionDelegate, @unchecked Sendable {
+    let connection: Connection
+    private unowned let server: HTTPServer
+    private var parser: HTTPRequestParser
+    /// A request is with the application; further requests wait.
+    private var awaitingResponse = false
+
+    init(connection: Connection, server: HTTPServer) {
+        self.connection = connection
+        self.server = server
+        parser = HTTPRequestParser(maxHeadSize: server.configuration.maxHeadSize,
+                                   maxBodySize: server.configuration.maxBodySize)
+    }
+
+    func start() {
+        setDeadline(after: server.configuration.requestHeadTimeout)
+    }
+
+    private func setDeadline(after duration: Duration) {
+        connection.deadline = EventLoop.now() + UInt64(max(0, duration.nanoseconds))
+        connection.loop.watchDeadline(connection)
+    }
+
+    func connectionDidRead(_ bytes: UnsafeRawBufferPointer) {
+        if parser.isIdle, !awaitingResponse {
+            // A new request starts: its head must be complete within the head timeout.
+            setDeadline(after: server.configuration.requestHeadTimeout)
+        }
+        parser.feed(bytes)
+        if !awaitingResponse { serveRequests() }
+    }
+
+    private func serveRequests() {
+        while !awaitingResponse, connection.isOpen {
+            let request: HTTPRequest
+            do {
+                guard let next = try parser.nextRequest() else { break }
+                request = next
+            } catch {
+                var response = HTTPResponse.text(error.status, error.message + "\n")
+                if error.status == 505 { response.headers.add(name: "Upgrade", value: "HTTP/1.1") }
+                complete(response, keepAlive: false)
+                return
+            }
+            awaitingResponse = true
+            let responder = HTTPResponder(connection: self, request: request.head)
+            server.handler.handle(request, responder: responder)
+            if awaitingResponse, connection.isOpen {
+                // Answered later (another queue): read nothing more until then.
+                connection.pauseReading()
+            }
+        }
+        if parser.isIdle { parser.releaseIdleBuffers() }
+    }
+
+    /// Called on the loop with the application's answer.
+    func complete(_ response: HTTPResponse, keepAlive: Bool) {
+        let wasAwaiting = awaitingResponse
+        awaitingResponse = false
+        guard connection.isOpen else { return }
+        connection.write(response.serialized(keepAlive: keepAlive))
+        if !keepAlive {
+            connection.close(.graceful)
+            return
+        }
+        setDeadline(after: server.configuration.keepAliveTimeout)
+        if wasAwaiting { connection.resumeReading() }
+        serveRequests()
+    }
+
+    func upgrade(to handler: WebSocketHandler, accepted: WebSocketUpgrade.Accepted) {
+        awaitingResponse = false
+        guard connection.isOpen else { return }
+        connection.resumeReading()
+        connection.write(accepted.responseBytes)
+        let leftover = parser.takeUnconsumedBytes()
+        let socket = WebSocketConnection(connection: connection, role: .server, handler: handler,
+                                         configuration: server.configuration.webSocket,
+                                         subprotocol: accepted.subprotocol)
+        connection.delegate = socket
+        socket.start(leftover: leftover)
+    }
+
+    func connectionDeadlineReached(now: UInt64) {
+        if awaitingResponse {
+            // The application is answering; give it time.
+            setDeadline(after: server.configuration.requestHeadTimeout)
+        } else if parser.isIdle {
+            connection.close(.graceful)  // idle keep-alive connection
+        } else {
+            complete(.text(408, "request head not received in time\n"), keepAlive: false)
+        }
+    }
+
+    func connectionDidClose(_ reason: Connection.CloseReason) {}
+    func connectionDidConnect() {}
+}
+
+/// The server side of the RFC 6455 opening handshake.
+public enum WebSocketUpgrade {
+    public struct Accepted: Sendable {
+        public let responseBytes: [UInt8]
+        public let subprotocol: String?
+    }
+
+    public static func validate(_ head: HTTPRequestHead) -> Result<Accepted, HTTPResponseError> {
+        func reject(_ status: Int, _ message: String, _ extra: [(String, String)] = []) -> Result<Accepted, HTTPResponseError> {
+            var response = HTTPResponse.text(status, message + "\n")
+            for (name, value) in extra { response.headers.add(name: name, value: value) }
+            return .failure(HTTPResponseError(response: response))
+        }
+        let wantsUpgrade = head.headers.containsToken("websocket", in: "Upgrade")
+            && head.headers.containsToken("upgrade", in: "Connection")
+        guard wantsUpgrade else {
+            return reject(426, "this endpoint speaks WebSocket only: send a WebSocket upgrade request",
+                          [("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")])
+        }
+        guard head.method == "GET" else {
+            return reject(405, "a WebSocket upgrade must use GET", [("Allow", "GET")])
+        }
+        guard head.versionMinor >= 1 else {
+            return reject(400, "a WebSocket upgrade needs HTTP/1.1")
+        }
+        guard head.headers.values(for: "Sec-WebSocket-Version").count == 1,
+              head.headers["Sec-WebSocket-Version"]?.trimmingOWS() == "13" else {
+            return reject(426, "unsupported Sec-WebSocket-Version: this server speaks version 13",
+                          [("Sec-WebSocket-Version", "13")])
+        }
+        let keys = head.headers.values(for: "Sec-WebSocket-Key")
+        guard keys.count == 1, let key = keys.first?.trimmingOWS(), WebSocketHandshake.isValidKey(key) else {
+            return reject(400, "missing or invalid Sec-WebSocket-Key (must be base64 of 16 bytes)")
+        }
+        do {
+            // Parsed so a malformed header is refused; no extension is negotiated yet.
+            _ = try WebSocketExtensions.parse(head.headers.values(for: "Sec-WebSocket-Extensions"))
+        } catch {
+            return reject(400, "malformed Sec-WebSocket-Extensions: \(error.reason)")
+        }
+        let offered = head.headers.values(for: "Sec-WebSocket-Protocol")
+            .flatMap { $0.split(separator: ",") }
+            .map { String($0).trimmingOWS() }
+            .filter { !$0.isEmpty }
+        let subprotocol = offered.first
+        var text = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        text += "Sec-WebSocket-Accept: \(WebSocketHandshake.acceptValue(forKey: key))\r\n"
+        if let subprotocol { text += "Sec-WebSocket-Protocol: \(subprotocol)\r\n" }
+        text += "\r\n"
+        return .success(Accepted(responseBytes: Array(text.utf8), subprotocol: subprotocol))
+    }
+}
+
+public struct HTTPResponseError: Error, Sendable {
+    public let response: HTTPResponse
+}
+
+extension String {
+    /// Trims HTTP optional whitespace (spaces and tabs).
+    func trimmingOWS() -> String {
+        var view = Substring(self)
+        while let first = view.first, first == " " || first == "\t" { view = view.dropFirst() }
+        while let last = view.last, last == " " || last == "\t" { view = view.dropLast() }
+        return String(view)
+    }
+}

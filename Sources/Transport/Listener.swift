@@ -1,0 +1,80 @@
+import Dispatch
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Counts open connections across all loops so a server can refuse new ones past its limit.
+public final class ConnectionLimit: Sendable {
+    public let maximum: Int
+    private let open = Atomic<Int>(0)
+
+    public init(maximum: Int) { self.maximum = maximum }
+
+    public var current: Int { open.load(ordering: .relaxed) }
+
+    func tryAcquire() -> Bool {
+        let now = open.wrappingAdd(1, ordering: .relaxed).newValue
+        if now > maximum {
+            open.wrappingSubtract(1, ordering: .relaxed)
+            return false
+        }
+        return true
+    }
+
+    func release() { open.wrappingSubtract(1, ordering: .relaxed) }
+}
+
+/// A non-blocking listening socket whose accepts are handed to `onAccept`, a bounded number per
+/// wake-up. When the process runs out of descriptors it pauses instead of spinning.
+final class Listener: @unchecked Sendable {
+    let fd: Int32
+    let address: SocketAddress
+    private let source: DispatchSourceRead
+    private let queue: DispatchQueue
+    private let onAccept: (Int32, SocketAddress) -> Void
+    private let onError: (SocketError) -> Void
+    private var paused = false
+
+    init(address: SocketAddress, backlog: Int32, queue: DispatchQueue,
+         onAccept: @escaping (Int32, SocketAddress) -> Void,
+         onError: @escaping (SocketError) -> Void) throws(SocketError) {
+        fd = try Posix.makeListeningSocket(address: address, backlog: backlog)
+        self.address = Posix.localAddress(of: fd) ?? address
+        self.queue = queue
+        self.onAccept = onAccept
+        self.onError = onError
+        source = DispatchSource.makeReadSource(fileDescriptor: fd, queue: queue)
+        let fd = self.fd
+        source.setCancelHandler { Glibc.close(fd) }
+        source.setEventHandler { [unowned self] in self.acceptPending() }
+        source.activate()
+    }
+
+    private func acceptPending() {
+        for _ in 0..<64 {
+            switch Posix.accept(fd) {
+            case .accepted(let client, let peer):
+                onAccept(client, peer)
+            case .wouldBlock:
+                return
+            case .failed(let error):
+                onError(error)
+                if error.errno == EMFILE || error.errno == ENFILE || error.errno == ENOBUFS || error.errno == ENOMEM {
+                    // The pending connection stays in the backlog; try again shortly.
+                    source.suspend()
+                    paused = true
+                    queue.asyncAfter(deadline: .now() + .milliseconds(100)) { [self] in
+                        if paused { paused = false; source.resume() }
+                    }
+                }
+                return
+            }
+        }
+    }
+
+    func stop() {
+        source.cancel()
+        if paused { paused = false; source.resume() }
+    }
+}

@@ -1,1 +1,0 @@
-// WebSocketCodec: see README.md for the layout.
