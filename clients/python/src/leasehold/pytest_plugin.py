@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable, Generator, Mapping, Sequence
 import pytest
 
 from .client import Lease
-from .errors import ConnectionLost, LeaseEnded, Revoked
+from .errors import ConnectionLost, LeaseEnded, LeaseholdError, Revoked
 from .model import DEFAULT_URL, Want, WaitSeconds, default_holder, describe_want, lease_url
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -169,6 +169,7 @@ class LeaseFactory:
         server: str | None = None,
         on_lost: Callable[[Lease], Any] | None = None,
     ) -> Lease:
+        __tracebackhide__ = True
         return self._state.take(
             want,
             type=type,
@@ -255,6 +256,7 @@ class LeaseholdState:
     def pytest_fixture_setup(
         self, fixturedef: "FixtureDef[Any]", request: "SubRequest"
     ) -> Generator[None, Any, Any]:
+        __tracebackhide__ = True
         self._fixture_stack.append((fixturedef, request))
         try:
             return (yield)
@@ -274,6 +276,7 @@ class LeaseholdState:
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, Any, Any]:
+        __tracebackhide__ = True
         ended = self._ended_for(item)
         if ended is not None:
             raise self._failure(ended, item, before=True)
@@ -346,6 +349,7 @@ class LeaseholdState:
         signal.pthread_kill(self._main_ident, _INTERRUPT_SIGNAL)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
+        __tracebackhide__ = True
         rec = self._pending
         item = self._call_item
         if rec is not None and item is not None:
@@ -369,6 +373,7 @@ class LeaseholdState:
         **shorthand: Any,
     ) -> Lease:
         """Take a lease for whatever is running now (test or fixture)."""
+        __tracebackhide__ = True
         if self._fixture_stack:
             fixturedef, request = self._fixture_stack[-1]
             kind, argname, scope = "fixture", fixturedef.argname, fixturedef.scope
@@ -409,7 +414,11 @@ class LeaseholdState:
         )
         record = _Record(lease=lease, kind=kind, argname=argname, scope=scope, nodeid=nodeid)
         started = time.monotonic()
-        lease.acquire()
+        try:
+            lease.acquire()
+        except LeaseholdError as exc:
+            # The message says it all; the client's frames would only hide it.
+            raise exc.with_traceback(None) from None
         with self._records_lock:
             self._records.append(record)
         add_finalizer(lease.release)
@@ -474,6 +483,7 @@ def lease(pytestconfig: pytest.Config) -> LeaseFactory:
 @pytest.fixture
 def leased(request: pytest.FixtureRequest, lease: LeaseFactory) -> Lease:
     """The lease that the test's ``@pytest.mark.lease(...)`` asks for."""
+    __tracebackhide__ = True
     marker = request.node.get_closest_marker("lease")
     if marker is None:
         pytest.fail(
@@ -490,5 +500,6 @@ def leased(request: pytest.FixtureRequest, lease: LeaseFactory) -> Lease:
 @pytest.fixture(autouse=True)
 def _leasehold_marker(request: pytest.FixtureRequest) -> None:
     """Take the marker's lease even for tests that do not ask for ``leased``."""
+    __tracebackhide__ = True
     if request.node.get_closest_marker("lease") is not None:
         request.getfixturevalue("leased")
