@@ -289,3 +289,26 @@ def test_xdist_workers_hold_their_own_leases(pytester, server):
     rows.sort(key=lambda r: r["start"])
     for a, b in zip(rows, rows[1:]):
         assert b["start"] >= a["end"], rows
+
+
+def test_two_lines_in_a_conftest_are_enough(pytester, server, monkeypatch):
+    """The package's promise: install it, point it at the server in a conftest.py."""
+    monkeypatch.delenv("LEASEHOLD_URL", raising=False)
+    pytester.makeconftest(
+        # Optional (the entry point loads the plugin), and must not load it twice.
+        'pytest_plugins = ["leasehold.pytest_plugin"]\n'
+    )
+    lab = pytester.mkpydir("lab")
+    (lab / "conftest.py").write_text(
+        f"import os\nos.environ.setdefault('LEASEHOLD_URL', {server.url!r})\n"
+    )
+    (lab / "test_lab.py").write_text(
+        "import pytest\n\n"
+        "@pytest.mark.lease(type='array', labels={'proto': 'iscsi'})\n"
+        "def test_array(leased):\n"
+        "    assert leased.resources[0].attributes['mgmt'] == '10.0.0.13'\n\n"
+        "def test_factory(lease):\n"
+        "    assert lease(type='switch').names == ['switch-01']\n"
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=60)
+    result.assert_outcomes(passed=2)

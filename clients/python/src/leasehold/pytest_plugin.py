@@ -37,7 +37,7 @@ import pytest
 
 from .client import Lease
 from .errors import ConnectionLost, LeaseEnded, LeaseholdError, Revoked
-from .model import DEFAULT_URL, Want, WaitSeconds, default_holder, describe_want, lease_url
+from .model import DEFAULT_URL, Want, WaitSeconds, default_holder
 
 if TYPE_CHECKING:  # pragma: no cover
     from _pytest.fixtures import FixtureDef, SubRequest
@@ -190,9 +190,6 @@ class LeaseholdState:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         opt = config.getoption
-        url = opt("--leasehold-url") or os.environ.get("LEASEHOLD_URL") or config.getini("leasehold_url") or DEFAULT_URL
-        self.url: str = str(url)
-        lease_url(self.url)  # a bad URL is a usage error at start, not per test
         wait = opt("--leasehold-wait")
         if wait is None and os.environ.get("LEASEHOLD_WAIT"):
             try:
@@ -229,6 +226,19 @@ class LeaseholdState:
         ):
             self._prev_handler = signal.signal(_INTERRUPT_SIGNAL, self._on_signal)
             self._interrupt = True
+
+    @property
+    def url(self) -> str:
+        """``--leasehold-url``, else ``LEASEHOLD_URL``, else the ``leasehold_url``
+        ini value, else the default. Read at each use, so a conftest.py may set
+        the environment variable."""
+        url = (
+            self.config.getoption("--leasehold-url")
+            or os.environ.get("LEASEHOLD_URL")
+            or self.config.getini("leasehold_url")
+            or DEFAULT_URL
+        )
+        return str(url)
 
     # -------------------------------------------------------------- lifecycle
 
