@@ -160,7 +160,18 @@ def test_revocation_interrupts_and_fails_the_test_with_the_reason(pytester, serv
 
         def test_unrelated_passes():
             pass
-        """
+        """,
+        # A later module's own `array` fixture has nothing to do with the lost lease.
+        test_rev2="""
+        import pytest
+
+        @pytest.fixture(scope="module")
+        def array(lease):
+            return lease(name="array-01", wait=10)
+
+        def test_fresh_lease_in_the_next_module(array):
+            assert array.active and array.names == ["array-01"]
+        """,
     )
     admin = free_when_started(server, started, "array-01", "disk shelf replaced (CHG-77)")
     t0 = time.monotonic()
@@ -169,10 +180,11 @@ def test_revocation_interrupts_and_fails_the_test_with_the_reason(pytester, serv
     admin.join(5)
     assert admin.outcome["status"] == 200  # type: ignore[attr-defined]
     assert elapsed < 20, f"the revoked test was not interrupted ({elapsed:.1f}s)"
-    result.assert_outcomes(passed=1, failed=2)
+    result.assert_outcomes(passed=2, failed=2)
     result.stdout.fnmatch_lines(
         [
             "test_rev.py FF.*",
+            "test_rev2.py .*",
             "*_ test_interrupted _*",
             ">*time.sleep(30)*",
             "E * leasehold.errors.Revoked: lease L* on array-01 was revoked by an admin: "

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from typing import Any, Callable, Mapping, Sequence
@@ -75,7 +76,7 @@ def connect_error(url: str, exc: BaseException) -> LeaseholdError:
         return ConnectionRefused(url, f"the URL is not valid ({exc})")
     if isinstance(exc, InvalidHandshake):
         return HandshakeError(url, f"the WebSocket handshake failed ({exc})")
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
         return ConnectionRefused(url, "no answer before the open timeout")
     if isinstance(exc, ConnectionRefusedError):
         return ConnectionRefused(url, "connection refused (nothing is listening there)")

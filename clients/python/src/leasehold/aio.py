@@ -11,7 +11,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from ._base import RELEASE_MESSAGE, LeaseBase, close_info, connect_error, log
-from .errors import LeaseholdError, WaitTimeout
+from .errors import LeaseholdError, RequestError, WaitTimeout
 from .model import Want, WaitSeconds, decode_event
 
 __all__ = ["AsyncLease", "alease"]
@@ -71,7 +71,21 @@ class AsyncLease(LeaseBase):
                 except ConnectionClosed as exc:
                     raise self._waiting_close_error(*close_info(exc)) from None
                 queued_before = self.position
-                if self._handle_waiting_event(decode_event(data)):
+                try:
+                    granted = self._handle_waiting_event(decode_event(data))
+                except RequestError as err:
+                    # The server closes right after an error event; record
+                    # the close code it actually used.
+                    try:
+                        await asyncio.wait_for(ws.recv(), self.close_timeout)
+                    except ConnectionClosed as exc:
+                        code, _ = close_info(exc)
+                        if code is not None:
+                            err.close_code = code
+                    except Exception:
+                        pass
+                    raise
+                if granted:
                     break
                 if self.on_queued is not None and self.position != queued_before:
                     await _call(self.on_queued, self)

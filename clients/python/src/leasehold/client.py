@@ -17,7 +17,7 @@ from websockets.sync.client import ClientConnection, connect
 _DIRECT = {"legacy": True} if "legacy" in inspect.signature(connect).parameters else {}
 
 from ._base import RELEASE_MESSAGE, LeaseBase, close_info, connect_error, log
-from .errors import LeaseholdError, WaitTimeout
+from .errors import LeaseholdError, RequestError, WaitTimeout
 from .model import Want, WaitSeconds, decode_event
 
 __all__ = ["Lease", "lease"]
@@ -86,7 +86,21 @@ class Lease(LeaseBase):
                 except ConnectionClosed as exc:
                     raise self._waiting_close_error(*close_info(exc)) from None
                 queued_before = self.position
-                if self._handle_waiting_event(decode_event(data)):
+                try:
+                    granted = self._handle_waiting_event(decode_event(data))
+                except RequestError as err:
+                    # The server closes right after an error event; record
+                    # the close code it actually used.
+                    try:
+                        ws.recv(timeout=self.close_timeout)
+                    except ConnectionClosed as exc:
+                        code, _ = close_info(exc)
+                        if code is not None:
+                            err.close_code = code
+                    except Exception:
+                        pass
+                    raise
+                if granted:
                     break
                 if self.on_queued is not None and self.position != queued_before:
                     self.on_queued(self)

@@ -79,7 +79,7 @@ class Resource:
 
 
 def build_want(
-    want: Sequence[Want] | None = None,
+    want: Sequence[Want] | Want | None = None,
     *,
     type: str | None = None,
     count: int | None = None,

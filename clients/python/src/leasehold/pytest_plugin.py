@@ -47,7 +47,7 @@ __all__ = ["LeaseFactory"]
 _UNSET: Any = object()
 _STATE_NAME = "leasehold-state"
 # The signal sent to the main thread to interrupt a test whose lease ended.
-_INTERRUPT_SIGNAL = getattr(signal, "SIGUSR1", None)
+_INTERRUPT_SIGNAL: int = int(getattr(signal, "SIGUSR1", 0))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -117,6 +117,13 @@ class _Record:
     nodeid: str
     #: nodeid of the test running when the lease ended, if any.
     ended_during: str | None = None
+    #: True once its owner (test or fixture) was torn down.
+    finished: bool = False
+
+    def finish(self) -> None:
+        """The owner's teardown: release, and stop counting for later tests."""
+        self.finished = True
+        self.lease.release()
 
     def used_by(self, item: pytest.Item) -> bool:
         """Whether ``item`` depends on this lease."""
@@ -220,7 +227,7 @@ class LeaseholdState:
         self._interrupt = False
         if (
             not opt("--leasehold-no-interrupt")
-            and _INTERRUPT_SIGNAL is not None
+            and _INTERRUPT_SIGNAL
             and hasattr(signal, "pthread_kill")
             and threading.current_thread() is threading.main_thread()
         ):
@@ -316,7 +323,7 @@ class LeaseholdState:
         with self._records_lock:
             records = list(self._records)
         for rec in records:
-            if rec.lease.lost and rec.used_by(item):
+            if rec.lease.lost and not rec.finished and rec.used_by(item):
                 return rec
         return None
 
@@ -431,7 +438,7 @@ class LeaseholdState:
             raise exc.with_traceback(None) from None
         with self._records_lock:
             self._records.append(record)
-        add_finalizer(lease.release)
+        add_finalizer(record.finish)
         if lease.position is not None:
             self._write(
                 f"leasehold: {', '.join(lease.names)} granted to {test_id or nodeid} "
@@ -442,10 +449,10 @@ class LeaseholdState:
         return lease
 
     def _prune(self) -> None:
-        """Forget leases released by their owners (not lost ones: later tests
-        that use them must still fail)."""
+        """Forget leases whose owners ended (a lost lease whose fixture lives
+        on is kept: later tests that use it must fail too)."""
         with self._records_lock:
-            self._records[:] = [r for r in self._records if not r.lease.released]
+            self._records[:] = [r for r in self._records if not r.finished]
 
     # ----------------------------------------------------------- reporting
 
