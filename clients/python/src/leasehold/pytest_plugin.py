@@ -206,7 +206,10 @@ class LeaseholdState:
                     f"LEASEHOLD_WAIT must be a number of seconds, got {os.environ['LEASEHOLD_WAIT']!r}"
                 ) from None
         self.wait: WaitSeconds = wait
-        self.worker: str | None = os.environ.get("PYTEST_XDIST_WORKER")
+        # An xdist worker has `workerinput`; PYTEST_XDIST_WORKER alone is not
+        # proof (a pytest started from inside a worker inherits it).
+        workerinput = getattr(config, "workerinput", None)
+        self.worker: str | None = workerinput.get("workerid") if workerinput else None
         holder = opt("--leasehold-holder") or os.environ.get("LEASEHOLD_HOLDER")
         if not holder:
             holder = "pytest " + default_holder().split(" pid ")[0]
@@ -261,7 +264,8 @@ class LeaseholdState:
             rec.lease.release()
         if self._interrupt:
             if signal.getsignal(_INTERRUPT_SIGNAL) == self._on_signal:
-                signal.signal(_INTERRUPT_SIGNAL, self._prev_handler)
+                prev = self._prev_handler
+                signal.signal(_INTERRUPT_SIGNAL, signal.SIG_DFL if prev is None else prev)
             self._interrupt = False
 
     def pytest_report_header(self, config: pytest.Config) -> str:
