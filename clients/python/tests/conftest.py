@@ -224,6 +224,9 @@ def server_factory(
     yield make
     for server in started:
         server.stop()
+        # Captured: pytest shows it only for a test that failed.
+        print(f"--- leasehold server log ({server.log_path}), last 4000 characters ---")
+        print(server.log()[-4000:])
 
 
 @pytest.fixture
