@@ -169,10 +169,8 @@ def start_server(
     inventory = workdir / "inventory.yaml"
     inventory.write_text(inventory_yaml(INVENTORY if resources is None else resources))
     token_file = workdir / "admin-token"
-    # No trailing newline: the server (c035521) does not trim "\n" from the
-    # token file (Swift reads "\r\n" as one Character in its trim set), so a
-    # newline there makes every admin call 401. Reported; not the client's to test.
-    token_file.write_text(ADMIN_TOKEN)
+    # With the trailing newline editors add: the server must trim it.
+    token_file.write_text(ADMIN_TOKEN + "\n")
     log_path = workdir / "server.log"
     cmd = [
         str(binary), "serve",
