@@ -162,10 +162,12 @@ func readSmallFile(_ path: String) -> String? {
 }
 
 extension String {
+    /// Trims by Unicode scalar: as Characters, "\r\n" is one and a lone "\n" would not match it.
     func trimmingCharacters(in set: String) -> String {
-        var view = Substring(self)
-        while let first = view.first, set.contains(first) { view = view.dropFirst() }
-        while let last = view.last, set.contains(last) { view = view.dropLast() }
+        let trimmed = Set(set.unicodeScalars)
+        var view = Substring(self).unicodeScalars
+        while let first = view.first, trimmed.contains(first) { view = view.dropFirst() }
+        while let last = view.last, trimmed.contains(last) { view = view.dropLast() }
         return String(view)
     }
 }
