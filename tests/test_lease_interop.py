@@ -9,6 +9,7 @@ import os
 import pathlib
 import queue
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -172,4 +173,36 @@ def test_sigterm_closes_leases_with_1001(tmp_path, clients):
         assert time.monotonic() - started < DEADLINE
     finally:
         if process.poll() is None:
+            process.kill()
+
+
+def test_sighup_rereads_the_inventory_and_a_waiter_gets_the_new_resource(tmp_path, clients):
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(INVENTORY)
+    process = subprocess.Popen(
+        [str(binary()), "serve", "--listen", "127.0.0.1:0", "--inventory", str(inventory), "--log-level", "warning"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        port = re.search(r":(\d+)$", process.stdout.readline().strip()).group(1)
+        url = f"ws://127.0.0.1:{port}"
+        holder = acquire(clients, url, [{"type": "array"}])
+        assert event(holder)["event"] == "granted"
+        waiter = acquire(clients, url, [{"type": "array"}])
+        assert event(waiter)["event"] == "queued"
+        inventory.write_text(INVENTORY + "  - name: array-02\n    type: array\n    attributes: {mgmt: 10.0.0.32}\n")
+        process.send_signal(signal.SIGHUP)
+        granted = event(waiter)
+        while granted["event"] == "queued":
+            granted = event(waiter)
+        assert granted["event"] == "granted"
+        assert granted["resources"][0]["name"] == "array-02"
+        assert granted["resources"][0]["attributes"] == {"mgmt": "10.0.0.32"}
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=DEADLINE)
+        except subprocess.TimeoutExpired:
             process.kill()

@@ -202,11 +202,12 @@ import Testing
         await server.stop()
     }
 
-    @Test func leaseWithoutAnUpgradeIs426() async throws {
+    @Test func leaseAndWatchWithoutAnUpgradeAre426() async throws {
         let server = try TestServer()
         let response = try await server.http("GET", "/v1/lease")
         #expect(response.status == 426)
         #expect(response.header("Upgrade")?.lowercased().contains("websocket") == true)
+        #expect(try await server.http("GET", "/v1/watch").status == 426)
         await server.stop()
     }
 }
