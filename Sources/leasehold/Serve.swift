@@ -42,6 +42,9 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "File keeping fencing epochs growing across restarts (created if missing). Without it, epochs start at 0 on every start.")
     var epochFile: String?
 
+    @Option(name: .long, help: "Audit journal: JSON lines for every grant (with meta), lease end and admin action, appended to FILE.")
+    var auditFile: String?
+
     @Option(name: .long, help: "Event loops (serial queues) for connections.")
     var loops: Int = 2
 
@@ -81,6 +84,7 @@ struct Serve: ParsableCommand {
         options.allowedOrigins = allowOrigin
         options.loops = loops
         options.epochFile = epochFile
+        options.auditFile = auditFile
         options.adminToken = try adminToken()
 
         let server: LeaseServer
