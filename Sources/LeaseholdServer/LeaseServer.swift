@@ -132,7 +132,9 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
     public func handle(_ request: HTTPRequest, responder: HTTPResponder) {
         let head = request.head
         let path = head.path
-        switch (head.method, path) {
+        // HEAD is answered like GET; the transport leaves out the body.
+        let method = head.method == "HEAD" ? "GET" : head.method
+        switch (method, path) {
         case ("GET", "/v1/lease"):
             guard !shuttingDown.isSet else { return responder.respond(.text(503, "server shutting down\n")) }
             let session = LeaseSession(service: service, peer: responder.peer.description,
@@ -174,7 +176,7 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
             }
         default:
             if let (name, action) = Self.adminResourceRoute(path) {
-                guard head.method == "POST" else { return responder.respond(.methodNotAllowed("POST")) }
+                guard method == "POST" else { return responder.respond(.methodNotAllowed("POST")) }
                 handleAdmin(action: action, resource: name, body: request.body, responder: responder)
             } else if ["/v1/lease", "/v1/watch", "/v1/status", "/healthz", "/metrics", "/"].contains(path) {
                 responder.respond(.methodNotAllowed("GET"))

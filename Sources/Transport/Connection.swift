@@ -55,6 +55,9 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
 
     /// How long a graceful close waits for the peer's FIN before closing anyway.
     static let drainTimeout: UInt64 = 2_000_000_000
+    /// How long a graceful close lets queued output drain before giving up on a peer that reads
+    /// nothing.
+    static let flushTimeout: UInt64 = 30_000_000_000
 
     /// Wraps an accepted, connected socket. Call on `loop`.
     init(acceptedFD fd: Int32, peer: SocketAddress, loop: EventLoop, maxOutputBytes: Int) {
@@ -105,9 +108,11 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
     }
 
     private func handleReadable() {
-        // At most 4 buffers a wake-up, so one busy peer cannot starve the loop's others.
+        // Read until the socket is drained (a short read does not prove it: a reset may already be
+        // queued behind the data), but at most 4 buffers a turn so one busy peer cannot starve the
+        // loop's others; the rest is picked up in a later turn.
         for _ in 0..<4 {
-            guard state == .open || state == .draining else { return }
+            guard state == .open || state == .draining, !readPaused else { return }
             switch Posix.read(fd, into: loop.readBuffer) {
             case .bytes(let count):
                 guard state == .open else { continue }  // draining: discard
@@ -115,7 +120,6 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
                 delegate?.connectionDidRead(UnsafeRawBufferPointer(rebasing: loop.readBuffer[0..<count]))
                 corked = false
                 if state == .open || shutdownAfterFlush { flush() }
-                if count < loop.readBuffer.count { return }
             case .wouldBlock:
                 return
             case .endOfFile:
@@ -126,6 +130,7 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
                 return
             }
         }
+        loop.queue.async { [self] in handleReadable() }
     }
 
     /// Stops reading until `resumeReading()`, e.g. while a request waits for its response.
@@ -154,7 +159,8 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
         } else {
             output.append(contentsOf: bytes)
         }
-        if pendingOutputBytes > maxOutputBytes {
+        // While corked the bytes have not been offered to the socket yet: flush() checks then.
+        if !corked, pendingOutputBytes > maxOutputBytes {
             terminate(.outputOverflow, abortive: true)
             return
         }
@@ -189,6 +195,10 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
             case .bytes(let count):
                 outputOffset += count
             case .wouldBlock, .endOfFile:
+                if pendingOutputBytes > maxOutputBytes {
+                    terminate(.outputOverflow, abortive: true)
+                    return
+                }
                 compactOutput()
                 armWriteSource()
                 return
@@ -264,7 +274,7 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
             state = .draining
             notifyClosed(.closedByUs)
             shutdownAfterFlush = true
-            deadline = EventLoop.now() + Connection.drainTimeout
+            deadline = EventLoop.now() + Connection.flushTimeout
             loop.watchDeadline(self)
             if !corked { flush() }
         }
@@ -273,6 +283,8 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
     private func halfCloseAndDrain() {
         shutdownAfterFlush = false
         shutdown(fd, Int32(SHUT_WR))
+        deadline = EventLoop.now() + Connection.drainTimeout
+        loop.watchDeadline(self)
         resumeReading()  // keep reading (and discarding) until EOF or the drain deadline
     }
 
@@ -286,7 +298,7 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
                 // Give what we already queued a chance to leave; the peer may only have half-closed.
                 state = .draining
                 shutdownAfterFlush = true
-                deadline = EventLoop.now() + Connection.drainTimeout
+                deadline = EventLoop.now() + Connection.flushTimeout
                 loop.watchDeadline(self)
                 readPaused = true
                 readSource?.suspend()

@@ -55,7 +55,9 @@ public final class HTTPResponder: @unchecked Sendable {
 
     /// Sends `response`. May be called from any queue.
     public func respond(_ response: HTTPResponse) {
-        loop.execute { [self] in connection.complete(response, keepAlive: head.keepAlive) }
+        loop.execute { [self] in
+            connection.complete(response, keepAlive: head.keepAlive, headersOnly: head.method == "HEAD")
+        }
     }
 
     /// Validates the upgrade request and, if it is a valid WebSocket handshake, answers 101 and
@@ -139,7 +141,7 @@ public final class HTTPServer: @unchecked Sendable {
                                     completion: @escaping @Sendable () -> Void) {
         for loop in group.loops {
             loop.execute {
-                for connection in loop.connections.values {
+                for connection in loop.connections.values where connection.limit === self.limit {
                     if let socket = connection.delegate as? WebSocketConnection {
                         socket.close(code: code, reason: reason)
                     } else {
@@ -227,11 +229,16 @@ final class HTTPConnectionHandler: ConnectionDelegate, @unchecked Sendable {
     }
 
     /// Called on the loop with the application's answer.
-    func complete(_ response: HTTPResponse, keepAlive: Bool) {
+    func complete(_ response: HTTPResponse, keepAlive: Bool, headersOnly: Bool = false) {
         let wasAwaiting = awaitingResponse
         awaitingResponse = false
         guard connection.isOpen else { return }
-        connection.write(response.serialized(keepAlive: keepAlive))
+        var bytes = response.serialized(keepAlive: keepAlive)
+        if headersOnly, !response.body.isEmpty {
+            // HEAD: the same head (with the body's Content-Length), no body.
+            bytes.removeLast(min(response.body.count, bytes.count))
+        }
+        connection.write(bytes)
         if !keepAlive {
             connection.close(.graceful)
             return
