@@ -512,9 +512,58 @@ extension LeaseTable {
         }
     }
 
-    /// After a waiter lost resources or the inventory changed: take what it can now use.
-    mutating func refill(_ w: Int, _ t: Tick, _ out: inout [Effect]) {
-        if fill(w, t) { grant(w, t, &out) } else { updateHungry(w) }
+    /// After waiters lost reserved resources (disable, reload): each of them, earliest first,
+    /// takes the free resources it can now use and then reclaims usable resources reserved by
+    /// later waiters (a later waiter never keeps what an earlier one can use); those later
+    /// waiters are processed in turn. Keeps the invariant "no resource that is free or reserved
+    /// by a later waiter is usable by an earlier waiter", which makes the queue live.
+    /// O(members of the affected selectors): only on admin operations.
+    mutating func rebalance(_ start: [Int], _ t: Tick, _ out: inout [Effect]) {
+        var work = start
+        while !work.isEmpty {
+            var bi = 0
+            for i in work.indices where leases[work[i]].seq < leases[work[bi]].seq { bi = i }
+            let w = work.remove(at: bi)
+            guard leases[w].alive && leases[w].waiting else { continue }
+            while true {
+                if fill(w, t) {
+                    grant(w, t, &out)
+                    break
+                }
+                // Reclaim from the latest-arrived waiter holding a usable resource.
+                let d = deficitReach(w)
+                let mySeq = leases[w].seq
+                var bestR = -1
+                var bestSeq: UInt64 = 0
+                var m = d
+                while m != 0 {
+                    let g = m.trailingZeroBitCount
+                    m &= m - 1
+                    for r32 in sels[Int(leases[w].groups[g].sel)].members {
+                        let o = Int(res[Int(r32)].owner)
+                        guard o >= 0, o != w, !res[Int(r32)].held else { continue }
+                        let s = leases[o].seq
+                        if s > mySeq && s > bestSeq { bestSeq = s; bestR = Int(r32) }
+                    }
+                }
+                if bestR < 0 {
+                    updateHungry(w)
+                    break
+                }
+                let victim = Int(res[bestR].owner)
+                takeAway(victim, bestR)
+                res[bestR].owner = Int32(w)
+                res[bestR].since = t
+                if !augment(w, bestR) {
+                    // Cannot happen; give it back.
+                    res[bestR].owner = Int32(victim)
+                    _ = augment(victim, bestR)
+                    updateHungry(w)
+                    break
+                }
+                if !work.contains(victim) { work.append(victim) }
+            }
+        }
     }
 
     // MARK: Hungry index (which waiters can use a resource of a selector)

@@ -173,22 +173,31 @@ extension LeaseTable {
             if isComplete(w) { p.append("\(L.id) complete but waiting") }
             let base = bruteMatch(L.request.want, mine)
             if base != mine.count { p.append("\(L.id) reserved set not independent") }
-            // No free resource usable by it.
-            for r in freeList where L.request.want.contains(where: { serves(r, $0) }) {
+            // No resource that is free or reserved by a later waiter is usable by it.
+            let reachable = freeList + res.indices.filter {
+                let o = res[$0].owner
+                return o >= 0 && !res[$0].held && leases[Int(o)].seq > L.seq
+            }
+            for r in reachable where L.request.want.contains(where: { serves(r, $0) }) {
                 if bruteMatch(L.request.want, mine + [r]) > base {
-                    p.append("free \(res[r].name) usable by waiter \(L.id)")
+                    p.append("\(res[r].isFree ? "free" : "later-reserved") \(res[r].name) usable by waiter \(L.id)")
                 }
             }
-            // Hungry flags: hungry for a selector iff its resources are usable.
-            for (gi, g) in L.groups.enumerated() where Int(g.rep) == gi {
-                let bit = L.hungry & (1 << UInt16(gi)) != 0
-                if bit && L.listed & (1 << UInt16(gi)) == 0 { p.append("\(L.id) hungry but not listed") }
-                if bit && !sels[Int(g.sel)].hungry.items.contains(where: { $0.seq == L.seq && $0.slot == Int32(w) }) {
+            // Hungry flags: a resource outside the reserved set is usable iff it belongs to a
+            // selector the waiter is hungry for (what hand-off relies on).
+            for (gi, g) in L.groups.enumerated() where Int(g.rep) == gi && L.hungry & (1 << UInt16(gi)) != 0 {
+                if L.listed & (1 << UInt16(gi)) == 0 { p.append("\(L.id) hungry but not listed") }
+                if !sels[Int(g.sel)].hungry.items.contains(where: { $0.seq == L.seq && $0.slot == Int32(w) }) {
                     p.append("\(L.id) hungry but not in heap")
                 }
-                guard let probe = sels[Int(g.sel)].members.first(where: { !mine.contains(Int($0)) }) else { continue }
-                let usable = bruteMatch(L.request.want, mine + [Int(probe)]) > base
-                if usable != bit { p.append("\(L.id) hungry bit \(bit) for group \(gi), usable \(usable)") }
+            }
+            for r in res.indices where res[r].inInventory && !res[r].gone && !mine.contains(r) {
+                guard L.request.want.contains(where: { serves(r, $0) }) else { continue }
+                let usable = bruteMatch(L.request.want, mine + [r]) > base
+                let flagged = L.groups.enumerated().contains { gi, g in
+                    L.hungry & (1 << UInt16(gi)) != 0 && serves(r, L.request.want[gi])
+                }
+                if usable != flagged { p.append("\(L.id): \(res[r].name) usable \(usable), hungry flag \(flagged)") }
             }
         }
         if granted != grantedLeaseCount { p.append("granted count \(grantedLeaseCount) expected \(granted)") }

@@ -23,6 +23,10 @@
 /// set into its request). Reserved resources are out of everyone else's reach; a waiter is
 /// granted when it holds a full assignment. Invariant: no free enabled resource is usable by
 /// any waiter. Among equally good free resources the earliest in inventory order is taken.
+/// After a waiter loses a reserved resource (disable, reload) it may reclaim usable resources
+/// reserved by later waiters, so a later waiter never keeps what an earlier one can use and the
+/// queue cannot deadlock: with every resource enabled and released, the earliest waiter is
+/// always granted.
 ///
 /// ## Cost
 /// Grant, release and hand-off touch only the resources and waiters concerned: free resources
@@ -289,7 +293,7 @@ public struct LeaseTable: Sendable {
             res[r].enabled = false
             takeAway(w, r)
             res[r].since = t
-            refill(w, t, &out)
+            rebalance([w], t, &out)
         } else {
             res[r].enabled = false
         }

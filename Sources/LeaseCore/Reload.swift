@@ -9,7 +9,8 @@ extension LeaseTable {
     /// - Disabled names stay disabled; epochs are kept by name (also across removal).
     /// - Waiters that the new inventory cannot satisfy get `.failed(…, .unsatisfiable)` (in
     ///   arrival order); then every waiter, in arrival order, takes the free resources it can now
-    ///   use, and the ones that became complete get `.granted`.
+    ///   use (and reclaims usable ones reserved by later waiters), and the ones that became
+    ///   complete get `.granted`.
     ///
     /// Returns the problems of an invalid inventory (nothing changed), or [] when applied.
     public mutating func reload(_ inventory: Inventory, now: Tick, into out: inout [Effect]) -> [InventoryProblem] {
@@ -141,9 +142,7 @@ extension LeaseTable {
         for r in 0..<inventory.resources.count where res[r].isFree { setFree(r) }
 
         // 6. Re-run allocation in arrival order.
-        for w in waiters where leases[w].alive && leases[w].waiting {
-            refill(w, t, &out)
-        }
+        rebalance(waiters.filter { leases[$0].alive && leases[$0].waiting }, t, &out)
         return []
     }
 

@@ -20,6 +20,8 @@ public struct ServerOptions: Sendable {
     public var loops: Int = 2
     /// Origins (`scheme://host[:port]`) allowed to open `/v1/watch` besides the served host; "*": any.
     public var allowedOrigins: [String] = []
+    /// Where fencing epochs are kept across restarts; nil: they start again at 0.
+    public var epochFile: String?
 
     public init() {}
 }
@@ -39,8 +41,11 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         self.options = options
         self.logger = logger
         let inventory = try Self.loadInventory(path: options.inventoryPath)
+        let epochFile = try options.epochFile.map { path throws(StartupError) in
+            try EpochFile(path: path, names: inventory.resources.map(\.name))
+        }
         do {
-            service = try LeaseService(inventory: inventory, clock: clock, logger: logger, metrics: Metrics())
+            service = try LeaseService(inventory: inventory, epochFile: epochFile, clock: clock, logger: logger, metrics: Metrics())
         } catch {
             throw StartupError(message: "inventory \(options.inventoryPath): \(error)")
         }
@@ -126,7 +131,7 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         case ("GET", "/v1/lease"):
             guard !shuttingDown.isSet else { return responder.respond(.text(503, "server shutting down\n")) }
             let session = LeaseSession(service: service, peer: responder.peer.description,
-                                       requestTimeout: options.requestTimeout, logger: logger)
+                                       requestTimeout: options.requestTimeout)
             responder.upgradeToWebSocket(handler: session)
         case ("GET", "/v1/watch"):
             if let refusal = checkOrigin(head) { return responder.respond(refusal) }

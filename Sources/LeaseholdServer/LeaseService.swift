@@ -28,16 +28,28 @@ final class LeaseService: @unchecked Sendable {
         let session: LeaseSession
         let loop: EventLoop
         let arrival: Tick
-        /// Carries lease id, holder and peer for every log line about this lease.
-        let logger: Logger
+        let holder: String
         var granted = false
     }
 
-    init(inventory: Inventory, clock: ServerClock, logger: Logger, metrics: Metrics) throws(LeaseCore.InventoryError) {
+    /// A logger whose lines carry the lease id, holder and peer (built only when logging, so a
+    /// held lease does not keep a metadata dictionary around).
+    private func leaseLogger(_ id: LeaseID, _ entry: SessionEntry) -> Logger {
+        var leaseLogger = logger
+        leaseLogger[metadataKey: "lease.id"] = .string(Self.format(id))
+        leaseLogger[metadataKey: "lease.holder"] = .string(entry.holder)
+        leaseLogger[metadataKey: "connection.peer"] = .string(entry.session.peer)
+        return leaseLogger
+    }
+
+    private let epochFile: EpochFile?
+
+    init(inventory: Inventory, epochFile: EpochFile?, clock: ServerClock, logger: Logger, metrics: Metrics) throws(LeaseCore.InventoryError) {
         self.clock = clock
         self.logger = logger
         self.metrics = metrics
-        table = try LeaseTable(inventory: inventory, now: clock.now())
+        self.epochFile = epochFile
+        table = try LeaseTable(inventory: inventory, epochs: epochFile?.seeds ?? [:], now: clock.now())
         var generator = SystemRandomNumberGenerator()
         // Ids unlikely to repeat across restarts, so a log line names one lease.
         nextRawID = (generator.next() as UInt64) >> 24
@@ -77,12 +89,11 @@ final class LeaseService: @unchecked Sendable {
             wait: request.wait.map { Duration.nanoseconds(Int64(min($0, 1e12) * 1e9)) })
         queue.async { [self] in
             let now = clock.now()
-            var leaseLogger = logger
-            leaseLogger[metadataKey: "lease.id"] = .string(Self.format(id))
-            leaseLogger[metadataKey: "lease.holder"] = .string(coreRequest.holder)
-            leaseLogger[metadataKey: "connection.peer"] = .string(session.peer)
-            sessions[id] = SessionEntry(session: session, loop: loop, arrival: now, logger: leaseLogger)
-            leaseLogger.info("acquire", metadata: ["want": .string(request.want.map { $0.json.serialized() }.joined(separator: ","))])
+            let entry = SessionEntry(session: session, loop: loop, arrival: now, holder: coreRequest.holder)
+            sessions[id] = entry
+            if logger.logLevel <= .info {
+                leaseLogger(id, entry).info("acquire", metadata: ["want": .string(request.want.map { $0.json.serialized() }.joined(separator: ","))])
+            }
             let effects = table.acquire(id, coreRequest, now: now)
             apply(effects, now: now)
         }
@@ -95,9 +106,9 @@ final class LeaseService: @unchecked Sendable {
             let reason = shuttingDown ? .shutdown : reason
             if entry.granted {
                 metrics.releases[reason, default: 0] += 1
-                entry.logger.info("released", metadata: ["reason": .string(reason.rawValue)])
+                leaseLogger(id, entry).info("released", metadata: ["reason": .string(reason.rawValue)])
             } else {
-                entry.logger.info("left the queue", metadata: ["reason": .string(reason.rawValue)])
+                leaseLogger(id, entry).info("left the queue", metadata: ["reason": .string(reason.rawValue)])
             }
             let effects = table.release(id, now: now)
             apply(effects, now: now)
@@ -152,18 +163,25 @@ final class LeaseService: @unchecked Sendable {
                 sessions[id] = entry
                 resources = granted.map(Self.wireResource)
                 metrics.grants += 1
+                for resource in granted {
+                    do {
+                        try epochFile?.granted(name: resource.name, epoch: resource.epoch)
+                    } catch {
+                        logger.error("epochs not persisted: \(error.message)")
+                    }
+                }
                 metrics.grantWait.observe(Double(now.duration(since: entry.arrival).nanosecondsValue) / 1e9)
-                entry.logger.info("granted", metadata: [
+                if logger.logLevel <= .info { leaseLogger(id, entry).info("granted", metadata: [
                     "resources": .string(granted.map { "\($0.name)#\($0.epoch)" }.joined(separator: ",")),
-                ])
+                ]) }
             case .revoked(_, let reason):
                 sessions[id] = nil
                 metrics.revokes += 1
                 metrics.releases[.revoked, default: 0] += 1
-                entry.logger.notice("revoked", metadata: ["reason": .string(reason)])
+                leaseLogger(id, entry).notice("revoked", metadata: ["reason": .string(reason)])
             case .failed(_, let why):
                 sessions[id] = nil
-                entry.logger.info("failed", metadata: ["why": .string("\(why)")])
+                leaseLogger(id, entry).info("failed", metadata: ["why": .string("\(why)")])
             case .queued, .positionChanged:
                 break
             }

@@ -1,6 +1,5 @@
 import LeaseCore
 import LeaseProtocol
-import Logging
 import Transport
 
 /// One `/v1/lease` WebSocket: reads the client's messages, forwards them to the lease service,
@@ -22,14 +21,11 @@ final class LeaseSession: WebSocketHandler, @unchecked Sendable {
     /// Why the client's lease ended, for the releases metric; set before the service hears of it.
     private var endReason = ReleaseReason.disconnect
     let peer: String
-    private var logger: Logger
 
-    init(service: LeaseService, peer: String, requestTimeout: Duration, logger: Logger) {
+    init(service: LeaseService, peer: String, requestTimeout: Duration) {
         self.service = service
         self.peer = peer
         self.requestTimeout = requestTimeout
-        self.logger = logger
-        self.logger[metadataKey: "connection.peer"] = .string(peer)
     }
 
     var leaseID: LeaseID? {
@@ -59,7 +55,6 @@ final class LeaseSession: WebSocketHandler, @unchecked Sendable {
                 socket.applicationDeadline = .max
                 let id = service.newLeaseID()
                 state = .waiting(id)
-                logger[metadataKey: "lease.id"] = .string(LeaseService.format(id))
                 service.acquire(id, request, session: self)
             case .success(.release):
                 fail(.badRequest, "nothing to release: the first message must be an acquire request")

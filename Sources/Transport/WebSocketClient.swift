@@ -57,6 +57,7 @@ public enum WebSocketClient {
             connection.delegate = handshake
             connection.deadline = EventLoop.now() + UInt64(max(0, handshakeTimeout.nanoseconds))
             loop.watchDeadline(connection)
+            connection.finishConnecting()
         }
     }
 }

@@ -39,6 +39,9 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "Origin allowed to open /v1/watch besides the server's own (repeatable; * for any).")
     var allowOrigin: [String] = []
 
+    @Option(name: .long, help: "File keeping fencing epochs growing across restarts (created if missing). Without it, epochs start at 0 on every start.")
+    var epochFile: String?
+
     @Option(name: .long, help: "Event loops (serial queues) for connections.")
     var loops: Int = 2
 
@@ -77,6 +80,7 @@ struct Serve: ParsableCommand {
         options.maxMessageSize = maxMessageSize
         options.allowedOrigins = allowOrigin
         options.loops = loops
+        options.epochFile = epochFile
         options.adminToken = try adminToken()
 
         let server: LeaseServer

@@ -363,3 +363,101 @@ struct HTTPParserRobustnessTests {
         }
     }
 }
+
+@Suite("HTTP response parsing (client side)")
+struct HTTPResponseParserTests {
+    func responses(_ chunks: [[UInt8]], finish: Bool = false) -> (statuses: [Int], bodies: [String], error: Int?) {
+        var parser = HTTPResponseParser(maxHeadSize: 1024, maxBodySize: 64)
+        var statuses: [Int] = []
+        var bodies: [String] = []
+        do {
+            for chunk in chunks {
+                parser.feed(chunk)
+                while let response = try parser.nextResponse() {
+                    statuses.append(response.head.status)
+                    bodies.append(String(decoding: response.body, as: UTF8.self))
+                }
+            }
+            if finish, let response = try parser.finish() {
+                statuses.append(response.head.status)
+                bodies.append(String(decoding: response.body, as: UTF8.self))
+            }
+        } catch {
+            return (statuses, bodies, error.status)
+        }
+        return (statuses, bodies, nil)
+    }
+
+    @Test func upgradeResponseHandsOverFollowingFrames() throws {
+        let serialized = HTTPResponse(status: 101, headers: [
+            "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Accept": "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=",
+        ]).serialized(keepAlive: true)
+        for split in [1, serialized.count / 2, serialized.count] {
+            var parser = HTTPResponseParser()
+            parser.feed(Array(serialized[..<split]))
+            var response = try parser.nextResponse()
+            if response == nil {
+                parser.feed(Array(serialized[split...]) + [0x81, 0x02])
+                response = try parser.nextResponse()
+            } else {
+                parser.feed(Array(serialized[split...]) + [0x81, 0x02])
+            }
+            let head = try #require(response).head
+            #expect(head.status == 101)
+            #expect(head.reason == "Switching Protocols")
+            #expect(head.headers["sec-websocket-accept"] == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+            #expect(parser.takeUnconsumedBytes() == [0x81, 0x02])
+        }
+    }
+
+    @Test func contentLengthBodiesByteAtATime() {
+        let text = HTTPResponse.text(200, "ok").serialized(keepAlive: true) + HTTPResponse.text(404, "missing").serialized(keepAlive: true)
+        let whole = responses([text])
+        #expect(whole.statuses == [200, 404])
+        #expect(whole.bodies == ["ok", "missing"])
+        let bytewise = responses(text.map { [$0] })
+        #expect(bytewise.statuses == whole.statuses && bytewise.bodies == whole.bodies)
+    }
+
+    @Test func bodyUntilCloseAndInterimResponses() {
+        let text = Array("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.0 200 OK\r\n\r\nuntil close".utf8)
+        let result = responses([text], finish: true)
+        #expect(result.statuses == [200])
+        #expect(result.bodies == ["until close"])
+        #expect(responses([Array("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab".utf8)], finish: true).error == 400)
+    }
+
+    @Test(arguments: [
+        ("HTTP/1.1 20 OK\r\n\r\n", 400), ("HTTP/2 200 OK\r\n\r\n", 400), ("HTTP/2.0 200 OK\r\n\r\n", 505),
+        ("HTTP/1.1 200 OK\r\nContent-Length: 65\r\n\r\n", 413), ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", 501),
+        ("HTTP/1.1 200 OK\r\nX: " + String(repeating: "a", count: 2000), 431),
+    ])
+    func malformedResponses(text: String, status: Int) {
+        #expect(responses([Array(text.utf8)]).error == status)
+    }
+}
+
+@Suite("HTTP request writing (client side)")
+struct HTTPRequestWriterTests {
+    @Test func writtenRequestParsesBack() throws {
+        var headers = HTTPHeaders()
+        headers.add(name: "Host", value: "127.0.0.1:7400")
+        headers.add(name: "Authorization", value: "Bearer t\r\nX-Evil: 1")
+        let request = HTTPRequest(head: HTTPRequestHead(method: "POST", target: "/v1/resources/a/free?x=1", headers: headers),
+                                  body: Array("{\"reason\":\"r\"}".utf8))
+        let bytes = request.serialized()
+        #expect(String(decoding: bytes, as: UTF8.self).hasPrefix("POST /v1/resources/a/free?x=1 HTTP/1.1\r\nHost: 127.0.0.1:7400\r\n"))
+        var parser = HTTPRequestParser()
+        parser.feed(bytes)
+        let parsed = try #require(try parser.nextRequest())
+        #expect(parsed.head.path == "/v1/resources/a/free")
+        #expect(parsed.head.headers["authorization"] == "Bearer t  X-Evil: 1")
+        #expect(parsed.head.headers["X-Evil"] == nil)
+        #expect(parsed.body == request.body)
+    }
+
+    @Test func getWithoutBodyHasNoContentLength() {
+        let request = HTTPRequest(head: HTTPRequestHead(method: "GET", target: "/v1/lease", headers: ["Host": "h"]))
+        #expect(String(decoding: request.serialized(), as: UTF8.self) == "GET /v1/lease HTTP/1.1\r\nHost: h\r\n\r\n")
+    }
+}

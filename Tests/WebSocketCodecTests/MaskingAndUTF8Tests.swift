@@ -144,6 +144,53 @@ struct UTF8ValidationTests {
         }
     }
 
+    /// Long inputs are validated as two interleaved halves split near the middle: put every
+    /// edge case at every position around the split, in ASCII and in multi-byte surroundings.
+    @Test(arguments: [Array("a".utf8), Array("é".utf8), Array("€".utf8), Array("🎉".utf8)])
+    func edgeCasesAroundTheMiddleOfLongInputs(filler: [UInt8]) {
+        for length in [512, 515, 640, 1001] {
+            var base: [UInt8] = []
+            while base.count < length { base += filler }
+            for pattern in Self.edgeCases where pattern.count <= 8 {
+                for position in (base.count / 2 - 10)...(base.count / 2 + 10) {
+                    // Keep the surroundings valid: insert at a scalar boundary of the filler.
+                    let at = position - position % filler.count
+                    let input = Array(base[..<at]) + pattern + Array(base[at...])
+                    let expected = Self.reference(input)
+                    if UTF8Validation.isValid(input) != expected { Issue.record("\(pattern) at \(at) of \(input.count)") }
+                    var validator = UTF8Validation.Validator()
+                    let ok = validator.feed(Array(input[..<(at + 1)])) && validator.feed(Array(input[(at + 1)...]))
+                    if (ok && validator.isComplete) != expected { Issue.record("split: \(pattern) at \(at)") }
+                }
+            }
+        }
+    }
+
+    @Test func longRandomInputsAgreeWithStandardLibrary() {
+        var generator = SplitMix64(seed: 77)
+        var validSeen = 0
+        defer { #expect(validSeen > 100) }
+        for _ in 0..<400 {
+            var sample: [UInt8] = []
+            let target = 600 + Int(generator.next() % 3000)
+            while sample.count < target {
+                let piece = Self.randomSample(&generator)
+                if Self.reference(piece) { sample += piece }
+            }
+            // Half stay valid; the rest get one corrupted byte anywhere.
+            if generator.next() % 2 == 0 {
+                sample[Int(generator.next() % UInt64(sample.count))] = UInt8(truncatingIfNeeded: generator.next())
+            }
+            let expected = Self.reference(sample)
+            if expected { validSeen += 1 }
+            if UTF8Validation.isValid(sample) != expected { Issue.record("length \(sample.count)") }
+            let split = Int(generator.next() % UInt64(sample.count))
+            var validator = UTF8Validation.Validator()
+            let ok = validator.feed(Array(sample[..<split])) && validator.feed(Array(sample[split...]))
+            if (ok && validator.isComplete) != expected { Issue.record("split \(split) of \(sample.count)") }
+        }
+    }
+
     @Test func failureIsSticky() {
         var validator = UTF8Validation.Validator()
         let first = validator.feed([0xFF])

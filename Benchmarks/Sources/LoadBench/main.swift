@@ -144,43 +144,27 @@ case "inventory":
     exit(0)
 
 case "cycles":
+    // A raw epoll client with precomputed frames, so that the load tool costs far less per cycle
+    // than the server and the server is what limits the rate.
     let clients = arguments.int("clients", 200)
     let seconds = arguments.int("seconds", 10)
     let type = arguments.string("type", "bench")
     let serverPID = arguments.int("server-pid", 0)
-    let request = acquireText("{\"type\":\"\(type)\"}")
-    nonisolated(unsafe) var latencies: [UInt64] = []
-    nonisolated(unsafe) var cycles = 0
-    let start = now()
-    let stop = start + UInt64(seconds) * 1_000_000_000
     let cpuBefore = serverPID > 0 ? cpuSeconds(pid: serverPID) : 0
-    nonisolated(unsafe) var running = clients
-    func startCycle() {
-        let client = LeaseClient(request: request)
-        client.onGranted = { client in
-            latencies.append(now() - client.sentAt)
-            cycles += 1
-            client.socket?.close(code: 1000)
-        }
-        client.onClosed = { _, _ in
-            if now() < stop { startCycle() } else {
-                running -= 1
-                if running == 0 {
-                    let elapsed = Double(now() - start) / 1e9
-                    latencies.sort()
-                    print("cycles: \(cycles) in \(format(elapsed)) s = \(Int(Double(cycles) / elapsed)) cycles/s with \(clients) clients")
-                    print("grant latency (acquire sent → granted): p50 \(format(percentile(latencies, 0.5))) ms, p99 \(format(percentile(latencies, 0.99))) ms")
-                    if serverPID > 0 {
-                        let cpu = cpuSeconds(pid: serverPID) - cpuBefore
-                        print("server CPU: \(format(cpu)) s over \(format(elapsed)) s = \(Int(cpu / elapsed * 100))% of one core")
-                    }
-                    exit(0)
-                }
-            }
-        }
-        connect(client)
+    runRawCycles(host: host, port: port, clients: clients, seconds: seconds,
+                 request: acquireText("{\"type\":\"\(type)\"}"))
+    let report = rawReport
+    print("cycles: \(report.cycles) in \(format(report.elapsed)) s = \(Int(Double(report.cycles) / report.elapsed)) cycles/s with \(clients) clients")
+    print("grant latency (acquire sent → granted): p50 \(format(percentile(report.latencies, 0.5))) ms, p99 \(format(percentile(report.latencies, 0.99))) ms")
+    var usage = rusage()
+    getrusage(Int32(RUSAGE_SELF.rawValue), &usage)
+    let own = Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
+    print("load tool CPU: \(format(own)) s = \(Int(own / report.elapsed * 100))% of one core")
+    if serverPID > 0 {
+        let cpu = cpuSeconds(pid: serverPID) - cpuBefore
+        print("server CPU: \(format(cpu)) s over \(format(report.elapsed)) s = \(Int(cpu / report.elapsed * 100))% of one core")
     }
-    loop.execute { for _ in 0..<clients { startCycle() } }
+    exit(0)
 
 case "handoff":
     let rounds = arguments.int("rounds", 2000)
