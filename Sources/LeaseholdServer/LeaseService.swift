@@ -112,6 +112,8 @@ final class LeaseService: @unchecked Sendable {
             }
             let effects = table.release(id, now: now)
             apply(effects, now: now)
+            // The table changed even when nobody was waiting for what was freed (no effects).
+            markChanged()
         }
     }
 
