@@ -162,10 +162,12 @@ func readSmallFile(_ path: String) -> String? {
 }
 
 extension String {
+    /// Compares Unicode scalars: as Characters, `" \t\r\n"` holds `"\r\n"` but not `"\n"`.
     func trimmingCharacters(in set: String) -> String {
-        var view = Substring(self)
-        while let first = view.first, set.contains(first) { view = view.dropFirst() }
-        while let last = view.last, set.contains(last) { view = view.dropLast() }
+        let scalars = Set(set.unicodeScalars)
+        var view = Substring(self).unicodeScalars
+        while let first = view.first, scalars.contains(first) { view = view.dropFirst() }
+        while let last = view.last, scalars.contains(last) { view = view.dropLast() }
         return String(view)
     }
 }
