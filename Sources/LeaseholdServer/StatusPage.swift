@@ -159,7 +159,7 @@ enum StatusPage {
             html += "<td class=\"c-for\">\(resource.state == .free ? "" : timeElement(resource.since, now: now, clock: clock))</td>"
             html += "<td class=\"c-holder\"\(holder.isEmpty ? "" : " title=\"\(escape(holder))\"")>\(escape(holder))</td>"
             html += "<td class=\"c-lease\">\(showsLease ? resource.lease.map { LeaseService.format($0) } ?? "" : "")</td>"
-            html += "<td class=\"c-labels\">\(chips(labelPairs(resource.labels)))</td>"
+            html += chipsCell("labels", labelPairs(resource.labels))
             html += "<td class=\"c-epoch\">\(resource.epoch)</td></tr>\n"
         }
         html += "</tbody></table>\n"
@@ -178,7 +178,7 @@ enum StatusPage {
             html += "<td class=\"c-lease\">\(id)</td>"
             html += "<td class=\"c-holder\" title=\"\(escape(waiter.holder))\">\(escape(waiter.holder))</td>"
             html += "<td class=\"c-wants\">\(escape(wantsText(waiter.want)))</td>"
-            html += "<td class=\"c-collected\">\(chips(waiter.reserved))</td>"
+            html += chipsCell("collected", waiter.reserved)
             html += "<td class=\"c-for\">\(timeElement(waiter.since, now: now, clock: clock))</td>"
             html += "<td class=\"c-meta\">\(metaChips(waiter.meta))</td></tr>\n"
         }
@@ -196,7 +196,7 @@ enum StatusPage {
             html += "<tr data-key=\"\(id)\">"
             html += "<td class=\"c-lease\">\(id)</td>"
             html += "<td class=\"c-holder\" title=\"\(escape(lease.holder))\">\(escape(lease.holder))</td>"
-            html += "<td class=\"c-resources\">\(chips(lease.resources))</td>"
+            html += chipsCell("resources", lease.resources)
             html += "<td class=\"c-for\">\(timeElement(lease.since, now: now, clock: clock))</td>"
             html += "<td class=\"c-peer\">\(escape(lease.peer))</td>"
             html += "<td class=\"c-meta\">\(metaChips(lease.meta))</td></tr>\n"
@@ -231,8 +231,14 @@ enum StatusPage {
         return "<time datetime=\"\(iso)\" title=\"since \(iso.replacingT()) UTC\">\(duration(now.nanoseconds - since.nanoseconds))</time>"
     }
 
+    /// The cell's contents and, when there are any, a title that lists them all (chips may be cut off).
     private static func chips(_ items: [String]) -> String {
         items.map { "<span class=\"chip\">\(escape($0))</span>" }.joined()
+    }
+
+    private static func chipsCell(_ column: String, _ items: [String]) -> String {
+        let title = items.isEmpty ? "" : " title=\"\(escape(items.joined(separator: " ")))\""
+        return "<td class=\"c-\(column)\"\(title)>\(chips(items))</td>"
     }
 
     /// Provenance chips; an http(s) value becomes a link (never any other scheme).
@@ -321,9 +327,12 @@ enum StatusPage {
             }
         }
 
+        /// `type:` and `state:` name one value exactly (`type:switch` is not `fc-switch`); every
+        /// other word matches any part of a value.
         func matches(_ fields: Fields) -> Bool {
             terms.allSatisfy { term in
-                fields.values(term.field).contains { $0.lowercased().contains(term.text) }
+                let exact = term.field == "type" || term.field == "state"
+                return fields.values(term.field).contains { exact ? $0.lowercased() == term.text : $0.lowercased().contains(term.text) }
             }
         }
     }

@@ -129,10 +129,13 @@
     return out;
   }
 
+  // `type:` and `state:` name one value exactly (`type:switch` is not `fc-switch`); every other
+  // word matches any part of a value.
   function matches(terms, f) {
     for (const term of terms) {
       const values = term.field ? f[term.field] : f.all;
-      if (!values.some((value) => value.includes(term.text))) return false;
+      const exact = term.field === "type" || term.field === "state";
+      if (!values.some((value) => (exact ? value === term.text : value.includes(term.text)))) return false;
     }
     return true;
   }
@@ -149,11 +152,12 @@
       this.rows = new Map();
       this.total = this.tbody.rows.length;
       if (spec.adminColumn) $(id).tHead.rows[0].appendChild(el("th", "c-admin", "Admin"));
-      // Adopt the server-rendered rows: the first snapshot fills them like any other.
+      // Adopt the server-rendered rows, with what they show, so that the first snapshot only
+      // touches what changed since the page was rendered.
       for (const tr of Array.from(this.tbody.rows)) {
         const key = tr.dataset.key;
         if (key === undefined || this.rows.has(key)) tr.remove();
-        else this.rows.set(key, this.record(tr));
+        else this.rows.set(key, this.adopt(this.record(tr)));
       }
     }
 
@@ -168,6 +172,36 @@
           tr.appendChild(td);
         }
         rec.cells[name] = td;
+      }
+      return rec;
+    }
+
+    /** Reads back the values a server-rendered row shows (the caches `fill` compares with). */
+    adopt(rec) {
+      const v = rec.v;
+      const state = /(?:^| )s-(\w+)/.exec(rec.tr.className);
+      if (state) v.state = state[1];
+      for (const [name, td] of Object.entries(rec.cells)) {
+        if (name === "for") {
+          const time = td.querySelector("time");
+          const ms = time ? Date.parse(time.dateTime) : NaN;
+          if (!time || Number.isNaN(ms)) v.since = null;
+          else {
+            v.since = time.dateTime + " " + (this.spec.sinceWhat || v.state);
+            rec.time = time;
+            rec.since = ms;
+          }
+        } else if (name === "meta") {
+          v.meta = JSON.stringify(Array.from(td.children, (chip) => {
+            const text = chip.textContent;
+            const eq = text.indexOf("=");
+            return [text.slice(0, eq), text.slice(eq + 1)];
+          }));
+        } else if (this.spec.chipCells && this.spec.chipCells.includes(name)) {
+          v[name] = Array.from(td.children, (chip) => chip.textContent).join("\n");
+        } else if (name !== "state") {
+          v[name] = td.textContent;
+        }
       }
       return rec;
     }
@@ -279,6 +313,8 @@
     if (rec.v[name] === signature) return false;
     rec.v[name] = signature;
     fillChips(rec.cells[name], items);
+    if (items.length) rec.cells[name].title = items.join(" ");
+    else rec.cells[name].removeAttribute("title");
     return true;
   }
 
@@ -291,7 +327,8 @@
   }
 
   const resources = new Table("resources", {
-    cells: ["name", "type", "state", "for", "holder", "lease", "labels", "epoch", "admin"],
+    cells: ["name", "type", "state", "for", "holder", "lease", "labels", "epoch"],
+    chipCells: ["labels"],
     adminColumn: true,
     emptyText: "The inventory is empty.",
     noMatchText: "No resource matches the filter.",
@@ -326,6 +363,8 @@
 
   const leases = new Table("leases", {
     cells: ["lease", "holder", "resources", "for", "peer", "meta"],
+    chipCells: ["resources"],
+    sinceWhat: "held",
     emptyText: "No leases: nothing is held.",
     noMatchText: "No lease matches the filter.",
     key: (l) => l.id,
@@ -352,6 +391,8 @@
 
   const queue = new Table("queue", {
     cells: ["pos", "lease", "holder", "wants", "collected", "for", "meta"],
+    chipCells: ["collected"],
+    sinceWhat: "waiting",
     emptyText: "Nobody is waiting.",
     noMatchText: "No waiter matches the filter.",
     key: (w) => w.id,
@@ -489,7 +530,7 @@
     filterChanged();
   }
 
-  filterInput.addEventListener("input", filterChanged);
+  for (const type of ["input", "search", "change"]) filterInput.addEventListener(type, filterChanged);
   filterInput.form.addEventListener("submit", (event) => {
     event.preventDefault();
     filterChanged();
@@ -786,6 +827,7 @@
     const buttons = [];
     if (state === "held") buttons.push(actionButton("free", "Force free", "btn-danger"));
     buttons.push(state === "disabled" ? actionButton("enable", "Enable") : actionButton("disable", "Disable"));
+    if (!rec.cells.admin) rec.tr.appendChild((rec.cells.admin = el("td", "c-admin")));
     rec.cells.admin.replaceChildren(...buttons);
   }
 
@@ -799,6 +841,7 @@
     form.method = "dialog";
     form.noValidate = true; // our own messages, in words that say what to do
     const title = el("h3", "dialog-title");
+    title.id = "dialog-title";
     const text = el("div", "dialog-text");
     const field = el("label", "dialog-field");
     const label = el("span", "dialog-label");
