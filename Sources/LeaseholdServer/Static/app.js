@@ -17,6 +17,7 @@
   const QUIET_PROBE_MS = 30000; // no message for this long: check that the server is still there
   const PROBE_TIMEOUT_MS = 5000;
   const ADMIN_TIMEOUT_MS = 10000;
+  const FIRST_SNAPSHOT_MS = 10000; // a socket that has sent no snapshot by then is given up
 
   const body = document.body;
   const $ = (id) => document.getElementById(id);
@@ -611,6 +612,7 @@
     attempt: 0,
     retryAt: 0,
     retryTimer: 0,
+    firstSnapshotTimer: 0,
     lostAt: 0,
     lastMessageAt: 0,
     probing: false,
@@ -659,6 +661,11 @@
     }
     connection.socket = socket;
     showConnection();
+    let gotSnapshot = false;
+    clearTimeout(connection.firstSnapshotTimer);
+    connection.firstSnapshotTimer = setTimeout(() => {
+      if (connection.socket === socket && !gotSnapshot) lost();
+    }, FIRST_SNAPSHOT_MS);
     socket.onmessage = (event) => {
       if (connection.socket !== socket) return;
       connection.lastMessageAt = Date.now();
@@ -669,6 +676,7 @@
         return;
       }
       if (!doc || doc.event !== "snapshot") return;
+      gotSnapshot = true;
       applySnapshot(doc);
       if (connection.state !== "live") {
         connection.state = "live";
