@@ -162,10 +162,16 @@ def browser():
     driver.quit()
 
 
+def forget_earlier_pages(driver):
+    """Leaves the last test's page (which may still be retrying its stopped server) and drops its log."""
+    driver.get("about:blank")
+    driver.get_log("browser")
+
+
 @pytest.fixture
 def page(browser, server):
     """The status page of this test's server, live."""
-    browser.get_log("browser")  # drop what earlier tests left
+    forget_earlier_pages(browser)
     browser.get(server.url + "/")
     wait_for(lambda: conn_state(browser) == "live", 10, "the page to go live")
     return browser
@@ -500,7 +506,7 @@ def test_five_thousand_resources_render_and_update_in_place(browser, tmp_path):
     try:
         from websockets.sync.client import connect
 
-        browser.get_log("browser")
+        forget_earlier_pages(browser)
         started = time.monotonic()
         browser.get(big.url + "/")
         wait_for(lambda: conn_state(browser) == "live", 20, "the big page to go live")
