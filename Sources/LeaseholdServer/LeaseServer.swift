@@ -22,6 +22,8 @@ public struct ServerOptions: Sendable {
     public var allowedOrigins: [String] = []
     /// Where fencing epochs are kept across restarts; nil: they start again at 0.
     public var epochFile: String?
+    /// Audit journal (JSON lines: grants with meta, lease ends, admin actions); nil: logs only.
+    public var auditFile: String?
 
     public init() {}
 }
@@ -44,8 +46,11 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         let epochFile = try options.epochFile.map { path throws(StartupError) in
             try EpochFile(path: path, names: inventory.resources.map(\.name))
         }
+        let clock = clock
+        let journal = try options.auditFile.map { path throws(StartupError) in try AuditJournal(path: path, clock: clock) }
         do {
-            service = try LeaseService(inventory: inventory, epochFile: epochFile, clock: clock, logger: logger, metrics: Metrics())
+            service = try LeaseService(inventory: inventory, epochFile: epochFile, journal: journal, clock: clock,
+                                       logger: logger, metrics: Metrics())
         } catch {
             throw StartupError(message: "inventory \(options.inventoryPath): \(error)")
         }
@@ -162,10 +167,11 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         case ("POST", "/v1/reload"):
             if let refusal = authorize(head) { return responder.respond(refusal) }
             let peer = responder.peer.description
-            reload { [logger] result in
+            reload { [logger, service] result in
                 switch result {
                 case .success(let message):
                     logger.notice("admin reload", metadata: ["connection.peer": .string(peer)])
+                    service.journal?.record([("event", .string("admin")), ("action", .string("reload")), ("peer", .string(peer))])
                     responder.respond(.json(200, JSONValue.object([("ok", .bool(true)), ("message", .string(message))]).serialized()))
                 case .failure(let error):
                     logger.warning("admin reload refused", metadata: ["connection.peer": .string(peer), "reason": .string(error.message)])
@@ -220,11 +226,15 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         default: coreAction = .enable
         }
         let peer = responder.peer.description
-        service.admin(coreAction, resource: resource) { [logger, reason] result in
+        service.admin(coreAction, resource: resource) { [logger, reason, service] result in
             switch result {
             case .ok:
                 logger.notice("admin \(action)", metadata: [
                     "resource.name": .string(resource), "reason": .string(reason), "connection.peer": .string(peer),
+                ])
+                service.journal?.record([
+                    ("event", .string("admin")), ("action", .string(action)), ("resource", .string(resource)),
+                    ("reason", .string(reason)), ("peer", .string(peer)),
                 ])
                 responder.respond(.json(200, JSONValue.object([
                     ("ok", .bool(true)), ("resource", .string(resource)), ("action", .string(action)),

@@ -29,7 +29,10 @@ final class LeaseService: @unchecked Sendable {
         let loop: EventLoop
         let arrival: Tick
         let holder: String
+        /// Kept only when there is an audit journal to write it to.
+        let meta: [(String, String)]
         var granted = false
+        var grantedAt = Tick.zero
     }
 
     /// A logger whose lines carry the lease id, holder and peer (built only when logging, so a
@@ -43,8 +46,11 @@ final class LeaseService: @unchecked Sendable {
     }
 
     private let epochFile: EpochFile?
+    let journal: AuditJournal?
 
-    init(inventory: Inventory, epochFile: EpochFile?, clock: ServerClock, logger: Logger, metrics: Metrics) throws(LeaseCore.InventoryError) {
+    init(inventory: Inventory, epochFile: EpochFile?, journal: AuditJournal?, clock: ServerClock, logger: Logger,
+         metrics: Metrics) throws(LeaseCore.InventoryError) {
+        self.journal = journal
         self.clock = clock
         self.logger = logger
         self.metrics = metrics
@@ -86,10 +92,12 @@ final class LeaseService: @unchecked Sendable {
             holder: request.holder ?? session.peer,
             meta: Dictionary(request.meta, uniquingKeysWith: { _, last in last }),
             peer: session.peer,
-            wait: request.wait.map { Duration.nanoseconds(Int64(min($0, 1e12) * 1e9)) })
+            // Clamped to 10^9 s (31 years, "as long as it takes"): 10^12 s in nanoseconds overflows Int64.
+            wait: request.wait.map { Duration.nanoseconds(Int64(min($0, 1e9) * 1e9)) })
         queue.async { [self] in
             let now = clock.now()
-            let entry = SessionEntry(session: session, loop: loop, arrival: now, holder: coreRequest.holder)
+            let entry = SessionEntry(session: session, loop: loop, arrival: now, holder: coreRequest.holder,
+                                     meta: journal == nil ? [] : request.meta)
             sessions[id] = entry
             if logger.logLevel <= .info {
                 leaseLogger(id, entry).info("acquire", metadata: ["want": .string(request.want.map { $0.json.serialized() }.joined(separator: ","))])
@@ -107,6 +115,10 @@ final class LeaseService: @unchecked Sendable {
             if entry.granted {
                 metrics.releases[reason, default: 0] += 1
                 leaseLogger(id, entry).info("released", metadata: ["reason": .string(reason.rawValue)])
+                journal?.record([
+                    ("event", .string("released")), ("lease", .string(Self.format(id))), ("holder", .string(entry.holder)),
+                    ("reason", .string(reason.rawValue)), ("held_seconds", .double(Self.seconds(now.duration(since: entry.grantedAt)))),
+                ])
             } else {
                 leaseLogger(id, entry).info("left the queue", metadata: ["reason": .string(reason.rawValue)])
             }
@@ -162,7 +174,15 @@ final class LeaseService: @unchecked Sendable {
             switch effect {
             case .granted(_, let granted):
                 entry.granted = true
+                entry.grantedAt = now
                 sessions[id] = entry
+                journal?.record([
+                    ("event", .string("granted")), ("lease", .string(Self.format(id))), ("holder", .string(entry.holder)),
+                    ("peer", .string(entry.session.peer)),
+                    ("resources", .array(granted.map { .object([("name", .string($0.name)), ("epoch", .int(Int64(clamping: $0.epoch)))]) })),
+                    ("meta", .object(entry.meta.map { ($0.0, .string($0.1)) })),
+                    ("waited_seconds", .double(Self.seconds(now.duration(since: entry.arrival)))),
+                ])
                 resources = granted.map(Self.wireResource)
                 metrics.grants += 1
                 for resource in granted {
@@ -178,6 +198,10 @@ final class LeaseService: @unchecked Sendable {
                 ]) }
             case .revoked(_, let reason):
                 sessions[id] = nil
+                journal?.record([
+                    ("event", .string("revoked")), ("lease", .string(Self.format(id))), ("holder", .string(entry.holder)),
+                    ("reason", .string(reason)), ("held_seconds", .double(Self.seconds(now.duration(since: entry.grantedAt)))),
+                ])
                 metrics.revokes += 1
                 metrics.releases[.revoked, default: 0] += 1
                 leaseLogger(id, entry).notice("revoked", metadata: ["reason": .string(reason)])
@@ -248,6 +272,10 @@ final class LeaseService: @unchecked Sendable {
     }
 
     // MARK: conversions
+
+    static func seconds(_ duration: Duration) -> Double {
+        Double(duration.nanosecondsValue) / 1e9
+    }
 
     static func wireGroup(_ group: Group) -> WantGroup {
         switch group {

@@ -42,6 +42,9 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "File keeping fencing epochs growing across restarts (created if missing). Without it, epochs start at 0 on every start.")
     var epochFile: String?
 
+    @Option(name: .long, help: "Audit journal: JSON lines for every grant (with meta), lease end and admin action, appended to FILE.")
+    var auditFile: String?
+
     @Option(name: .long, help: "Event loops (serial queues) for connections.")
     var loops: Int = 2
 
@@ -81,6 +84,7 @@ struct Serve: ParsableCommand {
         options.allowedOrigins = allowOrigin
         options.loops = loops
         options.epochFile = epochFile
+        options.auditFile = auditFile
         options.adminToken = try adminToken()
 
         let server: LeaseServer
@@ -162,12 +166,12 @@ func readSmallFile(_ path: String) -> String? {
 }
 
 extension String {
-    /// Compares Unicode scalars: as Characters, `" \t\r\n"` holds `"\r\n"` but not `"\n"`.
+    /// Trims by Unicode scalar: as Characters, "\r\n" is one and a lone "\n" would not match it.
     func trimmingCharacters(in set: String) -> String {
-        let scalars = Set(set.unicodeScalars)
+        let trimmed = Set(set.unicodeScalars)
         var view = Substring(self).unicodeScalars
-        while let first = view.first, scalars.contains(first) { view = view.dropFirst() }
-        while let last = view.last, scalars.contains(last) { view = view.dropLast() }
+        while let first = view.first, trimmed.contains(first) { view = view.dropFirst() }
+        while let last = view.last, trimmed.contains(last) { view = view.dropLast() }
         return String(view)
     }
 }
