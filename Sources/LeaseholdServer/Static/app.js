@@ -701,8 +701,9 @@
       } catch (_) { /* already closed */ }
     }
     if (connection.state !== "stale") {
+      // Live until now, or (never live) as the server rendered the page.
+      connection.lostAt = connection.state === "live" ? Date.now() : renderedAt - skew;
       connection.state = "stale";
-      connection.lostAt = Date.now();
     }
     const base = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** connection.attempt);
     const delay = Math.round(base * (0.8 + 0.4 * Math.random()));
