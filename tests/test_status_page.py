@@ -334,6 +334,11 @@ def test_the_queue_shows_who_waits_for_what(page, leases):
     assert waiter["cells"]["wants"] == "fc-switch-01, array (proto=fc)"
     assert re.fullmatch(r"\d+s", waiter["cells"]["for"])
     assert page.find_element("css selector", "#overall .n-waiting").text == "1"
+    # A named want is found by that resource's type, in the page and in the server's rendering.
+    page.find_element("id", "filter").send_keys("type:fc-switch")
+    wait_for(lambda: visible_keys(page, "queue") == [queued["lease"]], 1.0, "the waiter under type:fc-switch")
+    html = http_get(page.current_url)[2].decode()
+    assert "q=type%3Afc-switch" in page.current_url and f'<tr data-key="{queued["lease"]}">' in html
 
     first.close()
     wait_for(lambda: row(page, "queue", queued["lease"]) is None, 2.0, "the waiter to leave the queue")

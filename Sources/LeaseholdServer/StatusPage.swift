@@ -127,8 +127,8 @@ enum StatusPage {
         html += "<span class=\"n-resources\">\(snapshot.resources.count)</span> resources: "
         html += "<span class=\"n-free\">\(overall[.free] ?? 0)</span> free, <span class=\"n-held\">\(overall[.held] ?? 0)</span> held, "
         html += "<span class=\"n-reserved\">\(overall[.reserved] ?? 0)</span> reserved, <span class=\"n-disabled\">\(overall[.disabled] ?? 0)</span> disabled · "
-        html += "<a href=\"#queue-section\"><span class=\"n-waiting\">\(snapshot.queue.count)</span> waiting</a> · "
-        html += "<a href=\"#leases-section\"><span class=\"n-leases\">\(snapshot.leases.count)</span> leases</a></p>\n</section>\n"
+        html += "<a href=\"#queue-section\">waiting: <span class=\"n-waiting\">\(snapshot.queue.count)</span></a> · "
+        html += "<a href=\"#leases-section\">leases: <span class=\"n-leases\">\(snapshot.leases.count)</span></a></p>\n</section>\n"
 
         // Filter: a plain GET form, so it works without the script too.
         html += """
@@ -166,7 +166,7 @@ enum StatusPage {
         html += "<p class=\"empty\" id=\"resources-empty\"\(shownResources.isEmpty ? "" : " hidden")>\(snapshot.resources.isEmpty ? "The inventory is empty." : "No resource matches the filter.")</p>\n</section>\n"
 
         // Queue.
-        let shownQueue = snapshot.queue.filter { filter.matches(waiterFields($0)) }
+        let shownQueue = snapshot.queue.filter { filter.matches(waiterFields($0, byName)) }
         html += section("queue", "Queue", shown: shownQueue.count, total: snapshot.queue.count)
         html += "<table id=\"queue\" class=\"grid\"><thead><tr>"
         html += "<th class=\"c-pos\">#</th><th class=\"c-lease\">Lease</th><th class=\"c-holder\">Holder</th><th class=\"c-wants\">Wants</th>"
@@ -353,12 +353,18 @@ enum StatusPage {
                       other: [lease.peer] + lease.meta.values)
     }
 
-    static func waiterFields(_ waiter: WaiterView) -> Fields {
+    /// A named want counts with that resource's type and labels, as a lease's resources do.
+    static func waiterFields(_ waiter: WaiterView, _ byName: [String: ResourceView]) -> Fields {
         var fields = Fields(state: ["waiting"], holder: [waiter.holder], lease: [LeaseService.format(waiter.id)],
                             other: [waiter.peer] + waiter.meta.values)
         for group in waiter.want {
             switch group {
-            case .name(let name): fields.name.append(name)
+            case .name(let name):
+                fields.name.append(name)
+                if let resource = byName[name] {
+                    fields.type.append(resource.type)
+                    fields.label += labelPairs(resource.labels)
+                }
             case .type(let type, let labels, _):
                 fields.type.append(type)
                 fields.label += labelPairs(labels)

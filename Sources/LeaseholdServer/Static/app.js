@@ -407,12 +407,19 @@
       setSince(rec, typeof w.since === "string" ? w.since : null, "waiting");
       return changed;
     },
-    fields: (w) => {
+    fields: (w, ctx) => {
       const parts = { name: [], type: [], label: [], state: ["waiting"], holder: [w.holder], lease: [w.id] };
       for (const group of Array.isArray(w.want) ? w.want : []) {
         if (!group || typeof group !== "object") continue;
-        if (typeof group.name === "string") parts.name.push(group.name);
-        else {
+        if (typeof group.name === "string") {
+          // A named want counts with that resource's type and labels, as a lease's resources do.
+          parts.name.push(group.name);
+          const r = ctx.byName.get(group.name);
+          if (r) {
+            parts.type.push(r.type);
+            parts.label.push(...labelPairs(r.labels));
+          }
+        } else {
           parts.type.push(group.type);
           parts.label.push(...labelPairs(group.labels));
         }
