@@ -43,7 +43,8 @@ let package = Package(
                 "Transport", "LeaseCore", "LeaseProtocol",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
-            ]
+            ],
+            resources: [.embedInCode("Static/app.js"), .embedInCode("Static/app.css"), .embedInCode("Static/favicon.svg")]
         ),
         .target(name: "LeaseholdClient", dependencies: ["Transport", "LeaseProtocol"]),
 

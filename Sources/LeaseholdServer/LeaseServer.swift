@@ -156,10 +156,16 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
                                         contentType: "text/plain; version=0.0.4; charset=utf-8"))
             }
         case ("GET", "/"):
+            let query = head.query
             service.queue.async { [service, clock] in
-                let page = StatusPage.render(service.snapshot(), clock: clock)
-                responder.respond(.text(200, page, contentType: "text/html; charset=utf-8"))
+                let snapshot = service.snapshot()
+                // Render off the lease queue: a big lab's page takes a while to write.
+                DispatchQueue.global().async {
+                    responder.respond(StatusPage.response(snapshot, clock: clock, query: query))
+                }
             }
+        case ("GET", _) where path.hasPrefix("/static/"):
+            responder.respond(StatusPage.assetResponse(path: path, query: head.query, headers: head.headers))
         case ("POST", "/v1/reload"):
             if let refusal = authorize(head) { return responder.respond(refusal) }
             let peer = responder.peer.description
