@@ -148,11 +148,12 @@ import Transport
         let page = try await server.http("GET", "/")
         #expect(page.status == 200)
         #expect(page.header("Content-Type")?.contains("text/html") == true)
-        // PROTOCOL.md: "the status page (HTML, live through /v1/watch)". Main's page is static;
-        // making it live is the status-page branch's work.
-        withKnownIssue("the status page does not open /v1/watch yet", isIntermittent: true) {
-            #expect(page.body.contains("/v1/watch"), "the status page is live through /v1/watch")
-        }
+        // PROTOCOL.md: "the status page (HTML, live through /v1/watch)": the page loads its
+        // script, and the script opens /v1/watch.
+        let scriptPath = try #require(page.body.firstMatch(of: /src="(\/static\/app\.js[^"]*)"/).map { String($0.1) })
+        let script = try await server.http("GET", scriptPath.replacingOccurrences(of: "&amp;", with: "&"))
+        #expect(script.status == 200)
+        #expect(script.body.contains("/v1/watch"), "the status page is live through /v1/watch")
         let status = try await server.http("GET", "/v1/status")
         #expect(status.header("Content-Type")?.contains("application/json") == true)
         #expect(try await server.http("GET", "/nope").status == 404)
