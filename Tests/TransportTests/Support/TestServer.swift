@@ -59,7 +59,8 @@ func eventuallyBlocking(timeout: Duration = .seconds(5), _ condition: () -> Bool
 /// Server-side application: HTTP routes and an echo WebSocket with a few test commands.
 ///
 /// - `GET /hello` → 200 "hello"; `POST /body` → 200 echoing the body;
-///   `GET /r/NAME` → 200 "/r/NAME"; `GET /delay/MS/NAME` → 200 "NAME" after MS ms, from another queue.
+///   `GET /r/NAME` → 200 "/r/NAME"; `GET /delay/MS/NAME` → 200 "NAME" after MS ms, from another queue;
+///   `GET /big/N` → 200 with N bytes of "a".
 /// - `/ws…` upgrades. Text and binary messages are echoed, except the texts
 ///   `cmd:close:CODE` (the server closes with CODE) and `cmd:flood` (the server sends 16 KiB
 ///   binary messages, one per loop turn, until the socket closes or 512 MiB went out).
@@ -77,6 +78,8 @@ final class TestHandler: HTTPRequestHandler, WebSocketHandler {
             responder.respond(HTTPResponse(status: 200, body: request.body))
         } else if path.hasPrefix("/r/") {
             responder.respond(.text(200, path))
+        } else if path.hasPrefix("/big/"), let size = Int(path.dropFirst("/big/".count)), size <= 64 << 20 {
+            responder.respond(HTTPResponse(status: 200, body: [UInt8](repeating: 0x61, count: size)))
         } else if path.hasPrefix("/delay/") {
             let parts = path.split(separator: "/")
             let milliseconds = parts.count == 3 ? Int(parts[1]) ?? 0 : 0
