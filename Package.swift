@@ -65,6 +65,13 @@ let package = Package(
             name: "LeaseholdServerTests",
             dependencies: ["LeaseholdServer", "LeaseholdClient", "Transport", "LeaseProtocol"]
         ),
+        .testTarget(
+            name: "LeaseholdClientTests",
+            dependencies: [
+                "LeaseholdClient", "LeaseholdServer", "LeaseProtocol", "Transport",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -17,13 +17,17 @@ let package = Package(
             name: "CoreBench",
             dependencies: [.product(name: "LeaseCore", package: "leasehold")]
         ),
+        .target(name: "CEpoll"),
         .executableTarget(
             name: "LoadBench",
             dependencies: [
+                "CEpoll",
                 .product(name: "Transport", package: "leasehold"),
                 .product(name: "LeaseProtocol", package: "leasehold"),
+                .product(name: "WebSocketCodec", package: "leasehold"),
             ]
         ),
     ],
-    swiftLanguageModes: [.v6]
+    // Tooling, not product code: Swift 5 mode keeps top-level benchmark scripts simple.
+    swiftLanguageModes: [.v5]
 )

@@ -88,11 +88,7 @@ public struct HTTPRequestParser: Sendable {
     public let maxBodySize: Int
     public let maxHeaderCount: Int
 
-    /// Received bytes; those before `readIndex` are consumed.
-    private var buffer: [UInt8] = []
-    private var readIndex = 0
-    /// Where the search for the end of the current line resumes (everything before it has no LF).
-    private var scanIndex = 0
+    private var reader = LineReader()
 
     private var phase: Phase = .requestLine
     /// Bytes of the current request's head consumed so far (request line and complete header lines).
@@ -120,24 +116,20 @@ public struct HTTPRequestParser: Sendable {
 
     /// True when no partial request is buffered.
     public var isIdle: Bool {
-        if case .requestLine = phase { return headBytes == 0 && readIndex == buffer.count }
+        if case .requestLine = phase { return headBytes == 0 && reader.isEmpty }
         return false
     }
 
     /// Drops buffer capacity while idle, so an idle keep-alive connection costs little memory.
     public mutating func releaseIdleBuffers() {
         guard isIdle else { return }
-        buffer = []
-        readIndex = 0
-        scanIndex = 0
+        reader.release()
         body = []
     }
 
     public mutating func feed(_ bytes: UnsafeRawBufferPointer) {
         if case .failed = phase { return }
-        guard bytes.count > 0 else { return }
-        compact()
-        buffer.append(contentsOf: bytes)
+        reader.append(bytes)
     }
 
     public mutating func feed(_ bytes: [UInt8]) {
@@ -147,11 +139,7 @@ public struct HTTPRequestParser: Sendable {
     /// After a request that switches protocols (WebSocket upgrade): the bytes received after it,
     /// which belong to the new protocol. The parser is left empty.
     public mutating func takeUnconsumedBytes() -> [UInt8] {
-        let rest = Array(buffer[min(readIndex, buffer.count)...])
-        buffer = []
-        readIndex = 0
-        scanIndex = 0
-        return rest
+        reader.takeRest()
     }
 
     /// The next complete request, nil when more bytes are needed. Call until nil after each
@@ -162,9 +150,7 @@ public struct HTTPRequestParser: Sendable {
             return try parse()
         } catch {
             phase = .failed(error)
-            buffer = []
-            readIndex = 0
-            scanIndex = 0
+            reader.release()
             throw error
         }
     }
@@ -187,45 +173,27 @@ public struct HTTPRequestParser: Sendable {
                     try parseHeaderLine(line)
                 }
             case .body:
-                let take = min(bodyRemaining, buffer.count - readIndex)
-                if take > 0 {
-                    body.append(contentsOf: buffer[readIndex..<(readIndex + take)])
-                    readIndex += take
-                    bodyRemaining -= take
-                }
+                bodyRemaining -= reader.take(upTo: bodyRemaining, into: &body)
                 guard bodyRemaining == 0 else { return nil }
                 return completeRequest()
             }
         }
     }
 
-    /// The next complete line (without CRLF or LF) as a range of `buffer`; nil when it has not
-    /// all arrived. Enforces the head size limit as soon as it is exceeded.
-    private mutating func nextLine() throws(HTTPParseError) -> Range<Int>? {
-        let limit = maxHeadSize - headBytes
-        var index = scanIndex
-        while index < buffer.count && buffer[index] != UInt8(ascii: "\n") { index += 1 }
-        guard index < buffer.count else {
-            scanIndex = index
-            if buffer.count - readIndex > limit { throw .headTooLarge("request head larger than \(maxHeadSize) bytes") }
-            return nil
+    /// The next complete line, enforcing the head size limit as soon as it is exceeded.
+    private mutating func nextLine() throws(HTTPParseError) -> ArraySlice<UInt8>? {
+        guard let line = reader.nextLine(limit: maxHeadSize - headBytes) else {
+            throw .headTooLarge("request head larger than \(maxHeadSize) bytes")
         }
-        let lineLength = index + 1 - readIndex
-        guard lineLength <= limit else { throw .headTooLarge("request head larger than \(maxHeadSize) bytes") }
-        headBytes += lineLength
-        var end = index
-        if end > readIndex && buffer[end - 1] == UInt8(ascii: "\r") { end -= 1 }
-        let line = readIndex..<end
-        readIndex = index + 1
-        scanIndex = readIndex
-        return line
+        guard let (bytes, consumed) = line else { return nil }
+        headBytes += consumed
+        return bytes
     }
 
     // MARK: Request line
 
     /// `method SP request-target SP HTTP-version` (RFC 9112 §3).
-    private mutating func parseRequestLine(_ line: Range<Int>) throws(HTTPParseError) {
-        let bytes = buffer[line]
+    private mutating func parseRequestLine(_ bytes: ArraySlice<UInt8>) throws(HTTPParseError) {
         let parts = bytes.split(separator: UInt8(ascii: " "), maxSplits: 2, omittingEmptySubsequences: false)
         guard parts.count == 3 else { throw .malformed("malformed request line") }
         let (methodBytes, targetBytes, versionBytes) = (parts[0], parts[1], parts[2])
@@ -239,7 +207,7 @@ public struct HTTPRequestParser: Sendable {
         headers = HTTPHeaders()
     }
 
-    private static func parseVersion(_ bytes: ArraySlice<UInt8>) throws(HTTPParseError) -> Int {
+    static func parseVersion(_ bytes: ArraySlice<UInt8>) throws(HTTPParseError) -> Int {
         let version = Array(bytes)
         let prefix = Array("HTTP/".utf8)
         guard version.count == 8, Array(version[0..<5]) == prefix, version[6] == UInt8(ascii: "."),
@@ -250,28 +218,16 @@ public struct HTTPRequestParser: Sendable {
         return minor
     }
 
-    private static func digit(_ byte: UInt8) -> Int? {
+    static func digit(_ byte: UInt8) -> Int? {
         byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9") ? Int(byte - UInt8(ascii: "0")) : nil
     }
 
     // MARK: Header lines
 
-    /// `field-name ":" OWS field-value OWS` (RFC 9112 §5).
-    private mutating func parseHeaderLine(_ line: Range<Int>) throws(HTTPParseError) {
-        let bytes = buffer[line]
-        guard let first = bytes.first, !ASCII.isWhitespace(first) else {
-            throw .malformed("obsolete line folding is not accepted")
-        }
-        guard let colon = bytes.firstIndex(of: UInt8(ascii: ":")) else { throw .malformed("header line without a colon") }
-        let name = bytes[..<colon]
-        guard !name.isEmpty, name.allSatisfy(ASCII.isTokenByte) else { throw .malformed("invalid header name") }
-        let value = ASCII.trimmingWhitespace(bytes[(colon + 1)...])
-        // VCHAR, SP, HTAB and obs-text; a CTL (including a bare CR or NUL) is an error.
-        guard value.allSatisfy({ $0 >= 0x20 && $0 != 0x7F || $0 == 0x09 }) else {
-            throw .malformed("invalid character in header value")
-        }
+    private mutating func parseHeaderLine(_ bytes: ArraySlice<UInt8>) throws(HTTPParseError) {
         guard headers.count < maxHeaderCount else { throw .headTooLarge("more than \(maxHeaderCount) header fields") }
-        headers.add(name: String(decoding: name, as: UTF8.self), value: String(decoding: value, as: UTF8.self))
+        let (name, value) = try HeaderLine.parse(bytes)
+        headers.add(name: name, value: value)
     }
 
     // MARK: End of head
@@ -295,7 +251,7 @@ public struct HTTPRequestParser: Sendable {
         body = []
         if contentLength > 0 {
             // Reserve what has arrived plus a step, not what the header claims.
-            body.reserveCapacity(min(contentLength, max(buffer.count - readIndex, 16 * 1024)))
+            body.reserveCapacity(min(contentLength, max(reader.count, 16 * 1024)))
             phase = .body
             return nil
         }
@@ -304,32 +260,7 @@ public struct HTTPRequestParser: Sendable {
 
     /// All Content-Length values (repeated fields or a list) must be the same decimal number.
     private func contentLength(_ values: [String]) throws(HTTPParseError) -> Int {
-        var result: Int?
-        for value in values {
-            for element in value.utf8.split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false) {
-                let digits = ASCII.trimmingWhitespace(element)
-                guard !digits.isEmpty else { throw .malformed("empty Content-Length") }
-                var number = 0
-                var overflow = false
-                for byte in digits {
-                    guard let digit = Self.digit(byte) else { throw .malformed("Content-Length is not a number") }
-                    if !overflow {
-                        let (times10, o1) = number.multipliedReportingOverflow(by: 10)
-                        let (sum, o2) = times10.addingReportingOverflow(digit)
-                        overflow = o1 || o2
-                        number = sum
-                    }
-                }
-                if overflow { number = Int.max }   // certainly too large; still compared below
-                guard result == nil || result == number else { throw .malformed("conflicting Content-Length values") }
-                result = number
-            }
-        }
-        let length = result ?? 0
-        guard length <= maxBodySize else {
-            throw HTTPParseError(status: 413, message: "body larger than \(maxBodySize) bytes")
-        }
-        return length
+        try HeaderLine.contentLength(values, maxBodySize: maxBodySize) ?? 0
     }
 
     private mutating func completeRequest() -> HTTPRequest? {
@@ -340,20 +271,5 @@ public struct HTTPRequestParser: Sendable {
         headBytes = 0
         phase = .requestLine
         return request
-    }
-
-    /// Before appending: drop consumed bytes, moving the partial rest only when that pays off
-    /// (byte-at-a-time input would otherwise move the same partial line again and again).
-    private mutating func compact() {
-        guard readIndex > 0 else { return }
-        if readIndex == buffer.count {
-            buffer.removeAll(keepingCapacity: buffer.capacity <= 64 * 1024)
-        } else if readIndex >= 4096 || readIndex * 2 >= buffer.count {
-            buffer.removeSubrange(0..<readIndex)
-        } else {
-            return
-        }
-        scanIndex -= readIndex
-        readIndex = 0
     }
 }

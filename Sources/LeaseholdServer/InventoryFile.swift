@@ -43,7 +43,7 @@ public enum InventoryFile {
         guard let list = top["resources"] else {
             throw InventoryError(line: root.mark?.line, problem: "missing 'resources' list")
         }
-        if case .scalar(let scalar) = list, scalar.tag.name == .null { return [] }
+        if case .scalar = list, list.tag.rawValue == Tag.Name.null.rawValue { return [] }
         guard case .sequence(let items) = list else {
             throw InventoryError(line: list.mark?.line, problem: "'resources' must be a list")
         }
@@ -103,7 +103,7 @@ public enum InventoryFile {
     }
 
     static func isNull(_ node: Node) -> Bool {
-        if case .scalar(let scalar) = node { return scalar.tag.name == .null }
+        if case .scalar = node { return node.tag.rawValue == Tag.Name.null.rawValue }
         return false
     }
 
@@ -113,8 +113,8 @@ public enum InventoryFile {
         guard case .scalar(let scalar) = node else {
             throw InventoryError(line: node.mark?.line, problem: "\(what) must be a string")
         }
-        guard scalar.tag.name == .str else {
-            throw InventoryError(line: node.mark?.line, problem: "\(what) must be a string, not \(typeName(scalar.tag.name)) '\(scalar.string)' (quote it)")
+        guard node.tag.rawValue == Tag.Name.str.rawValue else {
+            throw InventoryError(line: node.mark?.line, problem: "\(what) must be a string, not \(typeName(Tag.Name(rawValue: node.tag.rawValue))) '\(scalar.string)' (quote it)")
         }
         return scalar.string
     }
@@ -143,7 +143,7 @@ public enum InventoryFile {
         guard depth < 16 else { throw InventoryError(line: node.mark?.line, problem: "attributes nested too deeply") }
         switch node {
         case .scalar(let scalar):
-            switch scalar.tag.name {
+            switch Tag.Name(rawValue: node.tag.rawValue) {
             case .null: return .null
             case .bool: return .bool(Bool.construct(from: scalar) ?? false)
             case .int:

@@ -69,7 +69,8 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
         startReading()
     }
 
-    /// Wraps a socket with a connect in progress; the delegate hears `connectionDidConnect`.
+    /// Wraps a socket with a connect in progress. Set the delegate, then call `finishConnecting()`;
+    /// the delegate hears `connectionDidConnect`.
     init(connectingFD fd: Int32, peer: SocketAddress, loop: EventLoop, maxOutputBytes: Int) {
         self.fd = fd
         self.loop = loop
@@ -78,7 +79,15 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
         state = .connecting
         super.init()
         loop.connections[ObjectIdentifier(self)] = self
-        armWriteSource()
+    }
+
+    func finishConnecting() {
+        // Loopback connects are often done already: then no write source is needed at all.
+        if Posix.isConnected(fd) {
+            handleWritable()
+        } else {
+            armWriteSource()
+        }
     }
 
     var isOpen: Bool { state == .open }

@@ -42,26 +42,27 @@ public protocol HTTPRequestHandler: AnyObject, Sendable {
 public final class HTTPResponder: @unchecked Sendable {
     public let peer: SocketAddress
     public let loop: EventLoop
+    /// The request being answered.
+    public let head: HTTPRequestHead
     private let connection: HTTPConnectionHandler
-    private let request: HTTPRequestHead
 
     init(connection: HTTPConnectionHandler, request: HTTPRequestHead) {
         self.connection = connection
         self.loop = connection.connection.loop
         self.peer = connection.connection.peer
-        self.request = request
+        self.head = request
     }
 
     /// Sends `response`. May be called from any queue.
     public func respond(_ response: HTTPResponse) {
-        loop.execute { [self] in connection.complete(response, keepAlive: request.keepAlive) }
+        loop.execute { [self] in connection.complete(response, keepAlive: head.keepAlive) }
     }
 
     /// Validates the upgrade request and, if it is a valid WebSocket handshake, answers 101 and
     /// hands the connection to `handler`; otherwise answers the matching error (400, 405, 426).
     /// Must be called on `loop`.
     public func upgradeToWebSocket(handler: WebSocketHandler) {
-        switch WebSocketUpgrade.validate(request) {
+        switch WebSocketUpgrade.validate(head) {
         case .failure(let error):
             connection.complete(error.response, keepAlive: false)
         case .success(let accepted):

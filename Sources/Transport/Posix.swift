@@ -50,6 +50,25 @@ public struct SocketAddress: Sendable, CustomStringConvertible {
     }
 
     public init(host: String, port: UInt16) throws(AddressError) {
+        // Numeric addresses need no resolver (getaddrinfo reads files and costs microseconds).
+        var storage = sockaddr_storage()
+        let numeric: socklen_t? = withUnsafeMutablePointer(to: &storage) { pointer in
+            pointer.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { v4 -> socklen_t? in
+                guard inet_pton(AF_INET, host, &v4.pointee.sin_addr) == 1 else { return nil }
+                v4.pointee.sin_family = sa_family_t(AF_INET)
+                v4.pointee.sin_port = port.bigEndian
+                return socklen_t(MemoryLayout<sockaddr_in>.size)
+            } ?? pointer.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { v6 -> socklen_t? in
+                guard inet_pton(AF_INET6, host, &v6.pointee.sin6_addr) == 1 else { return nil }
+                v6.pointee.sin6_family = sa_family_t(AF_INET6)
+                v6.pointee.sin6_port = port.bigEndian
+                return socklen_t(MemoryLayout<sockaddr_in6>.size)
+            }
+        }
+        if let numeric {
+            self.init(storage: storage, length: numeric)
+            return
+        }
         var hints = addrinfo()
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
         hints.ai_family = AF_UNSPEC
@@ -66,7 +85,7 @@ public struct SocketAddress: Sendable, CustomStringConvertible {
             if entry.pointee.ai_family == AF_INET { chosen = entry; break }
             cursor = entry.pointee.ai_next
         }
-        var storage = sockaddr_storage()
+        storage = sockaddr_storage()
         let length = chosen.pointee.ai_addrlen
         withUnsafeMutableBytes(of: &storage) { raw in
             if let source = chosen.pointee.ai_addr {
@@ -194,6 +213,14 @@ enum Posix {
         var length = socklen_t(MemoryLayout<Int32>.size)
         getsockopt(fd, SOL_SOCKET, SO_ERROR, &code, &length)
         return code
+    }
+
+    static func isConnected(_ fd: Int32) -> Bool {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        return withUnsafeMutablePointer(to: &storage) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &length) == 0 }
+        }
     }
 
     static func setNoDelay(_ fd: Int32) {

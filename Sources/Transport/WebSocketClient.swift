@@ -45,7 +45,8 @@ public enum WebSocketClient {
             return
         }
         let key = WebSocketHandshake.makeClientKey()
-        var request = "GET \(path) HTTP/1.1\r\nHost: \(host):\(port)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        let hostHeader = host.contains(":") && !host.hasPrefix("[") ? "[\(host)]" : host
+        var request = "GET \(path) HTTP/1.1\r\nHost: \(hostHeader):\(port)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         request += "Sec-WebSocket-Key: \(key)\r\nSec-WebSocket-Version: 13\r\n"
         for (name, value) in headers { request += "\(name): \(value)\r\n" }
         request += "\r\n"
@@ -57,6 +58,7 @@ public enum WebSocketClient {
             connection.delegate = handshake
             connection.deadline = EventLoop.now() + UInt64(max(0, handshakeTimeout.nanoseconds))
             loop.watchDeadline(connection)
+            connection.finishConnecting()
         }
     }
 }

@@ -74,6 +74,9 @@ public final class WebSocketConnection: ConnectionDelegate, @unchecked Sendable 
 
     public var isOpen: Bool { state == .open }
 
+    /// Bytes queued for the peer and not yet written (a slow reader's backlog).
+    public var pendingOutputBytes: Int { connection.pendingOutputBytes }
+
     // MARK: sending (on `loop`)
 
     public func send(text: String) {

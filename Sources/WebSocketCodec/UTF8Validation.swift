@@ -1,169 +1,162 @@
 // Incremental UTF-8 validation (RFC 3629) for text messages that arrive in pieces.
 //
-// The hot loop skips ASCII eight or thirty-two bytes at a time and checks each multi-byte
-// sequence with a couple of compares; a sequence cut by a buffer boundary is finished one byte
-// at a time in the next `feed`. Rejects overlongs, surrogates (U+D800–DFFF) and code points
-// above U+10FFFF at the first byte that makes the sequence impossible.
+// A shift-based DFA: the table row for a byte packs, for every state, the next state as a 6-bit
+// shift amount, so one step is `state = row[byte] >> state`, with no branches. That makes the
+// cost the same for every script. Long inputs run as two independent halves interleaved (the
+// second half starts at a code point boundary), which doubles the work per cycle, and runs of
+// ASCII are skipped a word at a time. The whole incremental state is one integer.
 
 public enum UTF8Validation {
     public struct Validator: Sendable {
-        /// Continuation bytes still owed by the code point in progress (0 = at a boundary).
-        private var pendingContinuations: UInt8 = 0
-        /// Allowed range of the next byte while a code point is in progress.
-        private var nextLowest: UInt8 = 0x80
-        private var nextHighest: UInt8 = 0xBF
-        private var failed = false
+        private var state = DFA.accept
 
         public init() {}
 
-        /// True when the bytes so far do not end in the middle of a code point.
-        public var isComplete: Bool { !failed && pendingContinuations == 0 }
+        /// True when the bytes so far are valid and do not end in the middle of a code point.
+        public var isComplete: Bool { state & DFA.stateMask == DFA.accept }
 
         /// Validates the next piece. Returns false as soon as the bytes seen so far cannot be a
         /// prefix of valid UTF-8; once false, it stays false.
         public mutating func feed(_ bytes: UnsafeRawBufferPointer) -> Bool {
-            guard !failed else { return false }
-            guard let base = bytes.baseAddress, bytes.count > 0 else { return true }
-            var index = 0
-            let count = bytes.count
-            // Finish a code point left open by the previous piece.
-            while pendingContinuations > 0 && index < count {
-                guard step(base.load(fromByteOffset: index, as: UInt8.self)) else { return fail() }
-                index += 1
+            if let base = bytes.baseAddress, bytes.count > 0, state != DFA.error {
+                state = DFA.run(from: state, base, count: bytes.count)
             }
-            guard index < count else { return true }
-            // Bulk: every sequence that fits entirely in the buffer.
-            let boundary = UTF8Validation.validatePrefix(base, from: index, count: count)
-            guard boundary >= 0 else { return fail() }
-            // What is left is shorter than the sequence its lead byte announced: check what we have.
-            index = boundary
-            while index < count {
-                guard step(base.load(fromByteOffset: index, as: UInt8.self)) else { return fail() }
-                index += 1
-            }
-            return true
+            return state != DFA.error
         }
 
         public mutating func feed(_ bytes: [UInt8]) -> Bool {
             bytes.withUnsafeBytes { feed($0) }
-        }
-
-        private mutating func fail() -> Bool {
-            failed = true
-            return false
-        }
-
-        /// Advances the byte-at-a-time state machine by one byte.
-        private mutating func step(_ byte: UInt8) -> Bool {
-            if pendingContinuations > 0 {
-                guard byte >= nextLowest && byte <= nextHighest else { return false }
-                pendingContinuations -= 1
-                nextLowest = 0x80
-                nextHighest = 0xBF
-                return true
-            }
-            switch byte {
-            case 0x00...0x7F: return true
-            case 0xC2...0xDF: pendingContinuations = 1
-            case 0xE0: pendingContinuations = 2; nextLowest = 0xA0              // no overlongs
-            case 0xE1...0xEC, 0xEE, 0xEF: pendingContinuations = 2
-            case 0xED: pendingContinuations = 2; nextHighest = 0x9F             // no surrogates
-            case 0xF0: pendingContinuations = 3; nextLowest = 0x90              // no overlongs
-            case 0xF1...0xF3: pendingContinuations = 3
-            case 0xF4: pendingContinuations = 3; nextHighest = 0x8F             // ≤ U+10FFFF
-            default: return false                                                // 80–C1, F5–FF
-            }
-            return true
         }
     }
 
     /// Whether `bytes` is complete, valid UTF-8.
     public static func isValid(_ bytes: UnsafeRawBufferPointer) -> Bool {
         guard let base = bytes.baseAddress, bytes.count > 0 else { return true }
-        return validatePrefix(base, from: 0, count: bytes.count) == bytes.count
+        return DFA.run(from: DFA.accept, base, count: bytes.count) == DFA.accept
     }
 
     public static func isValid(_ bytes: [UInt8]) -> Bool {
         bytes.withUnsafeBytes { isValid($0) }
     }
+}
+
+/// States are shift amounts (multiples of 6) into a table row; the row for byte b holds
+/// `next(state, b) << state` for every state.
+enum DFA {
+    static let accept: UInt64 = 0          // at a code point boundary
+    static let error: UInt64 = 6           // sink
+    static let needOne: UInt64 = 12        // one continuation byte (80–BF) to go
+    static let needTwo: UInt64 = 18
+    static let needThree: UInt64 = 24
+    static let afterE0: UInt64 = 30        // next byte A0–BF (no overlongs)
+    static let afterED: UInt64 = 36        // next byte 80–9F (no surrogates)
+    static let afterF0: UInt64 = 42        // next byte 90–BF (no overlongs)
+    static let afterF4: UInt64 = 48        // next byte 80–8F (nothing above U+10FFFF)
+    static let stateMask: UInt64 = 63
+
+    /// 256 rows, one per byte value, so any UInt8 is a valid index.
+    static let rows: [UInt64] = {
+        func next(_ state: UInt64, _ byte: UInt8) -> UInt64 {
+            switch state {
+            case accept:
+                switch byte {
+                case 0x00...0x7F: return accept
+                case 0xC2...0xDF: return needOne
+                case 0xE0: return afterE0
+                case 0xE1...0xEC, 0xEE, 0xEF: return needTwo
+                case 0xED: return afterED
+                case 0xF0: return afterF0
+                case 0xF1...0xF3: return needThree
+                case 0xF4: return afterF4
+                default: return error
+                }
+            case needOne: return (0x80...0xBF).contains(byte) ? accept : error
+            case needTwo: return (0x80...0xBF).contains(byte) ? needOne : error
+            case needThree: return (0x80...0xBF).contains(byte) ? needTwo : error
+            case afterE0: return (0xA0...0xBF).contains(byte) ? needOne : error
+            case afterED: return (0x80...0x9F).contains(byte) ? needOne : error
+            case afterF0: return (0x90...0xBF).contains(byte) ? needTwo : error
+            case afterF4: return (0x80...0x8F).contains(byte) ? needTwo : error
+            default: return error
+            }
+        }
+        let states = [accept, error, needOne, needTwo, needThree, afterE0, afterED, afterF0, afterF4]
+        return (0...255).map { byte in
+            states.reduce(UInt64(0)) { row, state in row | next(state, UInt8(byte)) << state }
+        }
+    }()
 
     private static let highBits: UInt64 = 0x8080_8080_8080_8080
 
-    /// Validates whole sequences starting at `start`. Returns the offset of the first sequence that
-    /// does not fit in the buffer (== count when everything fit), or -1 on invalid input.
-    /// Stops early only at the end of the buffer, so a returned boundary leaves fewer than four bytes.
-    @inline(__always)
-    static func validatePrefix(_ base: UnsafeRawPointer, from start: Int, count: Int) -> Int {
-        var index = start
-        while index < count {
-            let lead = base.load(fromByteOffset: index, as: UInt8.self)
-            if lead < 0x80 {
-                // ASCII: skip whole words. Within a word, jump straight to the first non-ASCII byte.
-                index += 1
-                while count - index >= 32 {
-                    let a = base.loadUnaligned(fromByteOffset: index, as: UInt64.self)
-                    let b = base.loadUnaligned(fromByteOffset: index + 8, as: UInt64.self)
-                    let c = base.loadUnaligned(fromByteOffset: index + 16, as: UInt64.self)
-                    let d = base.loadUnaligned(fromByteOffset: index + 24, as: UInt64.self)
-                    if (a | b | c | d) & highBits != 0 { break }
-                    index += 32
+    /// Runs the DFA over `count` bytes from `state`; returns the final state (masked).
+    static func run(from state: UInt64, _ base: UnsafeRawPointer, count: Int) -> UInt64 {
+        rows.withUnsafeBufferPointer { table in
+            // `table` has 256 entries and is only indexed by a UInt8, so every access is in bounds.
+            guard let rows = table.baseAddress, table.count == 256 else { return error }
+            guard count >= 512 else { return single(rows, base, from: 0, to: count, state: state) }
+
+            // Split at a code point boundary: a byte that is not a continuation byte. If three
+            // steps do not find one, the input has 4+ continuation bytes in a row and the second
+            // half fails by itself, as it should.
+            var middle = count / 2
+            for _ in 0..<3 where base.load(fromByteOffset: middle, as: UInt8.self) & 0xC0 == 0x80 { middle += 1 }
+
+            var first = state & stateMask
+            var second = accept
+            var i = 0
+            var j = middle
+            let block = 64
+            while middle - i >= block && count - j >= block {
+                if (first | second) & stateMask == accept && isASCII(base, i, block) && isASCII(base, j, block) {
+                    i += block
+                    j += block
+                    continue
                 }
-                if count - index >= 8 {
-                    let word = UInt64(littleEndian: base.loadUnaligned(fromByteOffset: index, as: UInt64.self))
-                    let nonASCII = word & highBits
-                    index += nonASCII == 0 ? 8 : nonASCII.trailingZeroBitCount &>> 3
+                for k in 0..<block {
+                    first = rows[Int(base.load(fromByteOffset: i + k, as: UInt8.self))] &>> first
+                    second = rows[Int(base.load(fromByteOffset: j + k, as: UInt8.self))] &>> second
                 }
-                continue
+                i += block
+                j += block
             }
-            let remaining = count - index
-            if lead < 0xE0 {
-                // Two bytes: C2–DF then a continuation (C0, C1 would be overlong).
-                guard lead >= 0xC2 else { return -1 }
-                guard remaining >= 2 else { return index }
-                let second = base.load(fromByteOffset: index + 1, as: UInt8.self)
-                guard second & 0xC0 == 0x80 else { return -1 }
-                index += 2
-            } else if lead < 0xF0 {
-                guard remaining >= 3 else { return boundaryAfterCheckingPrefix(base, index, count) }
-                let second = base.load(fromByteOffset: index + 1, as: UInt8.self)
-                let third = base.load(fromByteOffset: index + 2, as: UInt8.self)
-                guard third & 0xC0 == 0x80, secondByteIsValid(lead: lead, second) else { return -1 }
-                index += 3
-            } else {
-                guard lead <= 0xF4 else { return -1 }
-                guard remaining >= 4 else { return boundaryAfterCheckingPrefix(base, index, count) }
-                let second = base.load(fromByteOffset: index + 1, as: UInt8.self)
-                let third = base.load(fromByteOffset: index + 2, as: UInt8.self)
-                let fourth = base.load(fromByteOffset: index + 3, as: UInt8.self)
-                guard (third & fourth) & 0xC0 == 0x80, (third | fourth) & 0x40 == 0,
-                      secondByteIsValid(lead: lead, second) else { return -1 }
-                index += 4
-            }
+            first = single(rows, base, from: i, to: middle, state: first)
+            // The first half must end exactly on a boundary, since the second starts on one.
+            guard first == accept else { return error }
+            return single(rows, base, from: j, to: count, state: second)
         }
-        return index
     }
 
-    /// A truncated 3- or 4-byte sequence at the end of the buffer: hands it to the byte-wise state
-    /// machine (by returning its offset) unless its second byte already rules it out.
+    /// One DFA over `[from, to)`, skipping ASCII sixteen bytes at a time while at a boundary.
     @inline(__always)
-    private static func boundaryAfterCheckingPrefix(_ base: UnsafeRawPointer, _ index: Int, _ count: Int) -> Int {
-        if count - index >= 2 {
-            let lead = base.load(fromByteOffset: index, as: UInt8.self)
-            if !secondByteIsValid(lead: lead, base.load(fromByteOffset: index + 1, as: UInt8.self)) { return -1 }
+    private static func single(
+        _ rows: UnsafePointer<UInt64>, _ base: UnsafeRawPointer, from: Int, to end: Int, state: UInt64
+    ) -> UInt64 {
+        var state = state
+        var i = from
+        while i < end {
+            if state & stateMask == accept {
+                while end - i >= 16 && isASCII(base, i, 16) { i += 16 }
+            }
+            let blockEnd = min(end, i + 16)
+            while i < blockEnd {
+                state = rows[Int(base.load(fromByteOffset: i, as: UInt8.self))] &>> state
+                i += 1
+            }
+            if state & stateMask == error { return error }
         }
-        return index
+        return state & stateMask
     }
 
-    /// The second byte of a 3- or 4-byte sequence, whose range depends on the lead byte
-    /// (RFC 3629 §4: this is where overlongs, surrogates and values above U+10FFFF are excluded).
+    /// Whether `count` bytes (a multiple of 16) at `offset` are all below 0x80.
     @inline(__always)
-    private static func secondByteIsValid(lead: UInt8, _ second: UInt8) -> Bool {
-        switch lead {
-        case 0xE0: return second >= 0xA0 && second <= 0xBF
-        case 0xED: return second >= 0x80 && second <= 0x9F
-        case 0xF0: return second >= 0x90 && second <= 0xBF
-        case 0xF4: return second >= 0x80 && second <= 0x8F
-        default: return second & 0xC0 == 0x80
+    private static func isASCII(_ base: UnsafeRawPointer, _ offset: Int, _ count: Int) -> Bool {
+        var combined: UInt64 = 0
+        var k = 0
+        while k < count {
+            combined |= base.loadUnaligned(fromByteOffset: offset + k, as: UInt64.self)
+                | base.loadUnaligned(fromByteOffset: offset + k + 8, as: UInt64.self)
+            k += 16
         }
+        return combined & highBits == 0
     }
 }

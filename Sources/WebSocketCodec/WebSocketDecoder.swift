@@ -85,6 +85,9 @@ public struct WebSocketDecoder: Sendable {
         controlBuffer = []
     }
 
+    /// Stores bytes for `nextEvent`. Drain `nextEvent` until nil after each feed: payload bytes
+    /// then move out of the input buffer at once, so it only ever holds one read's worth.
+    /// Ignored after a close event or an error.
     public mutating func feed(_ bytes: UnsafeRawBufferPointer) {
         guard !phase.isTerminal, bytes.count > 0 else { return }
         compactInput()
@@ -312,8 +315,9 @@ public struct WebSocketDecoder: Sendable {
     }
 
     private mutating func takeControlPayload() -> [UInt8] {
+        // Hand the array over rather than copy it; control payloads are at most 125 bytes.
         let payload = controlBuffer
-        controlBuffer.removeAll(keepingCapacity: true)
+        controlBuffer = []
         return payload
     }
 

@@ -1,1 +1,249 @@
-print("LoadBench: not written yet")
+// LoadBench: a load tool that speaks the leasehold protocol, on our own transport.
+//
+//   LoadBench cycles  --port P [--clients 200] [--seconds 10] [--type bench]
+//       acquire → granted → close, as fast as possible; cycles/s and grant latency p50/p99
+//   LoadBench handoff --port P [--rounds 2000] [--name bench-0001]
+//       time from a holder's close to the next waiter's grant, p50/p99
+//   LoadBench hold    --port P --server-pid PID [--connections 19000] [--type bench]
+//       opens that many lease connections, each granted one resource; server RSS per lease
+//
+// Generate a large inventory with `LoadBench inventory N > bench.yaml`.
+import Dispatch
+import LeaseProtocol
+import Transport
+#if canImport(Glibc)
+import Glibc
+#endif
+
+func now() -> UInt64 { EventLoop.now() }
+
+func fail(_ message: String) -> Never {
+    fputs("LoadBench: \(message)\n", stderr)
+    exit(2)
+}
+
+struct Arguments {
+    var values: [String: String] = [:]
+    var command = ""
+
+    init() {
+        var list = Array(CommandLine.arguments.dropFirst())
+        guard !list.isEmpty else { fail("usage: LoadBench cycles|handoff|hold|inventory ... (see the header of main.swift)") }
+        command = list.removeFirst()
+        var index = 0
+        while index < list.count {
+            let key = list[index]
+            if key.hasPrefix("--"), index + 1 < list.count {
+                values[String(key.dropFirst(2))] = list[index + 1]
+                index += 2
+            } else {
+                values["_\(index)"] = key
+                index += 1
+            }
+        }
+    }
+
+    func int(_ key: String, _ fallback: Int) -> Int { values[key].flatMap { Int($0) } ?? fallback }
+    func string(_ key: String, _ fallback: String) -> String { values[key] ?? fallback }
+}
+
+func percentile(_ sorted: [UInt64], _ p: Double) -> Double {
+    guard !sorted.isEmpty else { return .nan }
+    let index = min(sorted.count - 1, Int(Double(sorted.count) * p))
+    return Double(sorted[index]) / 1e6
+}
+
+func format(_ value: Double) -> String {
+    let scaled = (value * 1000).rounded() / 1000
+    return String(scaled)
+}
+
+/// One connection that acquires, and reports what the server said.
+final class LeaseClient: WebSocketHandler, @unchecked Sendable {
+    let request: String
+    var onGranted: (LeaseClient) -> Void = { _ in }
+    var onQueued: (LeaseClient) -> Void = { _ in }
+    var onClosed: (LeaseClient, UInt16) -> Void = { _, _ in }
+    var socket: WebSocketConnection?
+    var sentAt: UInt64 = 0
+
+    init(request: String) { self.request = request }
+
+    func webSocketDidOpen(_ socket: WebSocketConnection) {
+        self.socket = socket
+        sentAt = now()
+        socket.send(text: request)
+    }
+
+    func webSocket(_ socket: WebSocketConnection, didReceiveText text: [UInt8]) {
+        // Cheap check: the event name is near the start.
+        let head = String(decoding: text.prefix(24), as: UTF8.self)
+        if head.contains("granted") { onGranted(self) } else if head.contains("queued") { onQueued(self) } else {
+            fputs("LoadBench: server said \(String(decoding: text, as: UTF8.self))\n", stderr)
+        }
+    }
+
+    func webSocketDidClose(_ socket: WebSocketConnection, code: UInt16, reason: String) {
+        onClosed(self, code)
+    }
+}
+
+let arguments = Arguments()
+let port = UInt16(arguments.int("port", 7400))
+let host = arguments.string("host", "127.0.0.1")
+let group = EventLoopGroup(count: 1, label: "loadbench")
+let loop = group.loops[0]
+var configuration = WebSocketConfiguration()
+configuration.pingInterval = nil
+configuration.deadAfter = nil
+configuration.closeTimeout = .seconds(2)
+
+func acquireText(_ group: String) -> String { "{\"op\":\"acquire\",\"holder\":\"loadbench\",\"want\":[\(group)]}" }
+
+func connect(_ client: LeaseClient, path: String = "/v1/lease") {
+    WebSocketClient.connect(host: host, port: port, path: path, loop: loop, configuration: configuration,
+                            handler: client) { result in
+        if case .failure(let error) = result { fail("connect: \(error)") }
+    }
+}
+
+func rssKiB(pid: Int) -> Int {
+    guard let file = fopen("/proc/\(pid)/status", "r") else { return -1 }
+    defer { fclose(file) }
+    var line = [CChar](repeating: 0, count: 256)
+    while fgets(&line, Int32(line.count), file) != nil {
+        let text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        if text.hasPrefix("VmRSS:") {
+            return Int(text.split(separator: " ").dropFirst().first ?? "") ?? -1
+        }
+    }
+    return -1
+}
+
+func cpuSeconds(pid: Int) -> Double {
+    guard let file = fopen("/proc/\(pid)/stat", "r") else { return -1 }
+    defer { fclose(file) }
+    var line = [CChar](repeating: 0, count: 1024)
+    guard fgets(&line, Int32(line.count), file) != nil else { return -1 }
+    let text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    guard let close = text.lastIndex(of: ")") else { return -1 }
+    let fields = text[text.index(after: close)...].split(separator: " ")
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return -1 }
+    return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
+}
+
+switch arguments.command {
+case "inventory":
+    let count = Int(arguments.values["_0"] ?? "") ?? 20_000
+    var text = "resources:\n"
+    for index in 0..<count {
+        text += "  - name: bench-\(String(index))\n    type: bench\n    labels: {pool: \"p\(index % 10)\"}\n"
+    }
+    print(text, terminator: "")
+    exit(0)
+
+case "cycles":
+    // A raw epoll client with precomputed frames, so that the load tool costs far less per cycle
+    // than the server and the server is what limits the rate.
+    let clients = arguments.int("clients", 200)
+    let seconds = arguments.int("seconds", 10)
+    let type = arguments.string("type", "bench")
+    let serverPID = arguments.int("server-pid", 0)
+    let cpuBefore = serverPID > 0 ? cpuSeconds(pid: serverPID) : 0
+    runRawCycles(host: host, port: port, clients: clients, seconds: seconds,
+                 request: acquireText("{\"type\":\"\(type)\"}"))
+    let report = rawReport
+    print("cycles: \(report.cycles) in \(format(report.elapsed)) s = \(Int(Double(report.cycles) / report.elapsed)) cycles/s with \(clients) clients")
+    print("grant latency (acquire sent → granted): p50 \(format(percentile(report.latencies, 0.5))) ms, p99 \(format(percentile(report.latencies, 0.99))) ms")
+    var usage = rusage()
+    getrusage(Int32(RUSAGE_SELF.rawValue), &usage)
+    let own = Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
+    print("load tool CPU: \(format(own)) s = \(Int(own / report.elapsed * 100))% of one core")
+    if serverPID > 0 {
+        let cpu = cpuSeconds(pid: serverPID) - cpuBefore
+        print("server CPU: \(format(cpu)) s over \(format(report.elapsed)) s = \(Int(cpu / report.elapsed * 100))% of one core")
+    }
+    exit(0)
+
+case "handoff":
+    let rounds = arguments.int("rounds", 2000)
+    let name = arguments.string("name", "bench-0")
+    let request = acquireText("{\"name\":\"\(name)\"}")
+    nonisolated(unsafe) var samples: [UInt64] = []
+    nonisolated(unsafe) var holder: LeaseClient?
+    nonisolated(unsafe) var waiter: LeaseClient?
+    nonisolated(unsafe) var releasedAt: UInt64 = 0
+    // A holder, and a waiter queued behind it. When the waiter is queued, the holder closes; the
+    // waiter's grant ends the sample, the waiter becomes the holder and a new waiter queues.
+    func newWaiter() {
+        let client = LeaseClient(request: request)
+        client.onQueued = { _ in
+            releasedAt = now()
+            holder?.socket?.close(code: 1000)
+        }
+        client.onGranted = { client in
+            if releasedAt > 0 { samples.append(now() - releasedAt) }
+            holder = client
+            if samples.count >= rounds {
+                samples.sort()
+                print("hand-off (holder's close sent → next waiter granted), \(samples.count) rounds: p50 \(format(percentile(samples, 0.5))) ms, p99 \(format(percentile(samples, 0.99))) ms")
+                exit(0)
+            }
+            newWaiter()
+        }
+        waiter = client
+        connect(client)
+    }
+    let first = LeaseClient(request: request)
+    first.onGranted = { client in
+        holder = client
+        newWaiter()
+    }
+    loop.execute { connect(first) }
+
+case "hold":
+    let total = arguments.int("connections", 19_000)
+    let type = arguments.string("type", "bench")
+    let serverPID = arguments.int("server-pid", 0)
+    guard serverPID > 0 else { fail("hold needs --server-pid (to read the server's RSS)") }
+    let rssBefore = rssKiB(pid: serverPID)
+    let request = acquireText("{\"type\":\"\(type)\"}")
+    nonisolated(unsafe) var granted = 0
+    nonisolated(unsafe) var opened = 0
+    nonisolated(unsafe) var clientsKept: [LeaseClient] = []
+    let start = now()
+    // Open in batches so the accept backlog is not flooded.
+    func openMore() {
+        let batch = min(200, total - opened)
+        for _ in 0..<batch {
+            let client = LeaseClient(request: request)
+            client.onGranted = { _ in
+                granted += 1
+                if granted == total {
+                    // Let the server settle, then read its memory.
+                    loop.queue.asyncAfter(deadline: .now() + .seconds(2)) {
+                        let rssAfter = rssKiB(pid: serverPID)
+                        let perLease = Double(rssAfter - rssBefore) * 1024 / Double(total)
+                        print("held leases: \(granted) (opened in \(format(Double(now() - start) / 1e9)) s)")
+                        print("server RSS: before \(rssBefore) KiB, with leases \(rssAfter) KiB → \(Int(perLease)) bytes per held lease")
+                        exit(0)
+                    }
+                }
+            }
+            client.onClosed = { _, code in fail("a lease connection closed (code \(code)) after \(granted) grants") }
+            clientsKept.append(client)
+            connect(client)
+        }
+        opened += batch
+        if opened < total {
+            loop.queue.asyncAfter(deadline: .now() + .milliseconds(20)) { openMore() }
+        }
+    }
+    loop.execute { openMore() }
+
+default:
+    fail("unknown command \(arguments.command): use cycles, handoff, hold or inventory")
+}
+
+dispatchMain()

@@ -1,1 +1,0 @@
-// LeaseCore: see README.md for the layout.

@@ -1,0 +1,402 @@
+/// The lease table: inventory, granted leases and the fair queue, as a pure, deterministic state
+/// machine. The server owns one, calls it from one serial context, passes the time in, and
+/// carries out the returned effects in order.
+///
+/// ## Calls
+/// Every mutating call takes `now` and first fails every waiter whose `wait` ran out
+/// (`now ≥ arrival + wait`, with `.failed(id, .waitTimeout)`), so `tick(now:)` is needed only
+/// when nothing else happens: call it at `nextDeadline`. Time never goes backwards inside the
+/// table (an earlier `now` is treated as the latest seen).
+///
+/// Each call appends effects to `out` (the `…(into:)` forms, for a reused buffer) or returns
+/// them. Effects come out in the order the state changed: e.g. `revoke` gives `.revoked(L1)`
+/// and then the `.granted` of the waiters that got L1's resources; `release` of a waiter gives
+/// only the grants its reserved resources caused. A lease id is gone from the table after
+/// `.failed`/`.revoked`, after `release`, and stays after `.granted` until `release`/`revoke`.
+///
+/// ## Rules (PROTOCOL.md "Who gets a freed resource")
+/// A request is granted whole or not at all. Groups are matched to resources by bipartite
+/// matching, so overlapping selectors find an assignment whenever one exists. A request that
+/// cannot be granted at once waits (unless `wait` is zero) and at once reserves the free
+/// resources it can use. A resource that becomes free goes to the earliest waiter that can use
+/// it ("can use": reserving it raises the size of the largest matching of that waiter's reserved
+/// set into its request). Reserved resources are out of everyone else's reach; a waiter is
+/// granted when it holds a full assignment. Invariant: no free enabled resource is usable by
+/// any waiter. Among equally good free resources the earliest in inventory order is taken.
+/// After a waiter loses a reserved resource (disable, reload) it may reclaim usable resources
+/// reserved by later waiters, so a later waiter never keeps what an earlier one can use and the
+/// queue cannot deadlock: with every resource enabled and released, the earliest waiter is
+/// always granted.
+///
+/// ## Cost
+/// Grant, release and hand-off touch only the resources and waiters concerned: free resources
+/// are indexed per selector (type + labels, or name) in hierarchical bitsets, waiters per
+/// selector in heaps ordered by arrival, positions come from a Fenwick tree over the queue.
+/// `reload`, `snapshot()` and `resourceCounts()` are O(table).
+public struct LeaseTable: Sendable {
+    // MARK: Tunables
+    /// Per-waiter minimum spacing of `positionChanged` effects.
+    public static let positionUpdateInterval: Int64 = 1_000_000_000
+    /// Minimum spacing of the queue walks that produce position updates (coalescing).
+    public static let positionWalkInterval: Int64 = 100_000_000
+    static let idleSelectorCap = 256
+    static let maxGroups = 16
+
+    // MARK: Resources
+    struct Membership: Sendable {
+        var sel: Int32
+        var pos: Int32
+    }
+
+    struct Res: Sendable {
+        var name: String
+        var type: String
+        var labels: [String: String]
+        var attributes: AttributeValue
+        var epoch: UInt64
+        var enabled = true
+        /// false: removed by a reload while held ("retired"); it disappears on release.
+        var inInventory = true
+        /// A retired resource that was released: a tombstone until the next reload.
+        var gone = false
+        /// Lease slot that holds (`held`) or reserves (waiting lease) it; -1 for none.
+        var owner: Int32 = -1
+        var held = false
+        var since: Tick
+        var memberships: [Membership] = []
+        var nameSel: Int32 = -1
+
+        var isFree: Bool { owner < 0 && enabled && inInventory }
+    }
+
+    var res: [Res] = []
+    var nameToSlot: [String: Int32] = [:]
+    /// Inventory resources by type, in inventory order.
+    var typeMembers: [String: [Int32]] = [:]
+    /// Epochs of names that have no record (removed, or seeded but not in the inventory).
+    var epochStore: [String: UInt64] = [:]
+    var inventoryGeneration: UInt64 = 0
+
+    // MARK: Selectors
+    enum SelectorKey: Hashable, Sendable {
+        case name(String)
+        /// Type and labels flattened as sorted key, value, key, value…
+        case type(String, [String])
+    }
+
+    struct Selector: Sendable {
+        var key: SelectorKey
+        var members: [Int32]
+        var free: HierBits
+        var refs = 0
+        var hungry = MinHeap<WaiterRef>()
+        var hungryLive = 0
+        var live = true
+    }
+
+    var sels: [Selector] = []
+    var selIndex: [SelectorKey: Int32] = [:]
+    var freeSelSlots: [Int32] = []
+    var idleTypeSelectors = 0
+    var satCache: [[Int64]: Bool] = [:]
+
+    // MARK: Leases and waiters
+    struct GroupRec: Sendable {
+        var sel: Int32
+        var count: Int32
+        var offset: Int32
+        var filled: Int32
+        /// Other groups whose selectors may share a resource with this one (conservative).
+        var overlap: UInt16
+        /// Index of the first group with the same selector.
+        var rep: Int8
+    }
+
+    struct LeaseRec: Sendable {
+        var id: LeaseID
+        var seq: UInt64
+        var alive: Bool
+        var waiting: Bool
+        var request: Request
+        var arrivedAt: Tick
+        var grantedAt: Tick
+        var grantedGeneration: UInt64
+        var groups: [GroupRec]
+        /// Flat: group g owns `slots[offset ..< offset+count]`, the first `filled` in use.
+        /// After the grant this is the granted list, in want order.
+        var slots: [Int32]
+        var anyOverlap: Bool
+        var hungry: UInt16
+        var listed: UInt16
+        var deadline: Int64
+        var queueIndex: Int32
+        var lastSentPos: Int32
+        var lastSentAt: Int64
+        var holdsSelectorRefs: Bool
+    }
+
+    var leases: [LeaseRec] = []
+    var freeLeaseSlots: [Int32] = []
+    var leaseIndex: [LeaseID: Int32] = [:]
+    var nextSeq: UInt64 = 1
+    public internal(set) var grantedLeaseCount = 0
+    public internal(set) var waiterCount = 0
+
+    // MARK: Queue, positions, deadlines
+    var queue: [Int32] = []
+    var fenwick = Fenwick(capacity: 64)
+    var posDirtyFrom = -1
+    var nextPositionWalk: Int64 = .max
+    var lastWalk: Int64 = .min
+    var deadlines = MinHeap<DeadlineRef>()
+    var deadlineLive = 0
+    var lastNow: Int64 = .min
+
+    // MARK: Scratch (reused to avoid per-event allocation)
+    var scratchResolved: [GroupRec] = []
+    var scratchReleased: [Int32] = []
+
+    // MARK: Init
+
+    /// An empty table.
+    public init() {}
+
+    /// A table with `inventory` in force. `epochs` seeds the per-name fencing counters (e.g. as
+    /// persisted from `epochs` before a restart); names not in the inventory are remembered too.
+    public init(inventory: Inventory, epochs: [String: UInt64] = [:], now: Tick = .zero) throws(InventoryError) {
+        self.init()
+        epochStore = epochs
+        switch reload(inventory, now: now) {
+        case .invalid(let p): throw InventoryError(problems: p)
+        case .applied: break
+        }
+    }
+
+    // MARK: Public read-only state
+
+    /// When the server must call `tick(now:)` next: the earliest wait deadline or pending
+    /// position update. nil: nothing is scheduled.
+    public var nextDeadline: Tick? {
+        var t = nextPositionWalk
+        if let d = deadlines.top?.deadline, d < t { t = d }
+        return t == .max ? nil : Tick(nanoseconds: t)
+    }
+
+    /// Current fencing epochs of every name granted at least once (or seeded), including names
+    /// no longer in the inventory. Persist this to keep epochs growing across restarts.
+    public var epochs: [String: UInt64] {
+        var e = epochStore
+        for r in res where !r.gone && r.epoch > 0 { e[r.name] = r.epoch }
+        return e
+    }
+
+    /// The epoch of one name (0 before its first grant).
+    public func epoch(of name: String) -> UInt64 {
+        if let s = nameToSlot[name] { return res[Int(s)].epoch }
+        return epochStore[name] ?? 0
+    }
+
+    // MARK: Events
+
+    /// A new lease request. Effects: exactly one of `.granted(id)`, `.queued(id, position)` or
+    /// `.failed(id, …)` for `id` (after any wait timeouts of others that were due). An `id`
+    /// already live is ignored (no effect for it).
+    public mutating func acquire(_ id: LeaseID, _ request: Request, now: Tick, into out: inout [Effect]) {
+        let t = begin(now, &out)
+        defer { finish() }
+        guard leaseIndex[id] == nil else { return }
+        if let message = resolve(request) {
+            out.append(.failed(id, .unsatisfiable(message)))
+            return
+        }
+        let w = newLease(id, request, t)
+        let complete = fill(w, t)
+        if complete {
+            grant(w, t, &out)
+            return
+        }
+        let waitNs = request.wait.map { max(0, $0.saturatingNanoseconds) }
+        if waitNs == 0 {
+            // Not grantable at once and may not queue: give back what it took.
+            for k in leases[w].slots where k >= 0 {
+                let r = Int(k)
+                res[r].owner = -1
+                res[r].since = t
+                setFree(r)
+            }
+            out.append(.failed(id, .waitTimeout))
+            dropLease(w)
+            return
+        }
+        // Becomes a waiter.
+        leases[w].waiting = true
+        enqueue(w)
+        let pos = Int32(waiterCount)
+        leases[w].lastSentPos = pos
+        leases[w].lastSentAt = t.nanosecondsValue
+        if let ns = waitNs {
+            let (d, o) = t.nanosecondsValue.addingReportingOverflow(ns)
+            let deadline = o ? Int64.max - 1 : min(d, Int64.max - 1)
+            leases[w].deadline = deadline
+            deadlines.push(DeadlineRef(deadline: deadline, seq: leases[w].seq, slot: Int32(w)))
+            deadlineLive += 1
+        }
+        updateHungry(w)
+        out.append(.queued(id, position: Int(pos)))
+    }
+
+    /// Release op or connection closed, for a granted lease or a waiter. Unknown ids are a
+    /// no-op. Effects: grants of waiters that received the freed resources.
+    public mutating func release(_ id: LeaseID, now: Tick, into out: inout [Effect]) {
+        let t = begin(now, &out)
+        defer { finish() }
+        guard let s = leaseIndex[id] else { return }
+        let w = Int(s)
+        if leases[w].waiting {
+            removeWaiter(w, t, failure: nil, &out)
+        } else {
+            releaseGranted(w, t, &out)
+        }
+    }
+
+    /// Admin force-free: revokes the whole lease that holds `resource`. `.notFound` for an unknown
+    /// name, `.notHeld` if it is free, reserved or disabled. Effects: `.revoked(lease, reason)`,
+    /// then grants caused by the freed resources.
+    public mutating func revoke(resource name: String, reason: String, now: Tick,
+                                into out: inout [Effect]) -> AdminResult {
+        let t = begin(now, &out)
+        defer { finish() }
+        guard let s = nameToSlot[name], !res[Int(s)].gone else { return .notFound }
+        let r = Int(s)
+        guard res[r].owner >= 0, res[r].held else { return .notHeld }
+        let w = Int(res[r].owner)
+        out.append(.revoked(leases[w].id, reason: reason))
+        releaseGranted(w, t, &out)
+        return .ok
+    }
+
+    /// Takes a resource out of service. Free: becomes disabled. Reserved: taken back from its
+    /// waiter (which may take a free replacement). Held: the lease runs on; the resource shows
+    /// `held` until the lease ends, then `disabled`. Disabling twice is `.ok`.
+    public mutating func disable(resource name: String, now: Tick, into out: inout [Effect]) -> AdminResult {
+        let t = begin(now, &out)
+        defer { finish() }
+        guard let s = nameToSlot[name], res[Int(s)].inInventory else { return .notFound }
+        let r = Int(s)
+        guard res[r].enabled else { return .ok }
+        if res[r].owner < 0 {
+            clearFree(r)
+            res[r].enabled = false
+            res[r].since = t
+        } else if !res[r].held {
+            let w = Int(res[r].owner)
+            res[r].enabled = false
+            takeAway(w, r)
+            res[r].since = t
+            rebalance([w], t, &out)
+        } else {
+            res[r].enabled = false
+        }
+        return .ok
+    }
+
+    /// Puts a resource back in service; a free one goes to the earliest waiter that can use it.
+    public mutating func enable(resource name: String, now: Tick, into out: inout [Effect]) -> AdminResult {
+        let t = begin(now, &out)
+        defer { finish() }
+        guard let s = nameToSlot[name], res[Int(s)].inInventory else { return .notFound }
+        let r = Int(s)
+        guard !res[r].enabled else { return .ok }
+        res[r].enabled = true
+        if res[r].owner < 0 {
+            res[r].since = t
+            handoff(r, t, &out)
+        }
+        return .ok
+    }
+
+    /// Timeouts and position updates that are due. Effects: `.failed(…, .waitTimeout)` in
+    /// deadline order (each followed by the grants it caused), then `.positionChanged` in queue
+    /// order.
+    public mutating func tick(now: Tick, into out: inout [Effect]) {
+        let t = begin(now, &out)
+        defer { finish() }
+        if t.nanosecondsValue >= nextPositionWalk { walkPositions(t.nanosecondsValue, &out) }
+    }
+
+    // MARK: Convenience forms returning effects
+
+    public mutating func acquire(_ id: LeaseID, _ request: Request, now: Tick) -> [Effect] {
+        var out: [Effect] = []
+        acquire(id, request, now: now, into: &out)
+        return out
+    }
+
+    public mutating func release(_ id: LeaseID, now: Tick) -> [Effect] {
+        var out: [Effect] = []
+        release(id, now: now, into: &out)
+        return out
+    }
+
+    public mutating func revoke(resource name: String, reason: String, now: Tick) -> (AdminResult, [Effect]) {
+        var out: [Effect] = []
+        let r = revoke(resource: name, reason: reason, now: now, into: &out)
+        return (r, out)
+    }
+
+    public mutating func disable(resource name: String, now: Tick) -> (AdminResult, [Effect]) {
+        var out: [Effect] = []
+        let r = disable(resource: name, now: now, into: &out)
+        return (r, out)
+    }
+
+    public mutating func enable(resource name: String, now: Tick) -> (AdminResult, [Effect]) {
+        var out: [Effect] = []
+        let r = enable(resource: name, now: now, into: &out)
+        return (r, out)
+    }
+
+    public mutating func tick(now: Tick) -> [Effect] {
+        var out: [Effect] = []
+        tick(now: now, into: &out)
+        return out
+    }
+
+    // MARK: Event plumbing
+
+    mutating func begin(_ now: Tick, _ out: inout [Effect]) -> Tick {
+        let t = max(now.nanoseconds, lastNow)
+        lastNow = t
+        expireDue(t, &out)
+        return Tick(nanoseconds: t)
+    }
+
+    /// Keeps the deadline heap's top live so `nextDeadline` is exact.
+    mutating func finish() {
+        sweepIdleSelectors()
+        while let top = deadlines.top, !deadlineValid(top) { deadlines.pop() }
+        if deadlines.count > 2 * deadlineLive + 32 {
+            var heap = deadlines
+            deadlines = MinHeap()
+            heap.compact { deadlineValid($0) }
+            deadlines = heap
+        }
+    }
+
+    func deadlineValid(_ d: DeadlineRef) -> Bool {
+        let L = leases[Int(d.slot)]
+        return L.alive && L.waiting && L.seq == d.seq && L.deadline == d.deadline
+    }
+
+    mutating func expireDue(_ t: Int64, _ out: inout [Effect]) {
+        while let top = deadlines.top, top.deadline <= t {
+            deadlines.pop()
+            guard deadlineValid(top) else { continue }
+            removeWaiter(Int(top.slot), Tick(nanoseconds: t), failure: .waitTimeout, &out)
+        }
+    }
+}
+
+extension Tick {
+    @inline(__always) var nanosecondsValue: Int64 { nanoseconds }
+}

@@ -1,0 +1,162 @@
+extension LeaseTable {
+    /// Puts a new inventory in force, or changes nothing if it is invalid.
+    ///
+    /// - Added resources become available (they go to the waiters that can use them).
+    /// - A removed resource that is held stays with its lease (shown after the inventory in
+    ///   snapshots, `inInventory == false`) and disappears on release; a removed free, reserved
+    ///   or disabled one disappears at once (taken back from its waiter).
+    /// - Changed type, labels or attributes apply to new grants and to matching for waiters.
+    /// - Disabled names stay disabled; epochs are kept by name (also across removal).
+    /// - Waiters that the new inventory cannot satisfy get `.failed(…, .unsatisfiable)` (in
+    ///   arrival order); then every waiter, in arrival order, takes the free resources it can now
+    ///   use (and reclaims usable ones reserved by later waiters), and the ones that became
+    ///   complete get `.granted`.
+    ///
+    /// Returns the problems of an invalid inventory (nothing changed), or [] when applied.
+    public mutating func reload(_ inventory: Inventory, now: Tick, into out: inout [Effect]) -> [InventoryProblem] {
+        let problems = inventory.problems()
+        guard problems.isEmpty else { return problems }
+        let t = begin(now, &out)
+        defer { finish() }
+        inventoryGeneration += 1
+
+        // 1. New resource records, carrying state by name.
+        var newRes: [Res] = []
+        newRes.reserveCapacity(inventory.resources.count)
+        var newNames: [String: Int32] = [:]
+        newNames.reserveCapacity(inventory.resources.count)
+        var remap = [Int32](repeating: -1, count: res.count)
+        for (i, spec) in inventory.resources.enumerated() {
+            var rec = Res(name: spec.name, type: spec.type, labels: spec.labels,
+                          attributes: spec.attributes, epoch: 0, since: t)
+            if let os = nameToSlot[spec.name], !res[Int(os)].gone {
+                let o = res[Int(os)]
+                rec.epoch = o.epoch
+                rec.enabled = o.enabled
+                rec.owner = o.owner
+                rec.held = o.held
+                rec.since = o.since
+                remap[Int(os)] = Int32(i)
+            } else {
+                rec.epoch = epochStore.removeValue(forKey: spec.name) ?? 0
+            }
+            newNames[spec.name] = Int32(i)
+            newRes.append(rec)
+        }
+        for os in res.indices where remap[os] < 0 && !res[os].gone {
+            var o = res[os]
+            if o.owner >= 0 && o.held {
+                o.inInventory = false
+                o.memberships = []
+                o.nameSel = -1
+                remap[os] = Int32(newRes.count)
+                newNames[o.name] = Int32(newRes.count)
+                newRes.append(o)
+            } else if o.epoch > 0 {
+                epochStore[o.name] = o.epoch
+            }
+        }
+        res = newRes
+        nameToSlot = newNames
+        typeMembers = [:]
+        for i in 0..<inventory.resources.count {
+            typeMembers[res[i].type, default: []].append(Int32(i))
+        }
+
+        // 2. Remap lease resource slots (reserved ones of removed resources become -1).
+        for w in leases.indices where leases[w].alive {
+            for k in leases[w].slots.indices where leases[w].slots[k] >= 0 {
+                leases[w].slots[k] = remap[Int(leases[w].slots[k])]
+            }
+            leases[w].hungry = 0
+            leases[w].listed = 0
+        }
+
+        // 3. Selectors that waiters use are recomputed in place; idle ones are dropped.
+        selIndex.removeAll(keepingCapacity: true)
+        satCache.removeAll()
+        idleTypeSelectors = 0
+        for s in sels.indices where sels[s].live {
+            if sels[s].refs == 0 {
+                sels[s] = Selector(key: .name(""), members: [], free: HierBits(capacity: 0), live: false)
+                freeSelSlots.append(Int32(s))
+                continue
+            }
+            let members: [Int32]
+            switch sels[s].key {
+            case .name(let n):
+                if let r = nameToSlot[n], res[Int(r)].inInventory {
+                    members = [r]
+                    res[Int(r)].nameSel = Int32(s)
+                } else {
+                    members = []
+                }
+            case .type(let type, let flat):
+                members = (typeMembers[type] ?? []).filter { Self.matches(res[Int($0)].labels, flat) }
+                selIndex[sels[s].key] = Int32(s)
+            }
+            sels[s].members = members
+            sels[s].free = HierBits(capacity: members.count)
+            sels[s].hungry = MinHeap()
+            sels[s].hungryLive = 0
+            for (pos, r) in members.enumerated() {
+                res[Int(r)].memberships.append(Membership(sel: Int32(s), pos: Int32(pos)))
+            }
+        }
+
+        // 4. Waiters in arrival order: re-resolve against the new inventory, rebuild matchings.
+        let waiters = queue.filter { $0 >= 0 }.map { Int($0) }
+        var failures: [(Int, String)] = []
+        for w in waiters {
+            let message = resolve(leases[w].request)
+            releaseSelectorRefs(w)
+            var reserved: [Int32] = []
+            for k in leases[w].slots where k >= 0 { reserved.append(k) }
+            if let m = message {
+                for k in reserved { unown(Int(k), t) }
+                leases[w].slots = []
+                failures.append((w, m))
+                continue
+            }
+            var total: Int32 = 0
+            var anyOverlap = false
+            for g in scratchResolved {
+                total += g.count
+                if g.overlap != 0 { anyOverlap = true }
+            }
+            leases[w].groups = scratchResolved
+            leases[w].slots = Array(repeating: -1, count: Int(total))
+            leases[w].anyOverlap = anyOverlap
+            leases[w].holdsSelectorRefs = true
+            for k in reserved where !augment(w, Int(k)) { unown(Int(k), t) }
+        }
+        for (w, m) in failures {
+            out.append(.failed(leases[w].id, .unsatisfiable(m)))
+            dequeue(w, t)
+            if leases[w].deadline != .max { deadlineLive -= 1 }
+            dropLease(w)
+        }
+
+        // 5. Free sets from scratch.
+        for s in sels.indices where sels[s].live { sels[s].free.removeAll() }
+        for r in 0..<inventory.resources.count where res[r].isFree { setFree(r) }
+
+        // 6. Re-run allocation in arrival order.
+        rebalance(waiters.filter { leases[$0].alive && leases[$0].waiting }, t, &out)
+        return []
+    }
+
+    /// A reserved resource taken back by reload.
+    private mutating func unown(_ r: Int, _ t: Tick) {
+        res[r].owner = -1
+        res[r].held = false
+        res[r].since = t
+    }
+
+    /// `reload(_:now:into:)` returning its effects or its problems.
+    public mutating func reload(_ inventory: Inventory, now: Tick) -> ReloadResult {
+        var out: [Effect] = []
+        let problems = reload(inventory, now: now, into: &out)
+        return problems.isEmpty ? .applied(out) : .invalid(problems)
+    }
+}

@@ -1,0 +1,280 @@
+// Value types of the lease core: time, ids, inventory, requests, effects.
+// The core imports only the standard library: no Foundation, no clock, no JSON.
+
+/// A point in time, as the server tells it to the core. The core never reads a clock: every
+/// mutating call takes `now`, and `LeaseTable.nextDeadline` says when the server must call
+/// `tick(now:)` next. The origin is the server's choice (e.g. a monotonic clock's zero).
+public struct Tick: Comparable, Hashable, Sendable, CustomStringConvertible {
+    public var nanoseconds: Int64
+
+    public init(nanoseconds: Int64) { self.nanoseconds = nanoseconds }
+
+    public static let zero = Tick(nanoseconds: 0)
+
+    /// Seconds since the origin (fractional allowed); saturates instead of trapping.
+    public static func seconds(_ s: Double) -> Tick {
+        Tick(nanoseconds: saturatingNanoseconds(s * 1e9))
+    }
+
+    public static func < (a: Tick, b: Tick) -> Bool { a.nanoseconds < b.nanoseconds }
+
+    /// `self + d`, saturating at the representable range.
+    public func advanced(by d: Duration) -> Tick {
+        let (sum, o) = nanoseconds.addingReportingOverflow(d.saturatingNanoseconds)
+        if o { return Tick(nanoseconds: d.saturatingNanoseconds > 0 ? .max : .min) }
+        return Tick(nanoseconds: sum)
+    }
+
+    /// `self - earlier`.
+    public func duration(since earlier: Tick) -> Duration {
+        let (d, o) = nanoseconds.subtractingReportingOverflow(earlier.nanoseconds)
+        return .nanoseconds(o ? (nanoseconds > earlier.nanoseconds ? Int64.max : Int64.min) : d)
+    }
+
+    public var description: String { "t+\(nanoseconds)ns" }
+}
+
+@inline(__always)
+func saturatingNanoseconds(_ ns: Double) -> Int64 {
+    if ns.isNaN { return 0 }
+    if ns >= 9.2e18 { return .max }
+    if ns <= -9.2e18 { return .min }
+    return Int64(ns)
+}
+
+extension Duration {
+    /// Whole nanoseconds, saturating at `Int64` (a `wait` of 10^12 seconds is "forever enough").
+    var saturatingNanoseconds: Int64 {
+        let c = components
+        let (s, o) = c.seconds.multipliedReportingOverflow(by: 1_000_000_000)
+        if o { return c.seconds > 0 ? .max : .min }
+        let (t, o2) = s.addingReportingOverflow(c.attoseconds / 1_000_000_000)
+        if o2 { return c.seconds > 0 ? .max : .min }
+        return t
+    }
+}
+
+/// Opaque lease id chosen by the server (which renders it as "L…"). Must be unique among live
+/// leases and waiters; an `acquire` with an id that is already live is ignored.
+public struct LeaseID: Hashable, Comparable, Sendable, CustomStringConvertible {
+    public var raw: UInt64
+    public init(_ raw: UInt64) { self.raw = raw }
+    public init(raw: UInt64) { self.raw = raw }
+    public static func < (a: LeaseID, b: LeaseID) -> Bool { a.raw < b.raw }
+    public var description: String { "L\(raw)" }
+}
+
+/// A JSON-like value for a resource's free-form `attributes`. The server fills it from YAML and
+/// renders it to JSON; object keys keep their order.
+public indirect enum AttributeValue: Sendable, Equatable, CustomStringConvertible {
+    case string(String)
+    case int(Int64)
+    case double(Double)
+    case bool(Bool)
+    case null
+    case array([AttributeValue])
+    case object([(key: String, value: AttributeValue)])
+
+    /// The empty object, the default for a resource without attributes.
+    public static let emptyObject = AttributeValue.object([])
+
+    public static func == (a: AttributeValue, b: AttributeValue) -> Bool {
+        switch (a, b) {
+        case let (.string(x), .string(y)): return x == y
+        case let (.int(x), .int(y)): return x == y
+        case let (.double(x), .double(y)): return x == y || (x.isNaN && y.isNaN)
+        case let (.bool(x), .bool(y)): return x == y
+        case (.null, .null): return true
+        case let (.array(x), .array(y)): return x == y
+        case let (.object(x), .object(y)):
+            guard x.count == y.count else { return false }
+            for i in x.indices where x[i].key != y[i].key || x[i].value != y[i].value { return false }
+            return true
+        default: return false
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .string(let s): return "\"\(s)\""
+        case .int(let i): return "\(i)"
+        case .double(let d): return "\(d)"
+        case .bool(let b): return "\(b)"
+        case .null: return "null"
+        case .array(let a): return "[" + a.map(\.description).joined(separator: ", ") + "]"
+        case .object(let o):
+            return "{" + o.map { "\"\($0.key)\": \($0.value)" }.joined(separator: ", ") + "}"
+        }
+    }
+}
+
+/// One resource of the inventory.
+public struct ResourceSpec: Sendable, Equatable {
+    public var name: String
+    public var type: String
+    public var labels: [String: String]
+    public var attributes: AttributeValue
+
+    public init(name: String, type: String, labels: [String: String] = [:],
+                attributes: AttributeValue = .emptyObject) {
+        self.name = name
+        self.type = type
+        self.labels = labels
+        self.attributes = attributes
+    }
+}
+
+/// The resources, in inventory (file) order. Snapshots list resources in this order.
+public struct Inventory: Sendable, Equatable {
+    public var resources: [ResourceSpec]
+    public init(_ resources: [ResourceSpec] = []) { self.resources = resources }
+    public init(resources: [ResourceSpec]) { self.resources = resources }
+
+    /// What is wrong with this inventory, in file order; empty when it is valid.
+    public func problems() -> [InventoryProblem] {
+        var out: [InventoryProblem] = []
+        var seen: [String: Int] = [:]
+        seen.reserveCapacity(resources.count)
+        for (i, r) in resources.enumerated() {
+            if r.name.isEmpty { out.append(.emptyName(index: i)) }
+            if r.type.isEmpty { out.append(.emptyType(index: i, name: r.name)) }
+            if !r.name.isEmpty {
+                if let first = seen[r.name] {
+                    out.append(.duplicateName(r.name, first: first, index: i))
+                } else {
+                    seen[r.name] = i
+                }
+            }
+        }
+        return out
+    }
+}
+
+/// Why an inventory is invalid. `description` is a sentence fit for a 400 response.
+public enum InventoryProblem: Sendable, Equatable, CustomStringConvertible {
+    case emptyName(index: Int)
+    case emptyType(index: Int, name: String)
+    case duplicateName(String, first: Int, index: Int)
+
+    public var description: String {
+        switch self {
+        case .emptyName(let i): return "resource #\(i + 1) has an empty name"
+        case .emptyType(let i, let n): return "resource #\(i + 1) (\(n)) has an empty type"
+        case .duplicateName(let n, let f, let i):
+            return "resource name \"\(n)\" appears twice (#\(f + 1) and #\(i + 1))"
+        }
+    }
+}
+
+/// Thrown by `LeaseTable.init(inventory:epochs:)` for an invalid inventory.
+public struct InventoryError: Error, Sendable, Equatable, CustomStringConvertible {
+    public var problems: [InventoryProblem]
+    public init(problems: [InventoryProblem]) { self.problems = problems }
+    public var description: String { problems.map(\.description).joined(separator: "; ") }
+}
+
+/// One entry of `want`.
+public enum Group: Sendable, Hashable, CustomStringConvertible {
+    /// Exactly the resource with this name.
+    case name(String)
+    /// `count` resources of `type`, each carrying every listed label with exactly that value.
+    case type(String, labels: [String: String], count: Int)
+
+    /// A single resource of a type.
+    public static func type(_ t: String, labels: [String: String] = [:]) -> Group {
+        .type(t, labels: labels, count: 1)
+    }
+
+    /// How many granted resources this group contributes.
+    public var count: Int {
+        switch self {
+        case .name: return 1
+        case .type(_, _, let c): return c
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .name(let n): return "{name: \(n)}"
+        case .type(let t, let l, let c):
+            let ls = l.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
+            return "{type: \(t)\(ls.isEmpty ? "" : " labels: \(ls)") count: \(c)}"
+        }
+    }
+}
+
+/// An acquire request, already syntax-checked by the server (PROTOCOL.md limits).
+public struct Request: Sendable, Equatable {
+    public var want: [Group]
+    public var holder: String
+    public var meta: [String: String]
+    public var peer: String
+    /// nil: wait as long as it takes; zero: do not queue; otherwise the queue time limit.
+    public var wait: Duration?
+
+    public init(want: [Group], holder: String = "", meta: [String: String] = [:],
+                peer: String = "", wait: Duration? = nil) {
+        self.want = want
+        self.holder = holder
+        self.meta = meta
+        self.peer = peer
+        self.wait = wait
+    }
+}
+
+/// A resource as handed to a client in a `granted` event.
+public struct GrantedResource: Sendable, Equatable {
+    public var name: String
+    public var type: String
+    public var labels: [String: String]
+    public var attributes: AttributeValue
+    public var epoch: UInt64
+}
+
+/// Why a lease attempt ended without (or before) a grant.
+public enum FailureReason: Sendable, Equatable {
+    /// Close 4404 `unsatisfiable`: unknown name/type, the same name twice, more than the
+    /// inventory has (counting disabled and held resources), or a reload made it so.
+    case unsatisfiable(String)
+    /// Close 4408 `wait_timeout`: `wait` ran out, or `wait: 0` and not grantable at once.
+    case waitTimeout
+}
+
+/// What the server must tell clients. Effects come out in the order the state changed.
+public enum Effect: Sendable, Equatable {
+    /// Resources in the order of the want groups; a count-N group gives N consecutive entries.
+    case granted(LeaseID, [GrantedResource])
+    /// The request waits; sent once, at once, for each new waiter.
+    case queued(LeaseID, position: Int)
+    /// A later position update (at most one a second per waiter; positions only go down).
+    case positionChanged(LeaseID, position: Int)
+    /// The lease attempt is over and gone from the table.
+    case failed(LeaseID, FailureReason)
+    /// An admin freed one of the lease's resources; the lease is gone from the table.
+    case revoked(LeaseID, reason: String)
+
+    public var lease: LeaseID {
+        switch self {
+        case .granted(let l, _), .queued(let l, _), .positionChanged(let l, _),
+             .failed(let l, _), .revoked(let l, _):
+            return l
+        }
+    }
+}
+
+/// Result of an admin call on one resource (`revoke`, `disable`, `enable`).
+public enum AdminResult: Sendable, Equatable {
+    case ok
+    /// No such resource (404).
+    case notFound
+    /// `revoke` of a resource that is free, reserved or disabled (409).
+    case notHeld
+}
+
+/// Result of `reload`.
+public enum ReloadResult: Sendable, Equatable {
+    /// The new inventory is in force; effects as for any event.
+    case applied([Effect])
+    /// Nothing changed (400 with these reasons).
+    case invalid([InventoryProblem])
+}

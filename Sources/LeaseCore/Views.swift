@@ -1,0 +1,172 @@
+// Read-only views for the server: snapshots (O(table), for /v1/status and /v1/watch), lookups
+// (O(1) or O(log n)) and counts for metrics.
+
+/// A resource's state as shown in snapshots.
+public enum ResourceState: String, Sendable, Hashable, CaseIterable {
+    case free, held, reserved, disabled
+}
+
+public struct ResourceView: Sendable, Equatable {
+    public var name: String
+    public var type: String
+    public var labels: [String: String]
+    public var attributes: AttributeValue
+    public var state: ResourceState
+    /// Holder lease (`held`) or waiter (`reserved`); nil for free and disabled.
+    public var lease: LeaseID?
+    /// The holder text of that lease or waiter.
+    public var holder: String?
+    public var epoch: UInt64
+    /// When the resource entered its current state (grant time for `held`).
+    public var since: Tick
+    /// false: removed from the inventory by a reload, still held until its lease ends.
+    public var inInventory: Bool
+    /// false when disabled by an admin (a held disabled resource still shows `held`).
+    public var enabled: Bool
+}
+
+public struct LeaseView: Sendable, Equatable {
+    public var id: LeaseID
+    public var holder: String
+    public var peer: String
+    /// Granted resource names, in want order.
+    public var resources: [String]
+    public var meta: [String: String]
+    public var want: [Group]
+    /// Grant time.
+    public var since: Tick
+    public var arrivedAt: Tick
+}
+
+public struct WaiterView: Sendable, Equatable {
+    public var id: LeaseID
+    public var holder: String
+    public var peer: String
+    /// 1-based, in the whole queue.
+    public var position: Int
+    public var want: [Group]
+    public var meta: [String: String]
+    /// Arrival time.
+    public var since: Tick
+    /// Deadline from `wait`, nil when it waits forever.
+    public var deadline: Tick?
+    /// Names of the resources it has collected so far.
+    public var reserved: [String]
+}
+
+/// The whole table: resources in inventory order (then removed-but-held ones), granted leases
+/// in arrival order, the queue in arrival order.
+public struct Snapshot: Sendable, Equatable {
+    public var resources: [ResourceView]
+    public var leases: [LeaseView]
+    public var queue: [WaiterView]
+}
+
+/// Where a lease id stands.
+public enum LeaseStatus: Sendable, Equatable {
+    case waiting(position: Int, reserved: [String])
+    case granted(resources: [String])
+}
+
+public struct ResourceCount: Sendable, Hashable {
+    public var type: String
+    public var state: ResourceState
+    public var count: Int
+}
+
+extension LeaseTable {
+    func state(_ r: Int) -> ResourceState {
+        let x = res[r]
+        if x.owner >= 0 { return x.held ? .held : .reserved }
+        return x.enabled ? .free : .disabled
+    }
+
+    func view(_ r: Int) -> ResourceView {
+        let x = res[r]
+        let owner: Int? = x.owner >= 0 ? Int(x.owner) : nil
+        return ResourceView(
+            name: x.name, type: x.type, labels: x.labels, attributes: x.attributes, state: state(r),
+            lease: owner.map { leases[$0].id }, holder: owner.map { leases[$0].request.holder },
+            epoch: x.epoch, since: x.since, inInventory: x.inInventory, enabled: x.enabled)
+    }
+
+    func names(_ slots: [Int32]) -> [String] {
+        slots.compactMap { $0 >= 0 ? res[Int($0)].name : nil }
+    }
+
+    /// Builds the status document's contents. O(table).
+    public func snapshot() -> Snapshot {
+        var resources: [ResourceView] = []
+        resources.reserveCapacity(res.count)
+        for r in res.indices where !res[r].gone { resources.append(view(r)) }
+        var granted: [(UInt64, LeaseView)] = []
+        for w in leases.indices where leases[w].alive && !leases[w].waiting {
+            let L = leases[w]
+            granted.append((L.seq, LeaseView(
+                id: L.id, holder: L.request.holder, peer: L.request.peer, resources: names(L.slots),
+                meta: L.request.meta, want: L.request.want, since: L.grantedAt, arrivedAt: L.arrivedAt)))
+        }
+        granted.sort { $0.0 < $1.0 }
+        var waiting: [WaiterView] = []
+        waiting.reserveCapacity(waiterCount)
+        var pos = 0
+        for s in queue where s >= 0 {
+            pos += 1
+            waiting.append(waiterView(Int(s), position: pos))
+        }
+        return Snapshot(resources: resources, leases: granted.map(\.1), queue: waiting)
+    }
+
+    func waiterView(_ w: Int, position: Int) -> WaiterView {
+        let L = leases[w]
+        return WaiterView(
+            id: L.id, holder: L.request.holder, peer: L.request.peer, position: position,
+            want: L.request.want, meta: L.request.meta, since: L.arrivedAt,
+            deadline: L.deadline == .max ? nil : Tick(nanoseconds: L.deadline), reserved: names(L.slots))
+    }
+
+    /// Where lease `id` stands; nil when unknown (never seen, or gone).
+    public func lease(_ id: LeaseID) -> LeaseStatus? {
+        guard let s = leaseIndex[id] else { return nil }
+        let w = Int(s)
+        if leases[w].waiting {
+            return .waiting(position: position(w), reserved: names(leases[w].slots))
+        }
+        return .granted(resources: names(leases[w].slots))
+    }
+
+    /// The granted lease holding `name` (nil if the resource is not held or unknown).
+    public func holder(ofResource name: String) -> LeaseID? {
+        guard let s = nameToSlot[name] else { return nil }
+        let r = res[Int(s)]
+        guard r.owner >= 0, r.held else { return nil }
+        return leases[Int(r.owner)].id
+    }
+
+    /// One resource (also a removed-but-held one); nil if unknown.
+    public func resource(named name: String) -> ResourceView? {
+        guard let s = nameToSlot[name], !res[Int(s)].gone else { return nil }
+        return view(Int(s))
+    }
+
+    /// Number of resources per (type, state), sorted by type then state; only non-zero
+    /// entries. O(table). Removed-but-held resources count as held.
+    public func resourceCounts() -> [ResourceCount] {
+        var counts: [String: [Int]] = [:]
+        for r in res.indices where !res[r].gone {
+            let st = state(r)
+            let idx = ResourceState.allCases.firstIndex(of: st) ?? 0
+            counts[res[r].type, default: [0, 0, 0, 0]][idx] += 1
+        }
+        var out: [ResourceCount] = []
+        for (type, c) in counts.sorted(by: { $0.key < $1.key }) {
+            for (i, st) in ResourceState.allCases.enumerated() where c[i] > 0 {
+                out.append(ResourceCount(type: type, state: st, count: c[i]))
+            }
+        }
+        return out
+    }
+
+    /// Number of resources in the inventory (not counting removed-but-held ones).
+    public var inventoryCount: Int { typeMembers.values.reduce(0) { $0 + $1.count } }
+}

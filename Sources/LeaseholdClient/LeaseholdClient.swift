@@ -1,1 +1,0 @@
-// LeaseholdClient: see README.md for the layout.

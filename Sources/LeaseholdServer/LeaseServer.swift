@@ -1,0 +1,350 @@
+import Dispatch
+import HTTPCodec
+import LeaseCore
+import LeaseProtocol
+import Logging
+import Transport
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public struct ServerOptions: Sendable {
+    public var listen: [String] = ["0.0.0.0:7400"]
+    public var inventoryPath: String = "deploy/lab-inventory.yaml"
+    public var pingInterval: Duration = .seconds(15)
+    public var deadAfter: Duration = .seconds(45)
+    public var requestTimeout: Duration = .seconds(30)
+    public var maxMessageSize: Int = 64 * 1024
+    /// nil: admin routes answer 403 and say how to enable them.
+    public var adminToken: String?
+    public var loops: Int = 2
+    /// Origins (`scheme://host[:port]`) allowed to open `/v1/watch` besides the served host; "*": any.
+    public var allowedOrigins: [String] = []
+    /// Where fencing epochs are kept across restarts; nil: they start again at 0.
+    public var epochFile: String?
+
+    public init() {}
+}
+
+/// The leasehold server: HTTP routes, `/v1/lease` and `/v1/watch` WebSockets, admin calls,
+/// metrics, around a `LeaseService` that owns the lease table.
+public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
+    public let options: ServerOptions
+    private let logger: Logger
+    private let clock = ServerClock()
+    private let service: LeaseService
+    private let group: EventLoopGroup
+    private var http: HTTPServer!
+    private let shuttingDown = ShutdownFlag()
+
+    public init(options: ServerOptions, logger: Logger) throws(StartupError) {
+        self.options = options
+        self.logger = logger
+        let inventory = try Self.loadInventory(path: options.inventoryPath)
+        let epochFile = try options.epochFile.map { path throws(StartupError) in
+            try EpochFile(path: path, names: inventory.resources.map(\.name))
+        }
+        do {
+            service = try LeaseService(inventory: inventory, epochFile: epochFile, clock: clock, logger: logger, metrics: Metrics())
+        } catch {
+            throw StartupError(message: "inventory \(options.inventoryPath): \(error)")
+        }
+        group = EventLoopGroup(count: max(1, options.loops), label: "leasehold.loop")
+        var configuration = HTTPServerConfiguration()
+        configuration.webSocket.maxMessageSize = options.maxMessageSize
+        configuration.webSocket.pingInterval = options.pingInterval
+        configuration.webSocket.deadAfter = options.deadAfter
+        let logger = logger
+        http = HTTPServer(group: group, configuration: configuration, handler: self,
+                          onError: { logger.warning("\($0)") })
+    }
+
+    /// Binds every `--listen` address; returns the bound addresses (real ports for port 0).
+    public func start() throws(StartupError) -> [SocketAddress] {
+        var bound: [SocketAddress] = []
+        for text in options.listen {
+            do {
+                let address = try SocketAddress(parsing: text)
+                bound.append(try http.listen(on: address))
+            } catch let error as AddressError {
+                throw StartupError(message: error.description)
+            } catch {
+                throw StartupError(message: "cannot listen on \(text): \(error)")
+            }
+        }
+        return bound
+    }
+
+    /// Stops accepting, closes every connection with 1001, then calls `completion`.
+    public func shutdown(completion: @escaping @Sendable () -> Void) {
+        shuttingDown.set()
+        http.stopAccepting()
+        service.beginShutdown()
+        http.closeAllConnections(code: CloseCode.goingAway, reason: "server shutting down", timeout: .seconds(5)) {
+            completion()
+        }
+    }
+
+    /// Re-reads the inventory file (SIGHUP and `POST /v1/reload`).
+    public func reload(completion: @escaping @Sendable (Result<String, StartupError>) -> Void) {
+        let inventory: Inventory
+        do {
+            inventory = try Self.loadInventory(path: options.inventoryPath)
+        } catch {
+            completion(.failure(error))
+            return
+        }
+        service.reload(inventory) { result in
+            switch result {
+            case .applied:
+                completion(.success("inventory reloaded: \(inventory.resources.count) resources"))
+            case .invalid(let problems):
+                completion(.failure(StartupError(message: problems.map(\.description).joined(separator: "; "))))
+            }
+        }
+    }
+
+    static func loadInventory(path: String) throws(StartupError) -> Inventory {
+        let text: String
+        do {
+            text = try readTextFile(path)
+        } catch {
+            throw StartupError(message: "cannot read inventory \(path): \(error.description)")
+        }
+        let entries: [InventoryEntry]
+        do {
+            entries = try InventoryFile.parse(text)
+        } catch {
+            throw StartupError(message: "invalid inventory \(path): \(error.description)")
+        }
+        return Inventory(resources: entries.map {
+            ResourceSpec(name: $0.name, type: $0.type, labels: $0.labels, attributes: AttributeValue($0.attributes))
+        })
+    }
+
+    // MARK: routes
+
+    public func handle(_ request: HTTPRequest, responder: HTTPResponder) {
+        let head = request.head
+        let path = head.path
+        switch (head.method, path) {
+        case ("GET", "/v1/lease"):
+            guard !shuttingDown.isSet else { return responder.respond(.text(503, "server shutting down\n")) }
+            let session = LeaseSession(service: service, peer: responder.peer.description,
+                                       requestTimeout: options.requestTimeout)
+            responder.upgradeToWebSocket(handler: session)
+        case ("GET", "/v1/watch"):
+            if let refusal = checkOrigin(head) { return responder.respond(refusal) }
+            responder.upgradeToWebSocket(handler: WatchSession(hub: service.watch, hubQueue: service.queue))
+        case ("GET", "/v1/status"):
+            service.queue.async { [service] in
+                responder.respond(.json(200, service.snapshotJSON()))
+            }
+        case ("GET", "/healthz"):
+            responder.respond(shuttingDown.isSet ? .text(503, "shutting down\n") : .text(200, "ok\n"))
+        case ("GET", "/metrics"):
+            let connections = http.openConnections
+            service.queue.async { [service] in
+                responder.respond(.text(200, service.metricsText(connections: connections),
+                                        contentType: "text/plain; version=0.0.4; charset=utf-8"))
+            }
+        case ("GET", "/"):
+            service.queue.async { [service, clock] in
+                let page = StatusPage.render(service.snapshot(), clock: clock)
+                responder.respond(.text(200, page, contentType: "text/html; charset=utf-8"))
+            }
+        case ("POST", "/v1/reload"):
+            if let refusal = authorize(head) { return responder.respond(refusal) }
+            let peer = responder.peer.description
+            reload { [logger] result in
+                switch result {
+                case .success(let message):
+                    logger.notice("admin reload", metadata: ["connection.peer": .string(peer)])
+                    responder.respond(.json(200, JSONValue.object([("ok", .bool(true)), ("message", .string(message))]).serialized()))
+                case .failure(let error):
+                    logger.warning("admin reload refused", metadata: ["connection.peer": .string(peer), "reason": .string(error.message)])
+                    responder.respond(.jsonError(400, error.message))
+                }
+            }
+        default:
+            if let (name, action) = Self.adminResourceRoute(path) {
+                guard head.method == "POST" else { return responder.respond(.methodNotAllowed("POST")) }
+                handleAdmin(action: action, resource: name, body: request.body, responder: responder)
+            } else if ["/v1/lease", "/v1/watch", "/v1/status", "/healthz", "/metrics", "/"].contains(path) {
+                responder.respond(.methodNotAllowed("GET"))
+            } else if path == "/v1/reload" {
+                responder.respond(.methodNotAllowed("POST"))
+            } else {
+                responder.respond(.text(404, "no such route: \(path)\n"))
+            }
+        }
+    }
+
+    /// `/v1/resources/{name}/{free|disable|enable}` → (name, action).
+    static func adminResourceRoute(_ path: String) -> (String, String)? {
+        let prefix = "/v1/resources/"
+        guard path.hasPrefix(prefix) else { return nil }
+        let rest = path.dropFirst(prefix.count)
+        guard let slash = rest.lastIndex(of: "/") else { return nil }
+        let action = String(rest[rest.index(after: slash)...])
+        guard ["free", "disable", "enable"].contains(action),
+              let name = percentDecode(String(rest[..<slash])), !name.isEmpty else { return nil }
+        return (name, action)
+    }
+
+    private func handleAdmin(action: String, resource: String, body: [UInt8], responder: HTTPResponder) {
+        if let refusal = authorize(responder.head) { return responder.respond(refusal) }
+        var reason = ""
+        if !body.allSatisfy({ $0 == 0x20 || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 }) {
+            guard let value = try? JSONValue.parse(body), case .object = value else {
+                return responder.respond(.jsonError(400, "the body must be JSON like {\"reason\": \"text\"}"))
+            }
+            switch value["reason"] {
+            case .none, .some(.null): break
+            case .some(.string(let text)):
+                guard text.unicodeScalars.count <= 500 else { return responder.respond(.jsonError(400, "\"reason\" is longer than 500 characters")) }
+                reason = text
+            default: return responder.respond(.jsonError(400, "\"reason\" must be a string"))
+            }
+        }
+        let coreAction: LeaseService.AdminAction
+        switch action {
+        case "free": coreAction = .free(reason: reason.isEmpty ? "freed by an admin" : reason)
+        case "disable": coreAction = .disable
+        default: coreAction = .enable
+        }
+        let peer = responder.peer.description
+        service.admin(coreAction, resource: resource) { [logger, reason] result in
+            switch result {
+            case .ok:
+                logger.notice("admin \(action)", metadata: [
+                    "resource.name": .string(resource), "reason": .string(reason), "connection.peer": .string(peer),
+                ])
+                responder.respond(.json(200, JSONValue.object([
+                    ("ok", .bool(true)), ("resource", .string(resource)), ("action", .string(action)),
+                ]).serialized()))
+            case .notFound:
+                responder.respond(.jsonError(404, "no resource named '\(resource)'"))
+            case .notHeld:
+                responder.respond(.jsonError(409, "'\(resource)' is not held, so there is no lease to free"))
+            }
+        }
+    }
+
+    /// nil when the request carries the admin token.
+    private func authorize(_ head: HTTPRequestHead) -> HTTPResponse? {
+        guard let token = options.adminToken else {
+            return .jsonError(403, "admin calls are disabled: start the server with --admin-token-file FILE or the LEASEHOLD_ADMIN_TOKEN environment variable, then send Authorization: Bearer TOKEN")
+        }
+        let header = head.headers["Authorization"] ?? ""
+        let scheme = header.prefix(7).lowercased()
+        let presented = scheme == "bearer " ? String(header.dropFirst(7)).trimmingSpaces() : ""
+        guard !presented.isEmpty, constantTimeEquals(presented, token) else {
+            var response = HTTPResponse.jsonError(401, header.isEmpty ? "admin calls need Authorization: Bearer TOKEN" : "wrong admin token")
+            response.headers.add(name: "WWW-Authenticate", value: "Bearer realm=\"leasehold\"")
+            return response
+        }
+        return nil
+    }
+
+    /// `/v1/watch` from a browser page of another site is refused, so a foreign page cannot read
+    /// the lab's state through the visitor's network position.
+    private func checkOrigin(_ head: HTTPRequestHead) -> HTTPResponse? {
+        guard let origin = head.headers["Origin"], origin != "null" || options.allowedOrigins.contains("null") else { return nil }
+        if options.allowedOrigins.contains("*") || options.allowedOrigins.contains(origin) { return nil }
+        let host = head.headers["Host"] ?? ""
+        let originHost = origin.split(separator: "/", omittingEmptySubsequences: true).dropFirst().first.map(String.init) ?? ""
+        if !host.isEmpty, originHost.lowercased() == host.lowercased() { return nil }
+        return .text(403, "origin \(origin) may not watch this server (allow it with --allow-origin)\n")
+    }
+}
+
+public struct StartupError: Error, Sendable, CustomStringConvertible {
+    public let message: String
+    public var description: String { message }
+}
+
+final class ShutdownFlag: @unchecked Sendable {
+    private let lock = DispatchQueue(label: "leasehold.shutdown-flag")
+    private var value = false
+    var isSet: Bool { lock.sync { value } }
+    func set() { lock.sync { value = true } }
+}
+
+extension HTTPResponse {
+    static func json(_ status: Int, _ text: String) -> HTTPResponse {
+        .text(status, text + "\n", contentType: "application/json")
+    }
+
+    static func jsonError(_ status: Int, _ message: String) -> HTTPResponse {
+        json(status, JSONValue.object([("error", .string(message))]).serialized())
+    }
+
+    static func methodNotAllowed(_ allow: String) -> HTTPResponse {
+        var response = HTTPResponse.text(405, "method not allowed here; use \(allow)\n")
+        response.headers.add(name: "Allow", value: allow)
+        return response
+    }
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a guess was right.
+func constantTimeEquals(_ a: String, _ b: String) -> Bool {
+    let left = Array(a.utf8)
+    let right = Array(b.utf8)
+    var difference = UInt8(truncatingIfNeeded: left.count ^ right.count)
+    for index in 0..<max(left.count, right.count) {
+        let x = index < left.count ? left[index] : 0
+        let y = index < right.count ? right[index] : 0
+        difference |= x ^ y
+    }
+    return difference == 0 && left.count == right.count
+}
+
+func percentDecode(_ text: String) -> String? {
+    var bytes: [UInt8] = []
+    var iterator = Array(text.utf8).makeIterator()
+    while let byte = iterator.next() {
+        if byte == UInt8(ascii: "%") {
+            guard let high = iterator.next(), let low = iterator.next(),
+                  let value = UInt8(String(decoding: [high, low], as: UTF8.self), radix: 16) else { return nil }
+            bytes.append(value)
+        } else {
+            bytes.append(byte)
+        }
+    }
+    return String(validating: bytes, as: UTF8.self)
+}
+
+struct FileReadError: Error, CustomStringConvertible {
+    let description: String
+}
+
+/// Reads a whole text file (bounded: an inventory is not gigabytes).
+func readTextFile(_ path: String, limit: Int = 64 << 20) throws(FileReadError) -> String {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { throw FileReadError(description: String(cString: strerror(errno))) }
+    defer { close(fd) }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 64 * 1024)
+    while true {
+        let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if count < 0 {
+            if errno == EINTR { continue }
+            throw FileReadError(description: String(cString: strerror(errno)))
+        }
+        if count == 0 { break }
+        bytes.append(contentsOf: chunk[0..<count])
+        guard bytes.count <= limit else { throw FileReadError(description: "file larger than \(limit) bytes") }
+    }
+    guard let text = String(validating: bytes, as: UTF8.self) else { throw FileReadError(description: "not UTF-8 text") }
+    return text
+}
+
+extension String {
+    func trimmingSpaces() -> String {
+        var view = Substring(self)
+        while let first = view.first, first == " " || first == "\t" { view = view.dropFirst() }
+        while let last = view.last, last == " " || last == "\t" { view = view.dropLast() }
+        return String(view)
+    }
+}

@@ -1,0 +1,342 @@
+import Dispatch
+#if canImport(Glibc)
+import Glibc
+#endif
+import LeaseCore
+import LeaseProtocol
+import Logging
+import Transport
+
+/// Owns the lease table on one serial queue. Sessions and admin routes call in from their loops;
+/// the table's effects go back out to the sessions' loops. Nothing else touches the table.
+final class LeaseService: @unchecked Sendable {
+    let queue = DispatchQueue(label: "leasehold.leases")
+    private var table: LeaseTable
+    private var sessions: [LeaseID: SessionEntry] = [:]
+    private let clock: ServerClock
+    private let logger: Logger
+    let metrics: Metrics
+    private let timer: DispatchSourceTimer
+    private var timerArmedFor: Tick?
+    private var nextRawID: UInt64
+    private var shuttingDown = false
+    private let idLock = DispatchQueue(label: "leasehold.lease-ids")
+
+    let watch: WatchHub
+
+    private struct SessionEntry {
+        let session: LeaseSession
+        let loop: EventLoop
+        let arrival: Tick
+        let holder: String
+        var granted = false
+    }
+
+    /// A logger whose lines carry the lease id, holder and peer (built only when logging, so a
+    /// held lease does not keep a metadata dictionary around).
+    private func leaseLogger(_ id: LeaseID, _ entry: SessionEntry) -> Logger {
+        var leaseLogger = logger
+        leaseLogger[metadataKey: "lease.id"] = .string(Self.format(id))
+        leaseLogger[metadataKey: "lease.holder"] = .string(entry.holder)
+        leaseLogger[metadataKey: "connection.peer"] = .string(entry.session.peer)
+        return leaseLogger
+    }
+
+    private let epochFile: EpochFile?
+
+    init(inventory: Inventory, epochFile: EpochFile?, clock: ServerClock, logger: Logger, metrics: Metrics) throws(LeaseCore.InventoryError) {
+        self.clock = clock
+        self.logger = logger
+        self.metrics = metrics
+        self.epochFile = epochFile
+        table = try LeaseTable(inventory: inventory, epochs: epochFile?.seeds ?? [:], now: clock.now())
+        var generator = SystemRandomNumberGenerator()
+        // Ids unlikely to repeat across restarts, so a log line names one lease.
+        nextRawID = (generator.next() as UInt64) >> 24
+        timer = DispatchSource.makeTimerSource(queue: queue)
+        watch = WatchHub(queue: queue, clock: clock)
+        timer.setEventHandler { [unowned self] in self.tick() }
+        timer.schedule(deadline: .distantFuture)
+        timer.activate()
+        watch.render = { [unowned self] in self.snapshotJSON() }
+    }
+
+    static func format(_ id: LeaseID) -> String {
+        "L" + String(id.raw, radix: 36)
+    }
+
+    static func parseID(_ text: String) -> LeaseID? {
+        guard text.hasPrefix("L"), let raw = UInt64(text.dropFirst(), radix: 36) else { return nil }
+        return LeaseID(raw)
+    }
+
+    func newLeaseID() -> LeaseID {
+        idLock.sync {
+            nextRawID &+= 1
+            return LeaseID(nextRawID)
+        }
+    }
+
+    // MARK: from sessions (any loop)
+
+    func acquire(_ id: LeaseID, _ request: AcquireRequest, session: LeaseSession) {
+        guard let loop = session.loop else { return }
+        let coreRequest = Request(
+            want: request.want.map(Self.coreGroup),
+            holder: request.holder ?? session.peer,
+            meta: Dictionary(request.meta, uniquingKeysWith: { _, last in last }),
+            peer: session.peer,
+            // Clamped to 10^9 s (31 years, "as long as it takes"): 10^12 s in nanoseconds overflows Int64.
+            wait: request.wait.map { Duration.nanoseconds(Int64(min($0, 1e9) * 1e9)) })
+        queue.async { [self] in
+            let now = clock.now()
+            let entry = SessionEntry(session: session, loop: loop, arrival: now, holder: coreRequest.holder)
+            sessions[id] = entry
+            if logger.logLevel <= .info {
+                leaseLogger(id, entry).info("acquire", metadata: ["want": .string(request.want.map { $0.json.serialized() }.joined(separator: ","))])
+            }
+            let effects = table.acquire(id, coreRequest, now: now)
+            apply(effects, now: now)
+        }
+    }
+
+    func release(_ id: LeaseID, reason: ReleaseReason) {
+        queue.async { [self] in
+            let now = clock.now()
+            guard let entry = sessions.removeValue(forKey: id) else { return }
+            let reason = shuttingDown ? .shutdown : reason
+            if entry.granted {
+                metrics.releases[reason, default: 0] += 1
+                leaseLogger(id, entry).info("released", metadata: ["reason": .string(reason.rawValue)])
+            } else {
+                leaseLogger(id, entry).info("left the queue", metadata: ["reason": .string(reason.rawValue)])
+            }
+            let effects = table.release(id, now: now)
+            apply(effects, now: now)
+            // The table changed even when nobody was waiting for what was freed (no effects).
+            markChanged()
+        }
+    }
+
+    // MARK: admin (any queue; completion on the service queue)
+
+    enum AdminAction { case free(reason: String), disable, enable }
+
+    func admin(_ action: AdminAction, resource: String, completion: @escaping @Sendable (AdminResult) -> Void) {
+        queue.async { [self] in
+            let now = clock.now()
+            let result: AdminResult
+            let effects: [Effect]
+            switch action {
+            case .free(let reason):
+                (result, effects) = table.revoke(resource: resource, reason: reason, now: now)
+            case .disable:
+                (result, effects) = table.disable(resource: resource, now: now)
+            case .enable:
+                (result, effects) = table.enable(resource: resource, now: now)
+            }
+            apply(effects, now: now)
+            if result == .ok { markChanged() }
+            completion(result)
+        }
+    }
+
+    func reload(_ inventory: Inventory, completion: @escaping @Sendable (ReloadResult) -> Void) {
+        queue.async { [self] in
+            let now = clock.now()
+            let result = table.reload(inventory, now: now)
+            if case .applied(let effects) = result {
+                apply(effects, now: now)
+                markChanged()
+            }
+            completion(result)
+        }
+    }
+
+    // MARK: effects
+
+    private func apply(_ effects: [Effect], now: Tick) {
+        for effect in effects {
+            let id = effect.lease
+            guard var entry = sessions[id] else { continue }
+            var resources: [LeaseProtocol.GrantedResource] = []
+            switch effect {
+            case .granted(_, let granted):
+                entry.granted = true
+                sessions[id] = entry
+                resources = granted.map(Self.wireResource)
+                metrics.grants += 1
+                for resource in granted {
+                    do {
+                        try epochFile?.granted(name: resource.name, epoch: resource.epoch)
+                    } catch {
+                        logger.error("epochs not persisted: \(error.message)")
+                    }
+                }
+                metrics.grantWait.observe(Double(now.duration(since: entry.arrival).nanosecondsValue) / 1e9)
+                if logger.logLevel <= .info { leaseLogger(id, entry).info("granted", metadata: [
+                    "resources": .string(granted.map { "\($0.name)#\($0.epoch)" }.joined(separator: ",")),
+                ]) }
+            case .revoked(_, let reason):
+                sessions[id] = nil
+                metrics.revokes += 1
+                metrics.releases[.revoked, default: 0] += 1
+                leaseLogger(id, entry).notice("revoked", metadata: ["reason": .string(reason)])
+            case .failed(_, let why):
+                sessions[id] = nil
+                leaseLogger(id, entry).info("failed", metadata: ["why": .string("\(why)")])
+            case .queued, .positionChanged:
+                break
+            }
+            let session = entry.session
+            let granted = resources
+            entry.loop.execute { session.deliver(effect, granted: granted) }
+        }
+        if !effects.isEmpty { markChanged() }
+        armTimer()
+    }
+
+    private func tick() {
+        timerArmedFor = nil
+        let now = clock.now()
+        let effects = table.tick(now: now)
+        apply(effects, now: now)
+        armTimer()
+    }
+
+    private func armTimer() {
+        guard let next = table.nextDeadline else { return }
+        if let armed = timerArmedFor, armed <= next { return }
+        timerArmedFor = next
+        let delay = max(0, next.duration(since: clock.now()).nanosecondsValue)
+        timer.schedule(deadline: .now() + .nanoseconds(Int(delay)), leeway: .milliseconds(1))
+    }
+
+    // MARK: status
+
+    /// Marks the table changed: watchers get a snapshot soon (at most ten a second).
+    private func markChanged() {
+        watch.changed()
+    }
+
+    /// The status document (same as a watch snapshot). Call on `queue`.
+    func snapshotJSON() -> String {
+        StatusDocument.render(table.snapshot(), clock: clock)
+    }
+
+    /// Call on `queue`.
+    func snapshot() -> Snapshot { table.snapshot() }
+
+    /// Prometheus text; gauges are read from the table now. Call on `queue`.
+    func metricsText(connections: Int) -> String {
+        metrics.leases = table.grantedLeaseCount
+        metrics.waiters = table.waiterCount
+        var counts: [Metrics.ResourceCountKey: Int] = [:]
+        let present = table.resourceCounts()
+        for type in Set(present.map(\.type)) {
+            for state in ResourceState.allCases { counts[Metrics.ResourceCountKey(type: type, state: state.rawValue)] = 0 }
+        }
+        for count in present {
+            counts[Metrics.ResourceCountKey(type: count.type, state: count.state.rawValue)] = count.count
+        }
+        metrics.resourceCounts = counts
+        return metrics.render(connections: connections)
+    }
+
+    /// From now on, leases that end do so because the server stops.
+    func beginShutdown() {
+        queue.sync { shuttingDown = true }
+    }
+
+    // MARK: conversions
+
+    static func wireGroup(_ group: Group) -> WantGroup {
+        switch group {
+        case .name(let name): return .name(name)
+        case .type(let type, let labels, let count): return .type(type, labels: labels, count: count)
+        }
+    }
+
+    static func coreGroup(_ group: WantGroup) -> Group {
+        switch group {
+        case .name(let name): return .name(name)
+        case .type(let type, let labels, let count): return .type(type, labels: labels, count: count)
+        }
+    }
+
+    static func wireResource(_ resource: LeaseCore.GrantedResource) -> LeaseProtocol.GrantedResource {
+        LeaseProtocol.GrantedResource(name: resource.name, type: resource.type, labels: resource.labels,
+                                      attributes: JSONValue(resource.attributes), epoch: resource.epoch)
+    }
+}
+
+extension JSONValue {
+    init(_ value: AttributeValue) {
+        switch value {
+        case .string(let text): self = .string(text)
+        case .int(let number): self = .int(number)
+        case .double(let number): self = .double(number)
+        case .bool(let flag): self = .bool(flag)
+        case .null: self = .null
+        case .array(let elements): self = .array(elements.map(JSONValue.init))
+        case .object(let members): self = .object(members.map { ($0.key, JSONValue($0.value)) })
+        }
+    }
+}
+
+extension AttributeValue {
+    init(_ value: JSONValue) {
+        switch value {
+        case .string(let text): self = .string(text)
+        case .int(let number): self = .int(number)
+        case .double(let number): self = .double(number)
+        case .bool(let flag): self = .bool(flag)
+        case .null: self = .null
+        case .array(let elements): self = .array(elements.map(AttributeValue.init))
+        case .object(let members): self = .object(members.map { (key: $0.0, value: AttributeValue($0.1)) })
+        }
+    }
+}
+
+/// Monotonic time for the core, with a fixed offset to render wall-clock timestamps.
+struct ServerClock: Sendable {
+    private let wallOffsetNanoseconds: Int64
+
+    init() {
+        let wall = ServerClock.wallNanoseconds()
+        wallOffsetNanoseconds = wall - Int64(EventLoop.now())
+    }
+
+    func now() -> Tick { Tick(nanoseconds: Int64(EventLoop.now())) }
+
+    /// `2026-11-25T16:04:45Z` for a core time.
+    func iso8601(_ tick: Tick) -> String {
+        let seconds = (tick.nanoseconds + wallOffsetNanoseconds) / 1_000_000_000
+        return ISO8601.format(unixSeconds: seconds)
+    }
+
+    static func wallNanoseconds() -> Int64 {
+        var spec = timespec()
+        clock_gettime(CLOCK_REALTIME, &spec)
+        return Int64(spec.tv_sec) * 1_000_000_000 + Int64(spec.tv_nsec)
+    }
+}
+
+enum ISO8601 {
+    /// UTC calendar date from Unix seconds (civil-from-days, proleptic Gregorian).
+    static func format(unixSeconds: Int64) -> String {
+        let days = unixSeconds >= 0 ? unixSeconds / 86_400 : (unixSeconds - 86_399) / 86_400
+        let secondsOfDay = unixSeconds - days * 86_400
+        let z = days + 719_468
+        let era = (z >= 0 ? z : z - 146_096) / 146_097
+        let dayOfEra = z - era * 146_097
+        let yearOfEra = (dayOfEra - dayOfEra / 1460 + dayOfEra / 36_524 - dayOfEra / 146_096) / 365
+        let dayOfYear = dayOfEra - (365 * yearOfEra + yearOfEra / 4 - yearOfEra / 100)
+        let mp = (5 * dayOfYear + 2) / 153
+        let day = dayOfYear - (153 * mp + 2) / 5 + 1
+        let month = mp < 10 ? mp + 3 : mp - 9
+        let year = yearOfEra + era * 400 + (month <= 2 ? 1 : 0)
+        func two(_ value: Int64) -> String { value < 10 ? "0\(value)" : "\(value)" }
+        return "\(year)-\(two(month))-\(two(day))T\(two(secondsOfDay / 3600)):\(two(secondsOfDay / 60 % 60)):\(two(secondsOfDay % 60))Z"
+    }
+}

@@ -1,0 +1,147 @@
+import LeaseCore
+import LeaseProtocol
+import Transport
+
+/// One `/v1/lease` WebSocket: reads the client's messages, forwards them to the lease service,
+/// and carries out the service's effects on the socket. Lives on the socket's loop.
+final class LeaseSession: WebSocketHandler, @unchecked Sendable {
+    private enum State {
+        case awaitingAcquire
+        /// Acquire sent to the service; queued or waiting for the first answer.
+        case waiting(LeaseID)
+        case granted(LeaseID)
+        case closed
+    }
+
+    private unowned let service: LeaseService
+    private let requestTimeout: Duration
+    private var state = State.awaitingAcquire
+    private weak var socket: WebSocketConnection?
+    private(set) var loop: EventLoop?
+    /// Why the client's lease ended, for the releases metric; set before the service hears of it.
+    private var endReason = ReleaseReason.disconnect
+    let peer: String
+
+    init(service: LeaseService, peer: String, requestTimeout: Duration) {
+        self.service = service
+        self.peer = peer
+        self.requestTimeout = requestTimeout
+    }
+
+    var leaseID: LeaseID? {
+        switch state {
+        case .waiting(let id), .granted(let id): return id
+        case .awaitingAcquire, .closed: return nil
+        }
+    }
+
+    func webSocketDidOpen(_ socket: WebSocketConnection) {
+        self.socket = socket
+        loop = socket.loop
+        socket.applicationDeadline = EventLoop.now() &+ UInt64(max(0, requestTimeout.nanosecondsValue))
+    }
+
+    func webSocketDeadlineReached(_ socket: WebSocketConnection) {
+        guard case .awaitingAcquire = state else { return }
+        fail(.requestTimeout, "no acquire request within \(requestTimeout.secondsText)")
+    }
+
+    func webSocket(_ socket: WebSocketConnection, didReceiveText text: [UInt8]) {
+        let message = ClientMessage.parse(text)
+        switch state {
+        case .awaitingAcquire:
+            switch message {
+            case .success(.acquire(let request)):
+                socket.applicationDeadline = .max
+                let id = service.newLeaseID()
+                state = .waiting(id)
+                service.acquire(id, request, session: self)
+            case .success(.release):
+                fail(.badRequest, "nothing to release: the first message must be an acquire request")
+            case .failure(let error):
+                fail(error.code, error.message)
+            }
+        case .waiting(let id), .granted(let id):
+            switch message {
+            case .success(.release):
+                endReason = .release
+                state = .closed
+                socket.close(code: CloseCode.released, reason: "released")
+                service.release(id, reason: .release)
+            case .success(.acquire):
+                send(.error(code: .badRequest, message: "this connection already has a request; open another connection for another lease"))
+            case .failure(let error):
+                send(.error(code: .badRequest, message: error.message))
+            }
+        case .closed:
+            return
+        }
+    }
+
+    func webSocket(_ socket: WebSocketConnection, didReceiveBinary data: [UInt8]) {
+        fail(.protocol, "binary messages are not part of the protocol; send JSON text")
+    }
+
+    func webSocketDidClose(_ socket: WebSocketConnection, code: UInt16, reason: String) {
+        let id = leaseID
+        state = .closed
+        guard let id else { return }
+        let why: ReleaseReason = code == 1006 && reason.hasPrefix("peer did not answer") ? .deadPeer : endReason
+        service.release(id, reason: why)
+    }
+
+    /// Sends an error event and closes with the code's close code; the service hears the release.
+    private func fail(_ code: ErrorCode, _ message: String) {
+        send(.error(code: code, message: message))
+        socket?.close(code: code.closeCode, reason: code.rawValue)
+    }
+
+    private func send(_ event: ServerEvent) {
+        socket?.send(text: event.text)
+    }
+
+    // MARK: effects from the service (on this session's loop)
+
+    func deliver(_ effect: Effect, granted: [LeaseProtocol.GrantedResource]) {
+        guard let id = leaseID, id == effect.lease, let socket, socket.isOpen else { return }
+        let text = LeaseService.format(id)
+        switch effect {
+        case .granted:
+            state = .granted(id)
+            send(.granted(lease: text, resources: granted))
+        case .queued(_, let position), .positionChanged(_, let position):
+            send(.queued(lease: text, position: position))
+        case .failed(_, .unsatisfiable(let message)):
+            state = .closed
+            fail(.unsatisfiable, message)
+        case .failed(_, .waitTimeout):
+            state = .closed
+            fail(.waitTimeout, "not granted within the requested wait")
+        case .revoked(_, let reason):
+            state = .closed
+            send(.revoked(lease: text, reason: reason))
+            socket.close(code: CloseCode.revoked, reason: "revoked")
+        }
+    }
+}
+
+/// Why a granted lease ended (the `reason` label of `leasehold_releases_total`).
+enum ReleaseReason: String, CaseIterable {
+    case release
+    case disconnect
+    case deadPeer = "dead_peer"
+    case revoked
+    case shutdown
+}
+
+extension Duration {
+    var secondsText: String {
+        let seconds = Double(components.seconds) + Double(components.attoseconds) / 1e18
+        return seconds == seconds.rounded() ? "\(Int(seconds)) s" : "\(seconds) s"
+    }
+
+    var nanosecondsValue: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds.multipliedReportingOverflow(by: 1_000_000_000).partialValue &+ attoseconds / 1_000_000_000
+    }
+}

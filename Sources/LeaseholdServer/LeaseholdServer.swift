@@ -1,1 +1,0 @@
-// LeaseholdServer: see README.md for the layout.

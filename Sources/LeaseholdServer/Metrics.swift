@@ -1,0 +1,89 @@
+/// The server's counters and gauges, owned by the lease service's queue, rendered in the
+/// Prometheus text exposition format (version 0.0.4).
+final class Metrics: @unchecked Sendable {
+    var grants = 0
+    var revokes = 0
+    var releases: [ReleaseReason: Int] = [:]
+    var leases = 0
+    var waiters = 0
+    /// (type, state) → count.
+    var resourceCounts: [ResourceCountKey: Int] = [:]
+    var grantWait = Histogram(bounds: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600])
+
+    struct ResourceCountKey: Hashable {
+        var type: String
+        var state: String
+    }
+
+    struct Histogram {
+        let bounds: [Double]
+        var buckets: [Int]
+        var sum = 0.0
+        var count = 0
+
+        init(bounds: [Double]) {
+            self.bounds = bounds
+            buckets = Array(repeating: 0, count: bounds.count)
+        }
+
+        mutating func observe(_ value: Double) {
+            sum += value
+            count += 1
+            if let index = bounds.firstIndex(where: { value <= $0 }) { buckets[index] += 1 }
+        }
+    }
+
+    /// Renders every series; `connections` comes from the transport.
+    func render(connections: Int) -> String {
+        var out = ""
+        func family(_ name: String, _ type: String, _ help: String) {
+            out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
+        }
+        family("leasehold_connections", "gauge", "Open TCP connections (HTTP and WebSocket).")
+        out += "leasehold_connections \(connections)\n"
+        family("leasehold_leases", "gauge", "Granted leases.")
+        out += "leasehold_leases \(leases)\n"
+        family("leasehold_waiters", "gauge", "Requests waiting in the queue.")
+        out += "leasehold_waiters \(waiters)\n"
+        family("leasehold_grants_total", "counter", "Leases granted.")
+        out += "leasehold_grants_total \(grants)\n"
+        family("leasehold_releases_total", "counter", "Granted leases that ended, by reason.")
+        for reason in ReleaseReason.allCases {
+            out += "leasehold_releases_total{reason=\"\(reason.rawValue)\"} \(releases[reason, default: 0])\n"
+        }
+        family("leasehold_revokes_total", "counter", "Leases revoked by an admin.")
+        out += "leasehold_revokes_total \(revokes)\n"
+        family("leasehold_resources", "gauge", "Resources by type and state.")
+        for (key, count) in resourceCounts.sorted(by: { ($0.key.type, $0.key.state) < ($1.key.type, $1.key.state) }) {
+            out += "leasehold_resources{type=\"\(Self.escape(key.type))\",state=\"\(key.state)\"} \(count)\n"
+        }
+        family("leasehold_grant_wait_seconds", "histogram", "Time from acquire to grant.")
+        var cumulative = 0
+        for (index, bound) in grantWait.bounds.enumerated() {
+            cumulative += grantWait.buckets[index]
+            out += "leasehold_grant_wait_seconds_bucket{le=\"\(Self.number(bound))\"} \(cumulative)\n"
+        }
+        out += "leasehold_grant_wait_seconds_bucket{le=\"+Inf\"} \(grantWait.count)\n"
+        out += "leasehold_grant_wait_seconds_sum \(grantWait.sum)\n"
+        out += "leasehold_grant_wait_seconds_count \(grantWait.count)\n"
+        return out
+    }
+
+    static func number(_ value: Double) -> String {
+        value == value.rounded() ? String(Int(value)) : String(value)
+    }
+
+    /// Label values escape backslash, quote and newline.
+    static func escape(_ text: String) -> String {
+        var out = ""
+        for character in text {
+            switch character {
+            case "\\": out += "\\\\"
+            case "\"": out += "\\\""
+            case "\n": out += "\\n"
+            default: out.append(character)
+            }
+        }
+        return out
+    }
+}

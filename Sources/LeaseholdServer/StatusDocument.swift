@@ -1,0 +1,56 @@
+import LeaseCore
+import LeaseProtocol
+
+/// The status document of PROTOCOL.md ("Watching"): the body of `GET /v1/status` and of every
+/// `/v1/watch` snapshot.
+enum StatusDocument {
+    static func json(_ snapshot: Snapshot, clock: ServerClock) -> JSONValue {
+        let resources: [JSONValue] = snapshot.resources.map { resource in
+            let showsLease = resource.state == .held || resource.state == .reserved
+            return .object([
+                ("name", .string(resource.name)),
+                ("type", .string(resource.type)),
+                ("labels", .labels(resource.labels)),
+                ("attributes", JSONValue(resource.attributes)),
+                ("state", .string(resource.state.rawValue)),
+                ("lease", showsLease ? resource.lease.map { .string(LeaseService.format($0)) } ?? .null : .null),
+                ("holder", showsLease ? resource.holder.map { .string($0) } ?? .null : .null),
+                ("epoch", .int(Int64(clamping: resource.epoch))),
+                ("since", .string(clock.iso8601(resource.since))),
+            ])
+        }
+        let leases: [JSONValue] = snapshot.leases.map { lease in
+            .object([
+                ("id", .string(LeaseService.format(lease.id))),
+                ("holder", .string(lease.holder)),
+                ("peer", .string(lease.peer)),
+                ("state", .string("granted")),
+                ("resources", .array(lease.resources.map { .string($0) })),
+                ("meta", .labels(lease.meta)),
+                ("since", .string(clock.iso8601(lease.since))),
+            ])
+        }
+        let queue: [JSONValue] = snapshot.queue.map { waiter in
+            .object([
+                ("id", .string(LeaseService.format(waiter.id))),
+                ("holder", .string(waiter.holder)),
+                ("peer", .string(waiter.peer)),
+                ("position", .int(Int64(waiter.position))),
+                ("want", .array(waiter.want.map { LeaseService.wireGroup($0).json })),
+                ("meta", .labels(waiter.meta)),
+                ("reserved", .array(waiter.reserved.map { .string($0) })),
+                ("since", .string(clock.iso8601(waiter.since))),
+            ])
+        }
+        return .object([
+            ("event", .string("snapshot")),
+            ("resources", .array(resources)),
+            ("leases", .array(leases)),
+            ("queue", .array(queue)),
+        ])
+    }
+
+    static func render(_ snapshot: Snapshot, clock: ServerClock) -> String {
+        json(snapshot, clock: clock).serialized()
+    }
+}

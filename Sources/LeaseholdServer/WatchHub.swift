@@ -1,0 +1,111 @@
+import Dispatch
+import Transport
+
+/// The `/v1/watch` subscribers. A snapshot goes out at once to a new watcher and after changes,
+/// at most ten a second, rendered once for all of them. Lives on the lease service's queue.
+final class WatchHub: @unchecked Sendable {
+    static let minimumInterval: UInt64 = 100_000_000
+
+    private let queue: DispatchQueue
+    private let clock: ServerClock
+    private var watchers: [ObjectIdentifier: WatchSession] = [:]
+    private var lastBroadcast: UInt64 = 0
+    private var broadcastScheduled = false
+    /// Renders the status document; set by the service.
+    var render: () -> String = { "{}" }
+
+    init(queue: DispatchQueue, clock: ServerClock) {
+        self.queue = queue
+        self.clock = clock
+    }
+
+    var count: Int { watchers.count }
+
+    /// Call on the service queue.
+    func add(_ watcher: WatchSession) {
+        watchers[ObjectIdentifier(watcher)] = watcher
+        let text = render()
+        watcher.loop?.execute { watcher.offer(text) }
+    }
+
+    func remove(_ watcher: WatchSession) {
+        watchers[ObjectIdentifier(watcher)] = nil
+    }
+
+    /// The table changed. Call on the service queue.
+    func changed() {
+        guard !watchers.isEmpty, !broadcastScheduled else { return }
+        broadcastScheduled = true
+        let now = EventLoop.now()
+        let due = lastBroadcast &+ Self.minimumInterval
+        if due <= now {
+            // Let the rest of this burst of events land first.
+            queue.async { [self] in broadcast() }
+        } else {
+            queue.asyncAfter(deadline: .now() + .nanoseconds(Int(due - now))) { [self] in broadcast() }
+        }
+    }
+
+    private func broadcast() {
+        broadcastScheduled = false
+        guard !watchers.isEmpty else { return }
+        lastBroadcast = EventLoop.now()
+        let text = render()
+        for watcher in watchers.values {
+            watcher.loop?.execute { watcher.offer(text) }
+        }
+    }
+}
+
+/// One `/v1/watch` WebSocket. Holds at most one unsent snapshot (the latest) when the peer reads
+/// slowly, never a queue of them.
+final class WatchSession: WebSocketHandler, @unchecked Sendable {
+    private unowned let hub: WatchHub
+    private let hubQueue: DispatchQueue
+    private weak var socket: WebSocketConnection?
+    private(set) var loop: EventLoop?
+    private var latest: String?
+    private var retryScheduled = false
+    static let backlogLimit = 256 * 1024
+
+    init(hub: WatchHub, hubQueue: DispatchQueue) {
+        self.hub = hub
+        self.hubQueue = hubQueue
+    }
+
+    func webSocketDidOpen(_ socket: WebSocketConnection) {
+        self.socket = socket
+        loop = socket.loop
+        hubQueue.async { [hub, self] in hub.add(self) }
+    }
+
+    func webSocket(_ socket: WebSocketConnection, didReceiveText text: [UInt8]) {
+        // Watchers only listen; messages from them are ignored.
+    }
+
+    func webSocketDidClose(_ socket: WebSocketConnection, code: UInt16, reason: String) {
+        latest = nil
+        hubQueue.async { [hub, self] in hub.remove(self) }
+    }
+
+    /// On this watcher's loop.
+    func offer(_ text: String) {
+        guard let socket, socket.isOpen else { return }
+        if socket.pendingOutputBytes > Self.backlogLimit {
+            latest = text
+            scheduleRetry()
+            return
+        }
+        latest = nil
+        socket.send(text: text)
+    }
+
+    private func scheduleRetry() {
+        guard !retryScheduled, let loop else { return }
+        retryScheduled = true
+        loop.queue.asyncAfter(deadline: .now() + .milliseconds(100)) { [self] in
+            retryScheduled = false
+            if let text = latest { offer(text) }
+        }
+    }
+}

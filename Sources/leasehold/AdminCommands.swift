@@ -1,0 +1,82 @@
+import ArgumentParser
+import LeaseholdClient
+
+/// `--token-file`, shared by the admin verbs.
+struct AdminOptions: ParsableArguments {
+    @OptionGroup var connection: ConnectionOptions
+
+    @Option(name: .long, help: ArgumentHelp("File holding the admin token (default: $LEASEHOLD_ADMIN_TOKEN).", valueName: "file"))
+    var tokenFile: String?
+
+    func client() throws -> (LeaseholdHTTP, String?) {
+        let server = try connection.serverURL()
+        return (LeaseholdHTTP(server: server, timeout: .seconds(fractional: connection.connectTimeout)), adminToken(file: tokenFile))
+    }
+}
+
+private let adminDiscussion = """
+    Needs the server's admin token: LEASEHOLD_ADMIN_TOKEN or --token-file FILE. Exit status: 0 done; \
+    1 refused by the server (unknown resource, not held, invalid inventory); 69 server unreachable; \
+    79 no token, wrong token, or admin calls disabled on the server.
+    """
+
+private func perform(_ action: LeaseholdHTTP.AdminAction, _ resource: String, reason: String?, options: AdminOptions) throws {
+    let (client, token) = try options.client()
+    do {
+        _ = try client.admin(action, resource: resource, reason: reason, token: token)
+    } catch {
+        fail(error)
+    }
+    let done = ["free": "freed (its lease is revoked)", "disable": "disabled", "enable": "enabled"][action.rawValue] ?? action.rawValue
+    writeOut("leasehold: \(resource) \(done)\n")
+}
+
+struct Free: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Force-free a held resource: revokes the whole lease holding it.", discussion: adminDiscussion)
+
+    @OptionGroup var admin: AdminOptions
+    @Argument(help: "The resource to free.") var name: String
+    @Option(name: .long, help: "Why (shown to the holder and kept in the audit log).") var reason: String
+
+    func run() throws { try perform(.free, name, reason: reason, options: admin) }
+}
+
+struct Disable: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Take a resource out of service (a current lease runs on).", discussion: adminDiscussion)
+
+    @OptionGroup var admin: AdminOptions
+    @Argument(help: "The resource to disable.") var name: String
+    @Option(name: .long, help: "Why (kept in the audit log).") var reason: String?
+
+    func run() throws { try perform(.disable, name, reason: reason, options: admin) }
+}
+
+struct Enable: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Put a disabled resource back in service.", discussion: adminDiscussion)
+
+    @OptionGroup var admin: AdminOptions
+    @Argument(help: "The resource to enable.") var name: String
+    @Option(name: .long, help: "Why (kept in the audit log).") var reason: String?
+
+    func run() throws { try perform(.enable, name, reason: reason, options: admin) }
+}
+
+struct Reload: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Make the server re-read its inventory file.", discussion: adminDiscussion)
+
+    @OptionGroup var admin: AdminOptions
+
+    func run() throws {
+        let (client, token) = try admin.client()
+        do {
+            let message = try client.reload(token: token)
+            writeOut("leasehold: reloaded: \(message)\n")
+        } catch {
+            fail(error)
+        }
+    }
+}

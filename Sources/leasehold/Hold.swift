@@ -1,0 +1,374 @@
+import ArgumentParser
+import Dispatch
+import LeaseholdClient
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct Hold: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Hold resources while a command runs, the way flock(1) holds a file lock.",
+        usage: "leasehold hold [--server URL] --type TYPE [--label KEY=VALUE]... [--count N] [--name NAME]... [--wait SECONDS] [--holder TEXT] -- COMMAND [ARGS...]",
+        discussion: """
+            Groups are given in order: each --type or --name starts a group; --label and --count apply \
+            to the --type before them. The command runs with LEASEHOLD_LEASE, LEASEHOLD_RESOURCES (JSON), \
+            LEASEHOLD_NAMES and per resource LEASEHOLD_<GROUP>_<N>_NAME/_TYPE/_EPOCH plus one variable per \
+            attribute (README, "CLI"). SIGINT, SIGTERM and SIGHUP are forwarded to the command's process group.
+
+            Exit status: the command's own (128+N if signal N killed it); 64 bad arguments; 69 server \
+            unreachable or lost while waiting; 75 not granted within --wait; 76 lease revoked by an admin \
+            (command stopped); 77 server connection lost while the command ran (command stopped); 78 the \
+            request can never be granted; 126/127 the command cannot be run / was not found.
+            """
+    )
+
+    @OptionGroup var connection: ConnectionOptions
+
+    @Option(name: .long, help: ArgumentHelp("Start a group of resources of this type (repeatable).", valueName: "type"))
+    var type: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("Only resources with this label, for the --type before it (repeatable).", valueName: "key=value"))
+    var label: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("How many resources of the --type before it (default 1).", valueName: "n"))
+    var count: [Int] = []
+
+    @Option(name: .long, help: ArgumentHelp("A group of one resource by name (repeatable).", valueName: "name"))
+    var name: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("Seconds to wait in the queue; 0: fail at once when busy (default: as long as it takes).", valueName: "seconds"))
+    var wait: Double?
+
+    @Option(name: .long, help: ArgumentHelp("Shown on the status page as the holder (default: USER@HOST COMMAND).", valueName: "text"))
+    var holder: String?
+
+    @Option(name: .long, help: ArgumentHelp("Provenance for the status page and audit log, e.g. --meta job=URL (repeatable).", valueName: "key=value"))
+    var meta: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("Seconds between SIGTERM and SIGKILL when the lease is lost.", valueName: "seconds"))
+    var grace: Double = 10
+
+    @Option(name: .long, help: ArgumentHelp("Seconds without any traffic from the server before it is taken for dead.", valueName: "seconds"))
+    var deadAfter: Double = 30
+
+    @Flag(name: .long, help: "Print only errors (no queue progress, no grant line).")
+    var quiet = false
+
+    @Argument(parsing: .postTerminator, help: ArgumentHelp("The command to run while holding the resources (after --).", valueName: "command"))
+    var command: [String] = []
+
+    func validate() throws {
+        guard !command.isEmpty else {
+            throw ValidationError("give the command to run after --, e.g. leasehold hold --type array -- make test")
+        }
+        if let wait { guard wait >= 0, wait.isFinite else { throw ValidationError("--wait must be 0 or more seconds") } }
+        guard grace >= 0, grace.isFinite else { throw ValidationError("--grace must be 0 or more seconds") }
+        guard deadAfter >= 1, deadAfter.isFinite else { throw ValidationError("--dead-after must be at least 1 second") }
+        for entry in meta where !entry.contains("=") || entry.hasPrefix("=") {
+            throw ValidationError("--meta takes KEY=VALUE, e.g. --meta job=https://ci.example/job/1 (got '\(entry)')")
+        }
+        do {
+            _ = try Self.groups()
+        } catch {
+            throw ValidationError(error.description)
+        }
+    }
+
+    /// The groups in command-line order (ArgumentParser keeps each option's values, not their interleaving).
+    static func groups() throws(LeaseholdError) -> [WantGroup] {
+        let arguments = CommandLine.arguments
+        let start = (arguments.dropFirst().firstIndex(of: "hold") ?? 0) + 1
+        return try WantArguments.groups(from: Array(arguments[min(start, arguments.count)...]))
+    }
+
+    func run() throws {
+        let server = try connection.serverURL()
+        let want: [WantGroup]
+        do {
+            want = try Self.groups()
+        } catch {
+            fail(error)
+        }
+        let metaPairs = meta.map { entry -> (String, String) in
+            let parts = entry.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            return (String(parts[0]), parts.count > 1 ? String(parts[1]) : "")
+        }
+        let request = AcquireRequest(want: want, holder: holder ?? Self.defaultHolder(command), meta: metaPairs, wait: wait)
+        var configuration = ClientConfiguration()
+        configuration.connectTimeout = .seconds(fractional: connection.connectTimeout)
+        configuration.deadAfter = .seconds(fractional: deadAfter)
+        configuration.pingInterval = .seconds(fractional: max(0.5, deadAfter / 3))
+        let controller = HoldController(server: server, request: request, command: command, grace: grace,
+                                        configuration: configuration, quiet: quiet)
+        controller.start()
+        dispatchMain()
+    }
+
+    static func defaultHolder(_ command: [String]) -> String {
+        var host = [CChar](repeating: 0, count: 256)
+        gethostname(&host, host.count - 1)
+        let hostname = String(decoding: host.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let user = environment("USER") ?? environment("LOGNAME") ?? "uid\(getuid())"
+        let program = command.first.map { $0.split(separator: "/").last.map(String.init) ?? $0 } ?? ""
+        return String(String.UnicodeScalarView("\(user)@\(hostname) \(program)".unicodeScalars.prefix(200)))
+    }
+}
+
+/// Runs one `hold`, on the main queue: connect, wait (showing progress), run the command, and end
+/// the lease when it exits; or stop the command when the lease is lost.
+final class HoldController: @unchecked Sendable {
+    private enum Phase { case connecting, waiting, running, stopping, finishing, leaving }
+
+    private let server: ServerURL
+    private let request: AcquireRequest
+    private let command: [String]
+    private let grace: Double
+    private let configuration: ClientConfiguration
+    private let quiet: Bool
+    private let terminal = isatty(2) == 1
+
+    private var phase = Phase.connecting
+    private var session: LeaseSession?
+    private var pid: pid_t = 0
+    private var childExited = false
+    private var finalStatus: Int32 = 0
+    private var stopMessage = ""
+    private var waitStarted = monotonicSeconds()
+    private var position: Int?
+    private var progressShown = false
+    private var ticker: DispatchSourceTimer?
+    private var signalSources: [DispatchSourceSignal] = []
+    private var terminalHandedOver = false
+
+    init(server: ServerURL, request: AcquireRequest, command: [String], grace: Double,
+         configuration: ClientConfiguration, quiet: Bool) {
+        self.server = server
+        self.request = request
+        self.command = command
+        self.grace = grace
+        self.configuration = configuration
+        self.quiet = quiet
+    }
+
+    func start() {
+        // A closed stderr must not kill hold (and orphan the command); the command gets SIGPIPE back.
+        signal(SIGPIPE, SIG_IGN)
+        for number in [SIGINT, SIGTERM, SIGHUP] {
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .main)
+            source.setEventHandler { [self] in received(signal: number) }
+            source.activate()
+            signalSources.append(source)
+        }
+        LeaseSession.connect(to: server, configuration: configuration, onEvent: { [self] event in
+            DispatchQueue.main.async { self.handle(event) }
+        }, completion: { [self] result in
+            DispatchQueue.main.async { self.connected(result) }
+        })
+    }
+
+    // MARK: waiting
+
+    private func connected(_ result: Result<LeaseSession, LeaseholdError>) {
+        switch result {
+        case .failure(let error):
+            fail(error)
+        case .success(let session):
+            self.session = session
+            guard phase == .connecting else {
+                session.close()
+                return
+            }
+            phase = .waiting
+            waitStarted = monotonicSeconds()
+            session.acquire(request)
+        }
+    }
+
+    private func handle(_ event: LeaseEvent) {
+        switch (phase, event) {
+        case (.waiting, .queued(_, let position)):
+            if position != self.position { self.position = position; showProgress(changed: true) }
+        case (.waiting, .granted(let lease)):
+            clearProgress()
+            run(lease)
+        case (.waiting, .failed(let error)), (.connecting, .failed(let error)):
+            clearProgress()
+            fail(error)
+        case (.waiting, .revoked(_, let reason)):
+            clearProgress()
+            fail(.revoked(reason: reason))
+        case (.running, .revoked(let lease, let reason)):
+            let message = "the lease \(lease) was revoked by an admin\(reason.isEmpty ? "" : ": \(reason)")"
+            stop(status: ExitStatus.revoked, message, summary: message)
+        case (.running, .failed(let error)):
+            stop(status: ExitStatus.connectionLost, error.description, summary: "the connection to \(server) was lost")
+        case (.running, .released):
+            stop(status: ExitStatus.connectionLost, "the server ended the lease", summary: "the server ended the lease")
+        case (.finishing, let event) where event.isFinal:
+            exit(finalStatus)
+        case (.leaving, let event) where event.isFinal:
+            exit(finalStatus)
+        default:
+            break
+        }
+    }
+
+    private func wants() -> String {
+        request.want.map { StatusSnapshot.describe($0.json) }.joined(separator: ", ")
+    }
+
+    private func showProgress(changed: Bool) {
+        guard !quiet else { return }
+        let waited = StatusSnapshot.age(monotonicSeconds() - waitStarted)
+        let where_ = position.map { "position \($0) in the queue" } ?? "waiting"
+        if terminal {
+            writeStderr("\r\u{1B}[Kleasehold: waiting for \(wants()): \(where_) (\(waited))")
+            progressShown = true
+            if ticker == nil {
+                let timer = DispatchSource.makeTimerSource(queue: .main)
+                timer.schedule(deadline: .now() + 1, repeating: 1)
+                timer.setEventHandler { [self] in if phase == .waiting { showProgress(changed: false) } }
+                timer.activate()
+                ticker = timer
+            }
+        } else if changed {
+            writeStderr("leasehold: waiting for \(wants()): \(where_) (\(waited))\n")
+        }
+    }
+
+    private func clearProgress() {
+        ticker?.cancel()
+        ticker = nil
+        if progressShown { writeStderr("\r\u{1B}[K") }
+        progressShown = false
+    }
+
+    // MARK: running
+
+    private func run(_ lease: Lease) {
+        let variables = LeaseEnvironment.variables(for: lease, want: request.want)
+        if !quiet {
+            let waited = StatusSnapshot.age(monotonicSeconds() - waitStarted)
+            writeStderr("leasehold: lease \(lease.id) granted after \(waited): \(lease.resources.map(\.name).joined(separator: ", "))\n")
+        }
+        do {
+            pid = try ChildProcess.spawn(command, environment: ChildProcess.environment(adding: variables))
+        } catch {
+            let code: Int32
+            switch error { case .failed(let number): code = number }
+            writeStderr("leasehold: cannot run \(command[0]): \(String(cString: strerror(code))). Check the command and PATH.\n")
+            finish(status: code == ENOENT ? ExitStatus.notFound : ExitStatus.cannotExecute)
+            return
+        }
+        phase = .running
+        handTerminalToCommand()
+        let pid = self.pid
+        DispatchQueue(label: "leasehold.waitpid").async {
+            let status = ChildProcess.wait(for: pid)
+            DispatchQueue.main.async { self.commandExited(status: status) }
+        }
+    }
+
+    /// On an interactive terminal the command's group becomes the foreground group, so it can read
+    /// the terminal and gets ^C itself.
+    private func handTerminalToCommand() {
+        guard isatty(0) == 1, tcgetpgrp(0) == getpgrp() else { return }
+        signal(SIGTTOU, SIG_IGN)
+        if tcsetpgrp(0, pid) == 0 {
+            terminalHandedOver = true
+            kill(-pid, SIGCONT)  // in case it touched the terminal before it was its own
+        }
+    }
+
+    private func takeTerminalBack() {
+        guard terminalHandedOver else { return }
+        terminalHandedOver = false
+        tcsetpgrp(0, getpgrp())
+    }
+
+    private func commandExited(status: Int32) {
+        childExited = true
+        takeTerminalBack()
+        switch phase {
+        case .running:
+            finalStatus = status
+            phase = .finishing
+            // The lease ends now: whatever the command left running in its group must not go on
+            // using the hardware.
+            if groupAlive() { kill(-pid, SIGTERM) }
+            reapGroup(deadline: monotonicSeconds() + grace) { [self] in finish(status: status) }
+        case .stopping:
+            reapGroup(deadline: stopDeadline) { [self] in
+                writeStderr("leasehold: the command was stopped: \(stopMessage) (exit \(finalStatus))\n")
+                exit(finalStatus)
+            }
+        default:
+            break
+        }
+    }
+
+    private var stopDeadline = 0.0
+
+    /// The lease is gone while the command runs: SIGTERM its group now, SIGKILL after the grace period.
+    private func stop(status: Int32, _ message: String, summary: String) {
+        guard phase == .running else { return }
+        phase = .stopping
+        finalStatus = status
+        stopMessage = summary
+        stopDeadline = monotonicSeconds() + grace
+        writeStderr("leasehold: \(message)\nleasehold: stopping the command: SIGTERM now, SIGKILL after \(StatusSnapshot.age(grace))\n")
+        kill(-pid, SIGTERM)
+        let pid = self.pid
+        DispatchQueue.main.asyncAfter(deadline: .now() + grace) { [self] in
+            if !childExited || groupAlive() { kill(-pid, SIGKILL) }
+        }
+    }
+
+    private func groupAlive() -> Bool { kill(-pid, 0) == 0 }
+
+    /// Waits (polling) until nothing of the command's group is left, SIGKILLing it at `deadline`.
+    private func reapGroup(deadline: Double, then done: @escaping @Sendable () -> Void) {
+        guard groupAlive() else { return done() }
+        if monotonicSeconds() >= deadline {
+            kill(-pid, SIGKILL)
+            return done()
+        }
+        DispatchQueue.main.asyncAfter(deadline: .now() + 0.05) { [self] in reapGroup(deadline: deadline, then: done) }
+    }
+
+    /// Releases the lease, then exits with `status` (at most `releaseTimeout` later).
+    private func finish(status: Int32) {
+        finalStatus = status
+        phase = .finishing
+        guard let session else { exit(status) }
+        session.release()
+        DispatchQueue.main.asyncAfter(deadline: .now() + configuration.releaseTimeout.secondsValue + 1) { exit(status) }
+    }
+
+    // MARK: signals
+
+    private func received(signal number: Int32) {
+        switch phase {
+        case .connecting, .waiting:
+            clearProgress()
+            writeStderr("leasehold: interrupted while waiting; leaving the queue\n")
+            phase = .leaving
+            finalStatus = 128 + number
+            guard let session else { exit(finalStatus) }
+            session.release()
+            let status = finalStatus
+            DispatchQueue.main.asyncAfter(deadline: .now() + 2) { exit(status) }
+        case .running, .stopping:
+            kill(-pid, number)
+        case .finishing, .leaving:
+            break
+        }
+    }
+}
+
+func monotonicSeconds() -> Double {
+    var spec = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &spec)
+    return Double(spec.tv_sec) + Double(spec.tv_nsec) / 1e9
+}

@@ -1,0 +1,10 @@
+import ArgumentParser
+
+@main
+struct Leasehold: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "leasehold",
+        abstract: "Share lab hardware between test suites: the WebSocket connection is the lease.",
+        subcommands: [Serve.self, Hold.self, StatusCommand.self, Free.self, Disable.self, Enable.self, Reload.self]
+    )
+}

@@ -1,0 +1,173 @@
+import ArgumentParser
+import Dispatch
+import LeaseholdServer
+import Logging
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct Serve: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the lease server.",
+        discussion: """
+            Prints one line per listener on stdout (`leasehold listening on HOST:PORT`), then logs to \
+            stderr. SIGHUP re-reads the inventory; SIGTERM closes every connection with 1001 and exits 0.
+            """
+    )
+
+    @Option(name: .long, help: ArgumentHelp("Address to listen on (repeatable).", valueName: "host:port"))
+    var listen: [String] = []
+
+    @Option(name: .long, help: "Inventory YAML file (PROTOCOL.md, \"Inventory\").")
+    var inventory: String = "deploy/lab-inventory.yaml"
+
+    @Option(name: .long, help: "Seconds of silence after which the server pings a connection.")
+    var pingInterval: Double = 15
+
+    @Option(name: .long, help: "Seconds without any traffic (not even a pong) after which a connection is closed and its lease freed.")
+    var deadAfter: Double = 45
+
+    @Option(name: .long, help: "Seconds a new /v1/lease connection has to send its acquire request.")
+    var requestTimeout: Double = 30
+
+    @Option(name: .long, help: "Largest WebSocket message accepted, in bytes.")
+    var maxMessageSize: Int = 64 * 1024
+
+    @Option(name: .long, help: "File holding the admin bearer token (or set LEASEHOLD_ADMIN_TOKEN). Without one, admin calls answer 403.")
+    var adminTokenFile: String?
+
+    @Option(name: .long, help: "Origin allowed to open /v1/watch besides the server's own (repeatable; * for any).")
+    var allowOrigin: [String] = []
+
+    @Option(name: .long, help: "File keeping fencing epochs growing across restarts (created if missing). Without it, epochs start at 0 on every start.")
+    var epochFile: String?
+
+    @Option(name: .long, help: "Event loops (serial queues) for connections.")
+    var loops: Int = 2
+
+    @Option(name: .long, help: "trace, debug, info, notice, warning, error or critical.")
+    var logLevel: String = "info"
+
+    func validate() throws {
+        guard Logger.Level(rawValue: logLevel) != nil else {
+            throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
+        }
+        guard pingInterval > 0, deadAfter > 0, requestTimeout > 0 else {
+            throw ValidationError("--ping-interval, --dead-after and --request-timeout must be positive")
+        }
+        guard deadAfter > pingInterval else {
+            throw ValidationError("--dead-after must be longer than --ping-interval, or live peers would be dropped")
+        }
+        guard maxMessageSize >= 1024 else { throw ValidationError("--max-message-size must be at least 1024") }
+        guard (1...64).contains(loops) else { throw ValidationError("--loops must be 1-64") }
+    }
+
+    func run() throws {
+        let level = Logger.Level(rawValue: logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "leasehold")
+
+        var options = ServerOptions()
+        options.listen = listen.isEmpty ? ["0.0.0.0:7400"] : listen
+        options.inventoryPath = inventory
+        options.pingInterval = .milliseconds(Int64(pingInterval * 1000))
+        options.deadAfter = .milliseconds(Int64(deadAfter * 1000))
+        options.requestTimeout = .milliseconds(Int64(requestTimeout * 1000))
+        options.maxMessageSize = maxMessageSize
+        options.allowedOrigins = allowOrigin
+        options.loops = loops
+        options.epochFile = epochFile
+        options.adminToken = try adminToken()
+
+        let server: LeaseServer
+        let addresses: [String]
+        do {
+            server = try LeaseServer(options: options, logger: logger)
+            addresses = try server.start().map(\.description)
+        } catch {
+            throw ValidationError(error.message)
+        }
+        for address in addresses {
+            writeStdout("leasehold listening on \(address)\n")
+        }
+        logger.info("serving", metadata: [
+            "inventory": .string(inventory), "listen": .string(addresses.joined(separator: " ")),
+            "admin": .string(options.adminToken == nil ? "disabled" : "enabled"),
+        ])
+        installSignalHandlers(server: server, logger: logger)
+        dispatchMain()
+    }
+
+    private func adminToken() throws -> String? {
+        if let path = adminTokenFile {
+            guard let text = readSmallFile(path) else {
+                throw ValidationError("cannot read --admin-token-file \(path)")
+            }
+            let token = text.trimmingCharacters(in: " \t\r\n")
+            guard !token.isEmpty else { throw ValidationError("--admin-token-file \(path) is empty") }
+            return token
+        }
+        if let value = getenv("LEASEHOLD_ADMIN_TOKEN") {
+            let token = String(cString: value).trimmingCharacters(in: " \t\r\n")
+            return token.isEmpty ? nil : token
+        }
+        return nil
+    }
+}
+
+nonisolated(unsafe) private var signalSources: [DispatchSourceSignal] = []
+
+private func installSignalHandlers(server: LeaseServer, logger: Logger) {
+    for number in [SIGTERM, SIGINT, SIGHUP] {
+        signal(number, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: number, queue: .main)
+        source.setEventHandler {
+            if number == SIGHUP {
+                server.reload { result in
+                    switch result {
+                    case .success(let message): logger.notice("SIGHUP: \(message)")
+                    case .failure(let error): logger.error("SIGHUP: reload refused, nothing changed: \(error.message)")
+                    }
+                }
+            } else {
+                logger.notice("shutting down: closing every connection with 1001")
+                server.shutdown { exit(0) }
+            }
+        }
+        source.activate()
+        signalSources.append(source)
+    }
+}
+
+func writeStdout(_ text: String) {
+    var text = text
+    text.withUTF8 { buffer in _ = write(1, buffer.baseAddress, buffer.count) }
+}
+
+func readSmallFile(_ path: String) -> String? {
+    guard let file = fopen(path, "r") else { return nil }
+    defer { fclose(file) }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 4096)
+    while bytes.count < 1 << 20 {
+        let count = fread(&chunk, 1, chunk.count, file)
+        if count == 0 { break }
+        bytes.append(contentsOf: chunk[0..<count])
+    }
+    return String(validating: bytes, as: UTF8.self)
+}
+
+extension String {
+    /// Trims by Unicode scalar: as Characters, "\r\n" is one and a lone "\n" would not match it.
+    func trimmingCharacters(in set: String) -> String {
+        let trimmed = Set(set.unicodeScalars)
+        var view = Substring(self).unicodeScalars
+        while let first = view.first, trimmed.contains(first) { view = view.dropFirst() }
+        while let last = view.last, trimmed.contains(last) { view = view.dropLast() }
+        return String(view)
+    }
+}

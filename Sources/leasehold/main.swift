@@ -1,1 +1,0 @@
-print("leasehold: not built yet")

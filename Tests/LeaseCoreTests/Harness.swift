@@ -1,0 +1,131 @@
+import Testing
+@testable import LeaseCore
+
+func res(_ name: String, _ type: String, _ labels: [String: String] = [:],
+         attributes: AttributeValue = .emptyObject) -> ResourceSpec {
+    ResourceSpec(name: name, type: type, labels: labels, attributes: attributes)
+}
+
+func ty(_ t: String, _ labels: [String: String] = [:], count: Int = 1) -> Group {
+    .type(t, labels: labels, count: count)
+}
+
+/// Drives a table with synthetic time and checks the invariants after every step.
+struct Harness {
+    var table: LeaseTable
+    var now = Tick.zero
+    var nextID: UInt64 = 1
+    /// Every effect so far, in order.
+    var log: [Effect] = []
+    var lastEpoch: [String: UInt64] = [:]
+
+    init(_ specs: [ResourceSpec], epochs: [String: UInt64] = [:],
+         sourceLocation: SourceLocation = #_sourceLocation) {
+        do {
+            table = try LeaseTable(inventory: Inventory(specs), epochs: epochs)
+        } catch {
+            Issue.record("inventory rejected: \(error)", sourceLocation: sourceLocation)
+            table = LeaseTable()
+        }
+        lastEpoch = epochs
+    }
+
+    mutating func record(_ effects: [Effect], _ loc: SourceLocation) {
+        log += effects
+        for e in effects {
+            if case .granted(_, let rs) = e {
+                for r in rs {
+                    #expect(r.epoch > lastEpoch[r.name, default: 0], "epoch of \(r.name) did not grow",
+                            sourceLocation: loc)
+                    lastEpoch[r.name] = r.epoch
+                }
+            }
+        }
+        let problems = table.checkInvariants()
+        #expect(problems.isEmpty, "invariants: \(problems)", sourceLocation: loc)
+    }
+
+    @discardableResult
+    mutating func acquire(_ want: [Group], wait: Double? = nil, holder: String = "",
+                          meta: [String: String] = [:],
+                          sourceLocation: SourceLocation = #_sourceLocation) -> (LeaseID, [Effect]) {
+        let id = LeaseID(nextID)
+        nextID += 1
+        let req = Request(want: want, holder: holder.isEmpty ? "h\(id.raw)" : holder, meta: meta,
+                          peer: "10.0.0.1:\(id.raw)", wait: wait.map { .nanoseconds(Int64($0 * 1e9)) })
+        let e = table.acquire(id, req, now: now)
+        record(e, sourceLocation)
+        return (id, e)
+    }
+
+    @discardableResult
+    mutating func release(_ id: LeaseID, sourceLocation: SourceLocation = #_sourceLocation) -> [Effect] {
+        let e = table.release(id, now: now)
+        record(e, sourceLocation)
+        return e
+    }
+
+    @discardableResult
+    mutating func revoke(_ name: String, reason: String = "admin",
+                         sourceLocation: SourceLocation = #_sourceLocation) -> (AdminResult, [Effect]) {
+        let (r, e) = table.revoke(resource: name, reason: reason, now: now)
+        record(e, sourceLocation)
+        return (r, e)
+    }
+
+    @discardableResult
+    mutating func disable(_ name: String, sourceLocation: SourceLocation = #_sourceLocation) -> (AdminResult, [Effect]) {
+        let (r, e) = table.disable(resource: name, now: now)
+        record(e, sourceLocation)
+        return (r, e)
+    }
+
+    @discardableResult
+    mutating func enable(_ name: String, sourceLocation: SourceLocation = #_sourceLocation) -> (AdminResult, [Effect]) {
+        let (r, e) = table.enable(resource: name, now: now)
+        record(e, sourceLocation)
+        return (r, e)
+    }
+
+    @discardableResult
+    mutating func reload(_ specs: [ResourceSpec], sourceLocation: SourceLocation = #_sourceLocation) -> ReloadResult {
+        let r = table.reload(Inventory(specs), now: now)
+        if case .applied(let e) = r { record(e, sourceLocation) } else { record([], sourceLocation) }
+        return r
+    }
+
+    @discardableResult
+    mutating func tick(at seconds: Double, sourceLocation: SourceLocation = #_sourceLocation) -> [Effect] {
+        now = .seconds(seconds)
+        let e = table.tick(now: now)
+        record(e, sourceLocation)
+        return e
+    }
+
+    func state(_ name: String) -> ResourceState? { table.resource(named: name)?.state }
+}
+
+/// Names granted to `id` in `effects`, nil when not granted there.
+func granted(_ effects: [Effect], _ id: LeaseID) -> [String]? {
+    for e in effects { if case .granted(id, let rs) = e { return rs.map(\.name) } }
+    return nil
+}
+
+func grantedIDs(_ effects: [Effect]) -> [LeaseID] {
+    effects.compactMap { if case .granted(let id, _) = $0 { return id } else { return nil } }
+}
+
+func failure(_ effects: [Effect], _ id: LeaseID) -> FailureReason? {
+    for e in effects { if case .failed(id, let f) = e { return f } }
+    return nil
+}
+
+func isUnsatisfiable(_ f: FailureReason?) -> Bool {
+    if case .unsatisfiable = f { return true }
+    return false
+}
+
+func queuedPosition(_ effects: [Effect], _ id: LeaseID) -> Int? {
+    for e in effects { if case .queued(id, let p) = e { return p } }
+    return nil
+}

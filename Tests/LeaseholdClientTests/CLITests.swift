@@ -1,0 +1,290 @@
+import Foundation
+import LeaseholdClient
+import Testing
+
+/// End-to-end: the built `leasehold` binary (`swift build` first) against `leasehold serve` on an
+/// ephemeral port, both as subprocesses.
+enum CLI {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent()
+    static let binary = root.appendingPathComponent(".build/debug/leasehold").path
+
+    static func checkBinary() throws {
+        guard FileManager.default.isExecutableFile(atPath: binary) else {
+            throw TestFailure("\(binary) is missing: run `swift build` (or `swift build --build-tests`) before `swift test`")
+        }
+    }
+}
+
+/// One subprocess with its output in files.
+final class Subprocess: @unchecked Sendable {
+    let process = Process()
+    let stdoutPath: String
+    let stderrPath: String
+
+    init(_ arguments: [String], environment: [String: String], directory: String, name: String) throws {
+        try CLI.checkBinary()
+        stdoutPath = "\(directory)/\(name).out"
+        stderrPath = "\(directory)/\(name).err"
+        _ = FileManager.default.createFile(atPath: stdoutPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: stderrPath, contents: nil)
+        process.executableURL = URL(fileURLWithPath: CLI.binary)
+        process.arguments = arguments
+        process.environment = environment
+        process.standardInput = FileHandle.nullDevice
+        process.standardOutput = FileHandle(forWritingAtPath: stdoutPath)
+        process.standardError = FileHandle(forWritingAtPath: stderrPath)
+        try process.run()
+    }
+
+    var stdout: String { TestFiles.read(stdoutPath) ?? "" }
+    var stderr: String { TestFiles.read(stderrPath) ?? "" }
+    var pid: Int32 { process.processIdentifier }
+
+    /// Waits for the exit; nil (after a SIGKILL) when it takes longer than `seconds`.
+    func finish(within seconds: Double = 15) -> Int32? {
+        let deadline = Date().addingTimeInterval(seconds)
+        while process.isRunning, Date() < deadline { usleep(20_000) }
+        if process.isRunning {
+            kill(pid, SIGKILL)
+            process.waitUntilExit()
+            return nil
+        }
+        return process.terminationStatus
+    }
+
+    func signal(_ number: Int32) { kill(pid, number) }
+
+    deinit {
+        if process.isRunning {
+            kill(pid, SIGKILL)
+            process.waitUntilExit()
+        }
+    }
+}
+
+/// `leasehold serve` on 127.0.0.1:0 with the test inventory and an admin token, plus a scratch
+/// directory for the commands' files.
+final class CLIServer: @unchecked Sendable {
+    static let token = "cli-admin-token"
+    let directory: String
+    let url: String
+    private let server: Subprocess
+    private var count = 0
+
+    init() throws {
+        directory = try TestFiles.makeDirectory()
+        try TestFiles.write(TestFiles.inventory, to: directory + "/inventory.yaml")
+        try TestFiles.write(Self.token, to: directory + "/token")
+        try TestFiles.write("not-the-token", to: directory + "/wrong-token")
+        server = try Subprocess(["serve", "--listen", "127.0.0.1:0", "--inventory", directory + "/inventory.yaml",
+                                 "--admin-token-file", directory + "/token", "--loops", "1"],
+                                environment: ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"],
+                                directory: directory, name: "server")
+        let deadline = Date().addingTimeInterval(10)
+        var found: String?
+        while found == nil, Date() < deadline {
+            if let line = server.stdout.split(separator: "\n").first(where: { $0.hasPrefix("leasehold listening on ") }) {
+                found = String(line.dropFirst("leasehold listening on ".count))
+            } else {
+                usleep(20_000)
+            }
+        }
+        guard let found else { throw TestFailure("the server did not start: \(server.stderr)") }
+        url = "ws://\(found)"
+    }
+
+    /// Starts `leasehold ARGUMENTS` against this server.
+    func start(_ arguments: [String], token: String? = nil) throws -> Subprocess {
+        count += 1
+        var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("LEASEHOLD_") }
+        environment["LEASEHOLD_URL"] = url
+        if let token { environment["LEASEHOLD_ADMIN_TOKEN"] = token }
+        return try Subprocess(arguments, environment: environment, directory: directory, name: "run\(count)")
+    }
+
+    /// Runs `leasehold ARGUMENTS` to the end: (status, stdout, stderr).
+    func run(_ arguments: [String], token: String? = nil, within seconds: Double = 15) throws -> (Int32?, String, String) {
+        let process = try start(arguments, token: token)
+        let status = process.finish(within: seconds)
+        return (status, process.stdout, process.stderr)
+    }
+
+    func path(_ name: String) -> String { directory + "/" + name }
+
+    /// Waits until the file exists (a command signals that it runs), at most `seconds`.
+    func waitFor(_ name: String, within seconds: Double = 10) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while !FileManager.default.fileExists(atPath: path(name)) {
+            if Date() > deadline { return false }
+            usleep(20_000)
+        }
+        return true
+    }
+
+    func signalServer(_ number: Int32) { server.signal(number) }
+
+    deinit {
+        server.signal(SIGKILL)
+        _ = server.finish(within: 5)
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+}
+
+@Suite(.serialized) struct CLITests {
+    @Test func holdRunsTheCommandWithTheLeaseEnvironmentAndExitsWithItsStatus() throws {
+        let server = try CLIServer()
+        let (status, _, stderr) = try server.run([
+            "hold", "--type", "array", "--label", "proto=fc", "--name", "switch-01", "--holder", "env-test",
+            "--", "sh", "-c", "env > \"$1\"; exit 7", "sh", server.path("env"),
+        ])
+        #expect(status == 7, "stderr: \(stderr)")
+        #expect(stderr.contains("granted"))
+        let lines = (TestFiles.read(server.path("env")) ?? "").split(separator: "\n").map(String.init)
+        var variables: [String: String] = [:]
+        for line in lines where line.hasPrefix("LEASEHOLD_") {
+            let parts = line.split(separator: "=", maxSplits: 1).map(String.init)
+            if parts.count == 2 { variables[parts[0]] = parts[1] }
+        }
+        #expect(variables["LEASEHOLD_LEASE"]?.hasPrefix("L") == true)
+        #expect(variables["LEASEHOLD_NAMES"] == "array-01 switch-01")
+        #expect(variables["LEASEHOLD_0_0_NAME"] == "array-01")
+        #expect(variables["LEASEHOLD_0_0_TYPE"] == "array")
+        #expect(variables["LEASEHOLD_0_0_MGMT"] == "10.0.0.11")
+        #expect(variables["LEASEHOLD_0_0_API_URL"] == "https://10.0.0.11/api")
+        #expect(variables["LEASEHOLD_0_0_EPOCH"] == "1")
+        #expect(variables["LEASEHOLD_1_0_NAME"] == "switch-01")
+        #expect(variables["LEASEHOLD_1_0_MGMT"] == "10.0.9.1")
+        let resources = try JSONValue.parse(variables["LEASEHOLD_RESOURCES"] ?? "")
+        guard case .array(let items) = resources else { Issue.record("LEASEHOLD_RESOURCES is not an array"); return }
+        #expect(items.map { $0["name"]?.stringValue } == ["array-01", "switch-01"])
+    }
+
+    @Test func twoHoldsOnOneResourceRunOneAfterTheOther() throws {
+        let server = try CLIServer()
+        let log = server.path("log")
+        func hold(_ tag: String) throws -> Subprocess {
+            try server.start(["hold", "--name", "array-02", "--holder", tag, "--", "sh", "-c",
+                              "echo \"$1 start $(date +%s.%N)\" >> \"$2\"; sleep 0.7; echo \"$1 end $(date +%s.%N)\" >> \"$2\"",
+                              "sh", tag, log])
+        }
+        let first = try hold("A")
+        let second = try hold("B")
+        #expect(first.finish() == 0, "A: \(first.stderr)")
+        #expect(second.finish() == 0, "B: \(second.stderr)")
+        var times: [String: Double] = [:]
+        for line in (TestFiles.read(log) ?? "").split(separator: "\n") {
+            let parts = line.split(separator: " ")
+            if parts.count == 3, let time = Double(parts[2]) { times["\(parts[0]) \(parts[1])"] = time }
+        }
+        guard let aStart = times["A start"], let aEnd = times["A end"], let bStart = times["B start"], let bEnd = times["B end"] else {
+            Issue.record("missing timestamps: \(times)")
+            return
+        }
+        #expect(aEnd <= bStart || bEnd <= aStart, "the commands overlapped: \(times)")
+        // Whichever came second waited in the queue and said so.
+        #expect((first.stderr + second.stderr).contains("position 1 in the queue"))
+    }
+
+    @Test func waitZeroOnABusyResourceFailsWithItsStatusAndSignalsAreForwarded() throws {
+        let server = try CLIServer()
+        let holder = try server.start(["hold", "--name", "switch-01", "--", "sh", "-c", "touch \"$1\"; exec sleep 30", "sh", server.path("ready")])
+        #expect(server.waitFor("ready"))
+        let (status, _, stderr) = try server.run(["hold", "--name", "switch-01", "--wait", "0", "--", "true"])
+        #expect(status == 75)
+        #expect(stderr.contains("--wait"))
+        holder.signal(SIGTERM)
+        #expect(holder.finish(within: 10) == 128 + SIGTERM)  // the command's own status: sleep died of SIGTERM
+    }
+
+    @Test func aForcedFreeStopsTheCommandAndHoldReportsTheRevocation() throws {
+        let server = try CLIServer()
+        // The command ignores SIGTERM, so it takes the SIGKILL after the grace period.
+        let holder = try server.start(["hold", "--name", "array-01", "--grace", "1", "--", "sh", "-c",
+                                       "echo $$ > \"$1\"; trap '' TERM; exec sleep 30", "sh", server.path("pid")])
+        #expect(server.waitFor("pid"))
+        let (status, stdout, stderr) = try server.run(["free", "array-01", "--reason", "lab maintenance"], token: CLIServer.token)
+        #expect(status == 0, "\(stderr)")
+        #expect(stdout.contains("array-01"))
+        #expect(holder.finish(within: 10) == 76)
+        #expect(holder.stderr.contains("revoked by an admin: lab maintenance"))
+        let pid = Int32((TestFiles.read(server.path("pid")) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+        #expect(pid > 0 && kill(pid, 0) != 0, "the command is still running")
+    }
+
+    @Test func aKilledServerStopsTheCommand() throws {
+        let server = try CLIServer()
+        let holder = try server.start(["hold", "--name", "array-01", "--grace", "1", "--", "sh", "-c", "touch \"$1\"; exec sleep 30", "sh", server.path("ready")])
+        #expect(server.waitFor("ready"))
+        server.signalServer(SIGKILL)
+        #expect(holder.finish(within: 10) == 77)
+        #expect(holder.stderr.contains("lost the connection"))
+    }
+
+    @Test func aServerThatStopsAnsweringIsTakenForDead() throws {
+        let server = try CLIServer()
+        let holder = try server.start(["hold", "--name", "array-01", "--grace", "1", "--dead-after", "1.5", "--", "sh", "-c",
+                                       "touch \"$1\"; exec sleep 30", "sh", server.path("ready")])
+        #expect(server.waitFor("ready"))
+        server.signalServer(SIGSTOP)
+        let started = Date()
+        #expect(holder.finish(within: 10) == 77)
+        #expect(Date().timeIntervalSince(started) < 6)
+        #expect(holder.stderr.contains("lost the connection"))
+    }
+
+    @Test func statusJSONParsesAndTheTableShowsTheHolder() throws {
+        let server = try CLIServer()
+        let holder = try server.start(["hold", "--name", "switch-01", "--holder", "status-test", "--", "sh", "-c",
+                                       "touch \"$1\"; exec sleep 30", "sh", server.path("ready")])
+        #expect(server.waitFor("ready"))
+        let (status, stdout, stderr) = try server.run(["status", "--json"])
+        #expect(status == 0, "\(stderr)")
+        let document = try JSONValue.parse(stdout)
+        let snapshot = try StatusSnapshot(document)
+        #expect(snapshot.resources.map(\.name) == ["array-01", "array-02", "switch-01"])
+        #expect(snapshot.resources.last?.state == "held")
+        #expect(snapshot.resources.last?.holder == "status-test")
+        let (tableStatus, table, _) = try server.run(["status"])
+        #expect(tableStatus == 0)
+        #expect(table.contains("switch-01") && table.contains("status-test") && table.contains("HELD FOR"))
+        holder.signal(SIGTERM)
+        _ = holder.finish()
+    }
+
+    @Test func adminVerbsWorkWithTheTokenAndFailCleanlyWithout() throws {
+        let server = try CLIServer()
+        let (noToken, _, noTokenError) = try server.run(["disable", "array-02"])
+        #expect(noToken == 79)
+        #expect(noTokenError.contains("LEASEHOLD_ADMIN_TOKEN"))
+        let (wrong, _, wrongError) = try server.run(["disable", "array-02", "--token-file", server.path("wrong-token")])
+        #expect(wrong == 79)
+        #expect(wrongError.contains("401"))
+        #expect(try server.run(["disable", "array-02", "--token-file", server.path("token")]).0 == 0)
+        let snapshot = try StatusSnapshot(JSONValue.parse(try server.run(["status", "--json"]).1))
+        #expect(snapshot.resources.first { $0.name == "array-02" }?.state == "disabled")
+        #expect(try server.run(["enable", "array-02"], token: CLIServer.token).0 == 0)
+        let (notHeld, _, notHeldError) = try server.run(["free", "array-02", "--reason", "x"], token: CLIServer.token)
+        #expect(notHeld == 1)
+        #expect(notHeldError.contains("409"))
+        #expect(try server.run(["disable", "no-such-thing"], token: CLIServer.token).0 == 1)
+        let (reloaded, reloadOut, reloadError) = try server.run(["reload"], token: CLIServer.token)
+        #expect(reloaded == 0, "\(reloadError)")
+        #expect(reloadOut.contains("reloaded"))
+    }
+
+    @Test func impossibleRequestsAndUnreachableServersHaveTheirOwnStatuses() throws {
+        let server = try CLIServer()
+        let (unsatisfiable, _, unsatisfiableError) = try server.run(["hold", "--type", "array", "--count", "5", "--", "true"])
+        #expect(unsatisfiable == 78)
+        #expect(unsatisfiableError.contains("leasehold status"))
+        let closed = try ClosedPort()
+        let (refused, _, refusedError) = try server.run(["hold", "--server", "ws://127.0.0.1:\(closed.port)", "--name", "a", "--", "true"])
+        #expect(refused == 69)
+        #expect(refusedError.contains("cannot connect"))
+        #expect(try server.run(["hold", "--server", "wss://127.0.0.1:1", "--name", "a", "--", "true"]).0 == 69)
+        #expect(try server.run(["status", "--server", "ws://127.0.0.1:\(closed.port)"]).0 == 69)
+        #expect(try server.run(["hold", "--name", "array-01", "--", "/no/such/command"]).0 == 127)
+        #expect(try server.run(["hold", "--label", "a=b", "--type", "x", "--", "true"]).0 == 64)
+    }
+}

@@ -1,0 +1,216 @@
+import Dispatch
+import Foundation
+import LeaseProtocol
+import LeaseholdServer
+import Logging
+import Testing
+import Transport
+
+/// Every wait in these tests has this deadline unless a test says otherwise: generous for a
+/// loaded 2-core machine, short enough that a broken behaviour fails fast instead of hanging.
+let liveness: Double = 5
+
+struct TestTimeout: Error, CustomStringConvertible {
+    let what: String
+    var description: String { "timed out waiting for \(what)" }
+}
+
+struct TestFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// A leasehold server on 127.0.0.1 and a free port, with its own inventory file.
+final class TestServer: @unchecked Sendable {
+    let server: LeaseServer
+    let port: UInt16
+    let inventoryPath: String
+    let token: String?
+
+    static let smallInventory = """
+        resources:
+          - name: array-01
+            type: array
+            labels: {proto: fc, model: af40}
+            attributes: {mgmt: 10.0.0.11, ports: [1, 2], nested: {rack: "r1", slot: 3}}
+          - name: array-02
+            type: array
+            labels: {proto: fc, model: af20}
+            attributes: {mgmt: 10.0.0.12}
+          - name: array-03
+            type: array
+            labels: {proto: iscsi, model: af40}
+          - name: switch-01
+            type: switch
+          - name: switch-02
+            type: switch
+        """
+
+    /// Starts a server; `configure` may shorten timeouts or drop the admin token.
+    init(inventory: String = TestServer.smallInventory, token: String? = "secret",
+         configure: (inout ServerOptions) -> Void = { _ in }) throws {
+        let path = NSTemporaryDirectory() + "leasehold-test-\(UUID().uuidString).yaml"
+        try inventory.write(toFile: path, atomically: true, encoding: .utf8)
+        var options = ServerOptions()
+        options.listen = ["127.0.0.1:0"]
+        options.inventoryPath = path
+        options.adminToken = token
+        options.loops = 2
+        configure(&options)
+        var logger = Logger(label: "leasehold-test")
+        logger.logLevel = .critical
+        server = try LeaseServer(options: options, logger: logger)
+        port = try server.start()[0].port
+        inventoryPath = path
+        self.token = token
+    }
+
+    deinit {
+        try? FileManager.default.removeItem(atPath: inventoryPath)
+    }
+
+    /// Closes every connection (1001) and stops listening; waits until done.
+    func stop() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            server.shutdown { continuation.resume() }
+        }
+    }
+
+    func rewriteInventory(_ text: String) throws {
+        try text.write(toFile: inventoryPath, atomically: true, encoding: .utf8)
+    }
+
+    // MARK: clients
+
+    func lease() async throws -> WSClient {
+        try await WSClient.connect(port: port, path: "/v1/lease")
+    }
+
+    /// Opens `/v1/lease` and sends an acquire request.
+    func acquire(_ want: String, holder: String? = nil, wait: String? = nil, extra: String = "") async throws -> WSClient {
+        let client = try await lease()
+        client.send(acquireJSON(want, holder: holder, wait: wait, extra: extra))
+        return client
+    }
+
+    /// Acquires and expects an immediate grant; returns the client and the granted event.
+    func hold(_ want: String, holder: String? = nil) async throws -> (WSClient, JSONValue) {
+        let client = try await acquire(want, holder: holder)
+        let granted = try await client.expectEvent("granted")
+        return (client, granted)
+    }
+
+    /// Acquires and expects to be queued; returns the client and the queued event.
+    func queue(_ want: String, holder: String? = nil, wait: String? = nil, extra: String = "") async throws -> (WSClient, JSONValue) {
+        let client = try await acquire(want, holder: holder, wait: wait, extra: extra)
+        let queued = try await client.expectEvent("queued")
+        return (client, queued)
+    }
+
+    func watch(headers: [(String, String)] = []) async throws -> WSClient {
+        try await WSClient.connect(port: port, path: "/v1/watch", headers: headers)
+    }
+
+    func http(_ method: String, _ path: String, headers: [(String, String)] = [], body: String? = nil) async throws -> HTTPResult {
+        try await rawHTTP(port: port, method: method, path: path, headers: headers, body: body)
+    }
+
+    /// `POST /v1/resources/{name}/{action}` with the right token (or `token`).
+    func admin(_ action: String, _ name: String, token: String? = nil, reason: String? = nil) async throws -> HTTPResult {
+        var headers: [(String, String)] = []
+        if let bearer = token ?? self.token { headers.append(("Authorization", "Bearer \(bearer)")) }
+        let body = reason.map { JSONValue.object([("reason", .string($0))]).serialized() }
+        return try await http("POST", "/v1/resources/\(name)/\(action)", headers: headers, body: body)
+    }
+
+    func reloadViaHTTP() async throws -> HTTPResult {
+        var headers: [(String, String)] = []
+        if let token { headers.append(("Authorization", "Bearer \(token)")) }
+        return try await http("POST", "/v1/reload", headers: headers)
+    }
+
+    /// `server.reload` (what SIGHUP does).
+    func reloadDirect() async -> Result<String, StartupError> {
+        await withCheckedContinuation { continuation in
+            server.reload { continuation.resume(returning: $0) }
+        }
+    }
+
+    func status() async throws -> JSONValue {
+        let response = try await http("GET", "/v1/status")
+        guard response.status == 200 else { throw TestFailure("GET /v1/status answered \(response.status)") }
+        return try JSONValue.parse(response.body)
+    }
+
+    /// The status entry of one resource.
+    func resource(_ name: String) async throws -> JSONValue {
+        let document = try await status()
+        guard case .array(let resources)? = document["resources"],
+              let entry = resources.first(where: { $0["name"]?.stringValue == name }) else {
+            throw TestFailure("no resource \(name) in status")
+        }
+        return entry
+    }
+
+    /// Polls `/v1/status` until `condition` holds (state changes reach the table asynchronously).
+    @discardableResult
+    func waitForStatus(_ what: String, timeout: Double = liveness, _ condition: (JSONValue) -> Bool) async throws -> JSONValue {
+        let deadline = Date().addingTimeInterval(timeout)
+        while true {
+            let document = try await status()
+            if condition(document) { return document }
+            if Date() > deadline { throw TestTimeout(what: "\(what); last status: \(document.serialized())") }
+            try await Task.sleep(nanoseconds: 20_000_000)
+        }
+    }
+
+    func metrics() async throws -> PrometheusText {
+        let response = try await http("GET", "/metrics")
+        guard response.status == 200 else { throw TestFailure("GET /metrics answered \(response.status)") }
+        return try PrometheusText(parsing: response.body)
+    }
+}
+
+/// `{"op":"acquire","want":[…],…}` from the want groups' JSON text.
+func acquireJSON(_ want: String, holder: String? = nil, wait: String? = nil, extra: String = "") -> String {
+    var text = "{\"op\":\"acquire\",\"want\":\(want)"
+    if let holder { text += ",\"holder\":\(JSONValue.string(holder).serialized())" }
+    if let wait { text += ",\"wait\":\(wait)" }
+    if !extra.isEmpty { text += "," + extra }
+    return text + "}"
+}
+
+extension JSONValue {
+    var arrayValue: [JSONValue]? {
+        if case .array(let items) = self { return items }
+        return nil
+    }
+
+    var intValue: Int64? {
+        if case .int(let value) = self { return value }
+        return nil
+    }
+
+    var objectKeys: [String]? {
+        if case .object(let members) = self { return members.map(\.0) }
+        return nil
+    }
+
+    var isNull: Bool { self == .null }
+}
+
+/// Names of the resources of a granted event, in order.
+func grantedNames(_ event: JSONValue) -> [String] {
+    (event["resources"]?.arrayValue ?? []).compactMap { $0["name"]?.stringValue }
+}
+
+/// Runs blocking work off the cooperative pool.
+func blocking<T: Sendable>(_ work: @escaping @Sendable () -> T) async -> T {
+    await withCheckedContinuation { continuation in
+        DispatchQueue.global().async { continuation.resume(returning: work()) }
+    }
+}
+
+func sleep(seconds: Double) async {
+    try? await Task.sleep(nanoseconds: UInt64(seconds * 1e9))
+}

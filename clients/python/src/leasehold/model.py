@@ -1,0 +1,211 @@
+"""Wire-level pieces shared by the blocking and the async client.
+
+Nothing here does I/O: building the acquire request, decoding the server's
+events, and turning a server URL into the lease endpoint's URL.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence, Union
+from urllib.parse import urlsplit, urlunsplit
+
+from .errors import ProtocolError
+
+__all__ = [
+    "DEFAULT_URL",
+    "Resource",
+    "Want",
+    "build_want",
+    "acquire_message",
+    "lease_url",
+    "default_holder",
+    "decode_event",
+    "parse_resources",
+    "describe_want",
+]
+
+#: Server URL used when neither ``server=`` nor ``LEASEHOLD_URL`` says otherwise.
+DEFAULT_URL = "ws://127.0.0.1:7400"
+
+#: One group of an acquire request, as PROTOCOL.md spells it:
+#: ``{"type": "array", "count": 2, "labels": {"proto": "fc"}}`` or ``{"name": "switch-03"}``.
+Want = Mapping[str, Any]
+
+#: Callback type: called with the lease object.
+Callback = Callable[[Any], Any]
+
+#: What ``wait=`` accepts: seconds (may be fractional), or ``None`` for "forever".
+WaitSeconds = Union[int, float, None]
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One granted resource.
+
+    Attributes:
+        name: unique name in the inventory (``"array-01"``).
+        type: its type (``"array"``).
+        labels: the inventory's labels, matched by requests.
+        attributes: the inventory's free-form details the test needs to reach
+            the device (management address, ports, credentials reference).
+        epoch: fencing token; grows with every grant of this resource.
+    """
+
+    name: str
+    type: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+    epoch: int = 0
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> "Resource":
+        """Build a resource from the ``granted`` event's JSON object."""
+        try:
+            name = data["name"]
+        except (KeyError, TypeError):
+            raise ProtocolError(f"granted resource without a name: {data!r}") from None
+        return cls(
+            name=str(name),
+            type=str(data.get("type") or ""),
+            labels=dict(data.get("labels") or {}),
+            attributes=dict(data.get("attributes") or {}),
+            epoch=int(data.get("epoch") or 0),
+        )
+
+
+def build_want(
+    want: Sequence[Want] | Want | None = None,
+    *,
+    type: str | None = None,
+    count: int | None = None,
+    labels: Mapping[str, str] | None = None,
+    name: str | None = None,
+) -> list[dict[str, Any]]:
+    """Turn the API's arguments into the request's ``want`` list.
+
+    Either ``want`` (a list of groups, passed through as given) or the
+    shorthand: ``type`` with optional ``count`` and ``labels``, or ``name``.
+    Checking the groups' contents is left to the server, which answers
+    :class:`~leasehold.BadRequest` with its reason.
+    """
+    shorthand = type is not None or name is not None or count is not None or labels is not None
+    if want is not None:
+        if shorthand:
+            raise TypeError("pass either want=[...] or type=/count=/labels=/name=, not both")
+        if isinstance(want, Mapping):
+            # One group given on its own: accept it as a list of one.
+            return [dict(want)]
+        if isinstance(want, (str, bytes)):
+            raise TypeError("want= must be a list of groups such as [{'type': 'array'}]")
+        return [dict(g) for g in want]
+    if name is not None:
+        if type is not None or count is not None or labels is not None:
+            raise TypeError("name= names one resource; it does not go with type=, count= or labels=")
+        return [{"name": name}]
+    if type is None:
+        raise TypeError("say what to lease: want=[...], type=... or name=...")
+    group: dict[str, Any] = {"type": type}
+    if count is not None:
+        group["count"] = count
+    if labels:
+        group["labels"] = dict(labels)
+    return [group]
+
+
+def acquire_message(
+    want: Sequence[Want],
+    *,
+    holder: str | None,
+    meta: Mapping[str, str] | None,
+    wait: WaitSeconds,
+) -> str:
+    """Encode the ``acquire`` message (one JSON text message)."""
+    msg: dict[str, Any] = {"op": "acquire", "want": [dict(g) for g in want]}
+    if holder is not None:
+        msg["holder"] = holder
+    if meta:
+        msg["meta"] = dict(meta)
+    # Absent means "wait as long as it takes"; send null explicitly so the
+    # intent is visible in the server's logs.
+    msg["wait"] = wait
+    return json.dumps(msg)
+
+
+def lease_url(server: str | None) -> str:
+    """The lease endpoint's URL for a server URL.
+
+    ``server`` may be ``ws://host:port``, ``wss://…``, ``http(s)://…`` (mapped
+    to ``ws(s)``), a bare ``host:port``, or already end in ``/v1/lease``.
+    ``None`` means ``LEASEHOLD_URL`` or :data:`DEFAULT_URL`.
+    """
+    raw = server or os.environ.get("LEASEHOLD_URL") or DEFAULT_URL
+    raw = raw.strip()
+    if "://" not in raw:
+        raw = "ws://" + raw
+    parts = urlsplit(raw)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme.lower(), parts.scheme.lower())
+    if scheme not in ("ws", "wss"):
+        raise ValueError(f"leasehold server URL must be ws://, wss://, http:// or https://, got {server!r}")
+    path = parts.path.rstrip("/")
+    if not path.endswith("/v1/lease"):
+        path = path + "/v1/lease"
+    return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
+
+
+def default_holder() -> str:
+    """``user@host pid N``: who holds the lease, as the status page shows it.
+
+    ``LEASEHOLD_HOLDER`` overrides it (CI jobs set it to their job name).
+    """
+    env = os.environ.get("LEASEHOLD_HOLDER")
+    if env:
+        return env[:200]
+    try:
+        user = getpass.getuser()
+    except Exception:  # no user name in some containers
+        user = "unknown"
+    return f"{user}@{socket.gethostname()} pid {os.getpid()}"[:200]
+
+
+def decode_event(data: str | bytes) -> dict[str, Any]:
+    """Decode one server event; :class:`ProtocolError` when it is not one."""
+    if isinstance(data, bytes):
+        raise ProtocolError("the server sent a binary message; leasehold events are text")
+    try:
+        event = json.loads(data)
+    except ValueError:
+        raise ProtocolError(f"the server sent a message that is not JSON: {data[:200]!r}") from None
+    if not isinstance(event, dict) or not isinstance(event.get("event"), str):
+        raise ProtocolError(f"the server sent a message that is not an event: {data[:200]!r}")
+    return event
+
+
+def parse_resources(event: Mapping[str, Any]) -> list[Resource]:
+    """The resources of a ``granted`` event, in the order of the want groups."""
+    raw = event.get("resources")
+    if not isinstance(raw, list):
+        raise ProtocolError(f"granted event without a resource list: {event!r}")
+    return [Resource.from_wire(r) for r in raw]
+
+
+def describe_want(want: Sequence[Want]) -> str:
+    """A short human description of a want list: ``2× array (proto=fc), switch-03``."""
+    parts = []
+    for g in want:
+        if "name" in g:
+            parts.append(str(g["name"]))
+            continue
+        text = str(g.get("type", "?"))
+        count = g.get("count", 1)
+        if count != 1:
+            text = f"{count}× {text}"
+        labels = g.get("labels") or {}
+        if labels:
+            text += " (" + ", ".join(f"{k}={v}" for k, v in labels.items()) + ")"
+        parts.append(text)
+    return ", ".join(parts)

@@ -1,0 +1,4 @@
+def test_a():
+    pass
+def test_b():
+    pass
