@@ -18,17 +18,17 @@ final class RawWebSocket {
 
     /// Connects and upgrades; throws unless the answer is a 101 with the right accept value.
     convenience init(port: UInt16, path: String = "/ws", extraHeaders: [(String, String)] = [],
-                     maxMessageSize: Int = 64 << 20, timeout: Double = 5) throws {
-        let socket = try TestSocket(port: port, timeout: timeout)
+                     maxMessageSize: Int = 64 << 20, timeout: Double = 5) async throws {
+        let socket = try await TestSocket(port: port, timeout: timeout)
         let key = WebSocketHandshake.makeClientKey()
-        try socket.send(Self.upgradeRequest(path: path, port: port, key: key, extraHeaders: extraHeaders))
-        try self.init(requestSentOn: socket, key: key, maxMessageSize: maxMessageSize)
+        try await socket.send(Self.upgradeRequest(path: path, port: port, key: key, extraHeaders: extraHeaders))
+        try await self.init(requestSentOn: socket, key: key, maxMessageSize: maxMessageSize)
     }
 
     /// Reads the answer to an upgrade request already sent on `socket` with `key`.
-    init(requestSentOn socket: TestSocket, key: String, maxMessageSize: Int = 64 << 20) throws {
+    init(requestSentOn socket: TestSocket, key: String, maxMessageSize: Int = 64 << 20) async throws {
         self.socket = socket
-        handshake = try socket.readHTTPResponse()
+        handshake = try await socket.readHTTPResponse()
         guard handshake.status == 101 else {
             throw TestClientError("upgrade answered \(handshake.status): \(handshake.bodyText)")
         }
@@ -48,15 +48,15 @@ final class RawWebSocket {
         return frame
     }
 
-    func send(_ opcode: WebSocketOpcode, _ payload: [UInt8], fin: Bool = true, masked: Bool = true) throws {
-        try socket.send(Self.frame(opcode, payload, fin: fin, masked: masked))
+    func send(_ opcode: WebSocketOpcode, _ payload: [UInt8], fin: Bool = true, masked: Bool = true) async throws {
+        try await socket.send(Self.frame(opcode, payload, fin: fin, masked: masked))
     }
 
-    func send(text: String) throws { try send(.text, Array(text.utf8)) }
-    func send(binary: [UInt8]) throws { try send(.binary, binary) }
+    func send(text: String) async throws { try await send(.text, Array(text.utf8)) }
+    func send(binary: [UInt8]) async throws { try await send(.binary, binary) }
 
-    func sendClose(code: UInt16, reason: String = "") throws {
-        try send(.close, WebSocketEncoder.closePayload(code: code, reason: reason))
+    func sendClose(code: UInt16, reason: String = "") async throws {
+        try await send(.close, WebSocketEncoder.closePayload(code: code, reason: reason))
     }
 
     // MARK: receiving
@@ -69,14 +69,14 @@ final class RawWebSocket {
     }
 
     /// The next message or control frame from the server. Throws when the stream ends first.
-    func next() throws -> WebSocketEvent {
+    func next() async throws -> WebSocketEvent {
         while true {
             do {
                 if let event = try decoder.nextEvent() { return event }
             } catch {
                 throw TestClientError("server sent an invalid frame: \(error)")
             }
-            if let end = try socket.readOnce() {
+            if let end = try await socket.readOnce() {
                 throw TestClientError("stream ended (\(end)) while waiting for a frame")
             }
             feedPending()
@@ -84,9 +84,9 @@ final class RawWebSocket {
     }
 
     /// The next event that is not a ping or pong (those are skipped).
-    func nextMessage() throws -> WebSocketEvent {
+    func nextMessage() async throws -> WebSocketEvent {
         while true {
-            let event = try next()
+            let event = try await next()
             switch event {
             case .ping, .pong: continue
             default: return event
@@ -95,24 +95,24 @@ final class RawWebSocket {
     }
 
     /// Waits for the server's close frame, skipping anything else; returns its code.
-    func expectClose() throws -> (code: UInt16?, reason: String) {
+    func expectClose() async throws -> (code: UInt16?, reason: String) {
         while true {
-            if case .close(let code, let reason) = try next() { return (code, reason) }
+            if case .close(let code, let reason) = try await next() { return (code, reason) }
         }
     }
 
     /// After the close handshake: reads until the server ends TCP; returns how it ended.
-    func readUntilEnd() throws -> ReadEnd {
-        try socket.readUntilEnd()
+    func readUntilEnd() async throws -> ReadEnd {
+        try await socket.readUntilEnd()
     }
 
     /// Client-initiated close handshake: sends `code`, returns the code the server echoed, and
     /// checks that the server then closes TCP with a FIN.
     @discardableResult
-    func closeHandshake(code: UInt16 = 1000) throws -> UInt16? {
-        try sendClose(code: code)
-        let echoed = try expectClose().code
-        let end = try readUntilEnd()
+    func closeHandshake(code: UInt16 = 1000) async throws -> UInt16? {
+        try await sendClose(code: code)
+        let echoed = try await expectClose().code
+        let end = try await readUntilEnd()
         guard end == .endOfFile else { throw TestClientError("server ended with \(end) instead of FIN") }
         socket.closeNow()
         return echoed

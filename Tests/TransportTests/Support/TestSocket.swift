@@ -1,9 +1,25 @@
-// A blocking TCP client for integration tests: every read and write has a timeout
+// A TCP client for integration tests on blocking sockets: every read and write has a timeout
 // (SO_RCVTIMEO / SO_SNDTIMEO), so a test that waits for bytes that never come fails instead of
 // hanging. Raw bytes only; HTTP and WebSocket helpers are layered on top.
+//
+// The blocking calls run on `blockingQueue`, never on Swift's cooperative pool: that pool has one
+// thread per core (2 here), and a test parked in read(2) on it would starve every other async test
+// in the process (seen: LeaseholdServerTests' ping deadlines missed while these tests ran).
+import Dispatch
 #if canImport(Glibc)
 import Glibc
 #endif
+
+/// Where blocking socket calls run: a private concurrent queue, which Dispatch backs with extra
+/// threads when its workers block.
+private let blockingQueue = DispatchQueue(label: "transport-tests.blocking", attributes: .concurrent)
+
+/// Runs a blocking call off the cooperative pool and awaits its result.
+func blocking<R: Sendable>(_ body: @escaping @Sendable () throws -> R) async throws -> R {
+    try await withCheckedThrowingContinuation { continuation in
+        blockingQueue.async { continuation.resume(with: Result { try body() }) }
+    }
+}
 
 struct TestClientError: Error, CustomStringConvertible {
     let description: String
@@ -28,8 +44,8 @@ final class TestSocket {
     /// Bytes received but not yet consumed by a reader.
     var pending: [UInt8] = []
 
-    /// Connects (blocking) to 127.0.0.1:`port`; `timeout` bounds connect, each read and each write.
-    init(port: UInt16, timeout: Double = 5) throws {
+    /// Connects to 127.0.0.1:`port`; `timeout` bounds connect, each read and each write.
+    init(port: UInt16, timeout: Double = 5) async throws {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw TestClientError("socket: errno \(errno)") }
         self.fd = fd
@@ -42,14 +58,18 @@ final class TestSocket {
         address.sin_family = sa_family_t(AF_INET)
         address.sin_port = port.bigEndian
         address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
-        let result = withUnsafePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+        let target = address
+        let code: Int32 = try await blocking {
+            var address = target
+            let result = withUnsafePointer(to: &address) { pointer in
+                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
             }
+            return result == 0 ? 0 : errno
         }
-        guard result == 0 else {
-            let code = errno
-            Glibc.close(fd)
+        guard code == 0 else {
+            closeNow()
             throw TestClientError("connect to 127.0.0.1:\(port): errno \(code)")
         }
     }
@@ -58,7 +78,12 @@ final class TestSocket {
 
     // MARK: writing
 
-    func send(_ bytes: [UInt8]) throws {
+    func send(_ bytes: [UInt8]) async throws {
+        let fd = fd
+        try await blocking { try Self.sendAll(fd, bytes) }
+    }
+
+    private static func sendAll(_ fd: Int32, _ bytes: [UInt8]) throws {
         var offset = 0
         while offset < bytes.count {
             let count = bytes.withUnsafeBytes { raw in
@@ -74,7 +99,7 @@ final class TestSocket {
         }
     }
 
-    func send(_ text: String) throws { try send(Array(text.utf8)) }
+    func send(_ text: String) async throws { try await send(Array(text.utf8)) }
 
     /// Sends FIN; reading goes on.
     func shutdownWrite() { shutdown(fd, Int32(SHUT_WR)) }
@@ -99,38 +124,40 @@ final class TestSocket {
     /// One read(2) into `pending`. Returns nil when data arrived, or how the stream ended.
     /// Throws on timeout.
     @discardableResult
-    func readOnce(max: Int = 64 * 1024) throws -> ReadEnd? {
-        var chunk = [UInt8](repeating: 0, count: max)
-        while true {
-            let count = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, max) }
-            if count > 0 {
-                pending.append(contentsOf: chunk[0..<count])
-                return nil
-            }
-            if count == 0 { return .endOfFile }
-            let code = errno
-            switch code {
-            case EINTR: continue
-            case EAGAIN, EWOULDBLOCK: throw TestClientError("read timed out", timedOut: true)
-            case ECONNRESET: return .reset
-            default: throw TestClientError("read failed: errno \(code)")
+    func readOnce(max: Int = 64 * 1024) async throws -> ReadEnd? {
+        let fd = fd
+        let (chunk, end): ([UInt8], ReadEnd?) = try await blocking {
+            var chunk = [UInt8](repeating: 0, count: max)
+            while true {
+                let count = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, max) }
+                if count > 0 { return (Array(chunk[0..<count]), nil) }
+                if count == 0 { return ([], .endOfFile) }
+                let code = errno
+                switch code {
+                case EINTR: continue
+                case EAGAIN, EWOULDBLOCK: throw TestClientError("read timed out", timedOut: true)
+                case ECONNRESET: return ([], .reset)
+                default: throw TestClientError("read failed: errno \(code)")
+                }
             }
         }
+        pending.append(contentsOf: chunk)
+        return end
     }
 
     /// Reads until the peer ends the stream; returns how it ended. Data received meanwhile is
     /// kept in `pending`, up to `limit` bytes (more means the peer is not closing: an error).
-    func readUntilEnd(limit: Int = 64 << 20) throws -> ReadEnd {
+    func readUntilEnd(limit: Int = 64 << 20) async throws -> ReadEnd {
         while true {
-            if let end = try readOnce() { return end }
+            if let end = try await readOnce() { return end }
             if pending.count > limit { throw TestClientError("peer sent \(pending.count) bytes and did not close") }
         }
     }
 
     /// Reads until `pending` holds at least `count` bytes.
-    func fill(to count: Int) throws {
+    func fill(to count: Int) async throws {
         while pending.count < count {
-            if let end = try readOnce() {
+            if let end = try await readOnce() {
                 throw TestClientError("stream ended (\(end)) with \(pending.count) of \(count) bytes")
             }
         }
@@ -160,13 +187,13 @@ final class TestSocket {
 
     /// Reads one HTTP/1.1 response: head, then a Content-Length body (none for 1xx).
     /// Bytes after it stay in `pending` (WebSocket frames after a 101, a pipelined response).
-    func readHTTPResponse() throws -> HTTPAnswer {
+    func readHTTPResponse() async throws -> HTTPAnswer {
         var headEnd: Int?
         while headEnd == nil {
             headEnd = Self.endOfHead(pending)
             if headEnd == nil {
                 if pending.count > 64 * 1024 { throw TestClientError("response head over 64 KiB") }
-                if let end = try readOnce() {
+                if let end = try await readOnce() {
                     throw TestClientError("stream ended (\(end)) before a full response head; got \(String(decoding: pending, as: UTF8.self).debugDescription)")
                 }
             }
@@ -190,7 +217,7 @@ final class TestSocket {
             guard let length = Int(lengthText), length >= 0, length <= 16 << 20 else {
                 throw TestClientError("bad Content-Length \(lengthText)")
             }
-            try fill(to: length)
+            try await fill(to: length)
             answer.body = take(length)
         }
         return answer
