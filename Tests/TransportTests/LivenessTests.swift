@@ -1,0 +1,151 @@
+// Peers that vanish, go quiet or crawl: resets, dead-peer pings, slow and silent handshakes.
+import Testing
+import WebSocketCodec
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension TransportIntegration {
+    @Suite("Peers that vanish, stall or crawl")
+    struct LivenessTests {
+        @Test("a client that resets the connection: webSocketDidClose fires once with 1006")
+        func resetByPeer() async throws {
+            try await withServer { server in
+                let socket = try await RawWebSocket(port: server.port)
+                try await socket.send(text: "before the reset")
+                #expect(try await socket.nextMessage().textValue == "before the reset")
+                socket.socket.resetAndClose()
+                #expect(await eventually { server.log.closes.count == 1 })
+                #expect(server.log.closes.first?.code == 1006)
+                #expect(await eventually { server.openConnections == 0 })
+                #expect(server.log.closes.count == 1)
+            }
+        }
+
+        @Test("a client that resets with unread data in flight also ends with 1006")
+        func resetWithDataInFlight() async throws {
+            try await withServer { server in
+                let socket = try await RawWebSocket(port: server.port)
+                // A frame header promising more payload than is sent, then RST.
+                try await socket.socket.send(Array(RawWebSocket.frame(.binary, [UInt8](repeating: 1, count: 1000)).prefix(100)))
+                socket.socket.resetAndClose()
+                // Data and RST often arrive before the server reads: its first read returns the data,
+                // short, and it stops reading without seeing the reset; Dispatch reports no further
+                // event, so the connection stays open for ever. (Not reproduced with a FIN instead.)
+                await withKnownIssue("Connection.handleReadable returns after a short read and misses a reset that already arrived",
+                                     isIntermittent: true) {
+                    #expect(await eventually(timeout: .seconds(3)) { server.log.closes.map(\.code) == [1006] })
+                    #expect(await eventually(timeout: .seconds(1)) { server.openConnections == 0 })
+                }
+            }
+        }
+
+        @Test("a client that sends a message and closes TCP without a close frame: the handler hears 1006")
+        func finWithoutCloseFrame() async throws {
+            try await withServer { server in
+                for _ in 0..<5 {
+                    let socket = try await TestSocket(port: server.port)
+                    let key = WebSocketHandshake.makeClientKey()
+                    try await socket.send(RawWebSocket.upgradeRequest(port: server.port, key: key))
+                    let ws = try await RawWebSocket(requestSentOn: socket, key: key)
+                    try await ws.send(text: "last words")
+                    ws.socket.closeNow()  // FIN right behind the frame, no close frame
+                }
+                #expect(await eventually { server.log.closes.count == 5 })
+                #expect(await eventually { server.openConnections == 0 })
+                #expect(server.log.closes.allSatisfy { $0.code == 1006 })
+                #expect(server.log.texts.filter { $0 == "last words" }.count == server.log.closes.count)
+            }
+        }
+
+        @Test("dead peer: a client that never answers pings is pinged, then dropped with 1006")
+        func deadPeerDropped() async throws {
+            try await withServer(configure: {
+                $0.webSocket.pingInterval = .milliseconds(200)
+                $0.webSocket.deadAfter = .milliseconds(600)
+            }) { server in
+                let socket = try await RawWebSocket(port: server.port)
+                var pings = 0
+                // Read without ever answering; the server must end the stream by itself.
+                readLoop: while true {
+                    do {
+                        switch try await socket.next() {
+                        case .ping: pings += 1
+                        case let other: Issue.record("unexpected \(other)")
+                        }
+                    } catch let error as TestClientError where !error.timedOut {
+                        break readLoop  // stream ended (reset or FIN): what we wait for
+                    }
+                }
+                #expect(pings >= 1)
+                #expect(await eventually { server.log.closes.map(\.code) == [1006] })
+                #expect(await eventually { server.openConnections == 0 })
+            }
+        }
+
+        @Test("dead peer: a client that answers pings stays open well past deadAfter")
+        func livePeerKept() async throws {
+            try await withServer(configure: {
+                $0.webSocket.pingInterval = .milliseconds(200)
+                $0.webSocket.deadAfter = .milliseconds(600)
+            }) { server in
+                let socket = try await RawWebSocket(port: server.port)
+                let clock = ContinuousClock()
+                let start = clock.now
+                var pings = 0
+                while clock.now - start < .milliseconds(1500) {
+                    let event = try await socket.next()
+                    guard case .ping(let payload) = event else {
+                        Issue.record("unexpected \(event)")
+                        return
+                    }
+                    pings += 1
+                    try await socket.send(.pong, payload)
+                }
+                #expect(pings >= 2)
+                #expect(server.log.closes.isEmpty)
+                try await socket.send(text: "still here")
+                #expect(try await socket.nextMessage().textValue == "still here")
+                try await socket.closeHandshake()
+            }
+        }
+
+        @Test("a handshake sent one byte at a time still upgrades")
+        func slowHandshake() async throws {
+            try await withServer(configure: { $0.requestHeadTimeout = .seconds(10) }) { server in
+                let socket = try await TestSocket(port: server.port)
+                for byte in Array(RawWebSocket.upgradeRequest(port: server.port).utf8) {
+                    try await socket.send([byte])
+                    usleep(1_000)
+                }
+                #expect(try await socket.readHTTPResponse().status == 101)
+            }
+        }
+
+        @Test("a client that sends nothing is dropped after requestHeadTimeout")
+        func silentClientDropped() async throws {
+            try await withServer(configure: { $0.requestHeadTimeout = .milliseconds(300) }) { server in
+                let clock = ContinuousClock()
+                let start = clock.now
+                let socket = try await TestSocket(port: server.port)
+                #expect(try await socket.readUntilEnd() == .endOfFile)
+                // Not before the timeout (a lower bound only: the machine may be slow, never fast).
+                #expect(clock.now - start >= .milliseconds(250))
+                #expect(socket.pending.isEmpty)
+                socket.closeNow()
+                #expect(await eventually { server.openConnections == 0 })
+            }
+        }
+
+        @Test("a client that stalls inside its request head gets 408 after requestHeadTimeout")
+        func stalledHeadGets408() async throws {
+            try await withServer(configure: { $0.requestHeadTimeout = .milliseconds(300) }) { server in
+                let socket = try await TestSocket(port: server.port)
+                try await socket.send("GET /hello HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                let answer = try await socket.readHTTPResponse()
+                #expect(answer.status == 408)
+                #expect(try await socket.readUntilEnd() == .endOfFile)
+            }
+        }
+    }
+}
