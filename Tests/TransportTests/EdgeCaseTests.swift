@@ -97,12 +97,10 @@ extension TransportIntegration {
                 let socket = try await RawWebSocket(port: server.port)
                 let payload = [UInt8](repeating: 0x42, count: 100 * 1024)
                 try await socket.send(binary: payload)
-                // The peer is reading and the kernel can take 100 KiB at once on loopback, but a reply
-                // written inside the read callback is queued whole (corked) and judged before any write.
-                await withKnownIssue("Connection.write checks maxOutputBytes while corked, before trying to write") {
-                    #expect(try await socket.nextMessage() == .binary(payload))
-                    try await socket.closeHandshake()
-                }
+                // The peer is reading and the kernel can take 100 KiB at once on loopback; a reply
+                // written inside the read callback (corked) must be judged after the write, not before.
+                #expect(try await socket.nextMessage() == .binary(payload))
+                try await socket.closeHandshake()
             }
         }
 
@@ -115,11 +113,9 @@ extension TransportIntegration {
                 // The first bytes mean the server has queued the whole response and closed gracefully.
                 try await socket.fill(to: 1)
                 try await Task.sleep(for: .milliseconds(2500))  // longer than Connection.drainTimeout (2 s)
-                await withKnownIssue("Connection.close(.graceful) starts the 2 s drain deadline before the output is flushed") {
-                    let answer = try await socket.readHTTPResponse()
-                    #expect(answer.body.count == size)
-                    #expect(try await socket.readUntilEnd() == .endOfFile)
-                }
+                let answer = try await socket.readHTTPResponse()
+                #expect(answer.body.count == size)
+                #expect(try await socket.readUntilEnd() == .endOfFile)
             }
         }
 
@@ -136,10 +132,8 @@ extension TransportIntegration {
                 let text = String(decoding: socket.pending, as: UTF8.self)
                 let headEnd = text.utf8.count - (text.split(bySeparator: "\r\n\r\n").dropFirst().joined(separator: "\r\n\r\n").utf8.count)
                 _ = socket.take(headEnd)
-                await withKnownIssue("HTTPConnectionHandler.complete sends the body of a response to HEAD") {
-                    let next = try await socket.readHTTPResponse()
-                    #expect(next.bodyText == "/r/next")
-                }
+                let next = try await socket.readHTTPResponse()
+                #expect(next.bodyText == "/r/next")
             }
         }
 
@@ -171,13 +165,10 @@ extension TransportIntegration {
                 let socket = try await TestSocket(port: server.port)
                 try await socket.send(bytes)
                 socket.shutdownWrite()
-                await withKnownIssue("Connection.handleReadable keeps reading after pauseReading() within one wake-up",
-                               isIntermittent: true) {
-                    let one = try await socket.readHTTPResponse()
-                    let two = try await socket.readHTTPResponse()
-                    #expect(one.bodyText == "one")
-                    #expect(two.body.count == bodyLength)
-                }
+                let one = try await socket.readHTTPResponse()
+                let two = try await socket.readHTTPResponse()
+                #expect(one.bodyText == "one")
+                #expect(two.body.count == bodyLength)
             }
         }
     }
