@@ -42,9 +42,10 @@ final class Subprocess: @unchecked Sendable {
     var pid: Int32 { process.processIdentifier }
 
     /// Waits for the exit; nil (after a SIGKILL) when it takes longer than `seconds`.
-    func finish(within seconds: Double = 15) -> Int32? {
+    func finish(within seconds: Double = 15) async -> Int32? {
+        // Polls with Task.sleep: a blocked cooperative thread starves the other tests' tasks.
         let deadline = Date().addingTimeInterval(seconds)
-        while process.isRunning, Date() < deadline { usleep(20_000) }
+        while process.isRunning, Date() < deadline { try? await Task.sleep(nanoseconds: 20_000_000) }
         if process.isRunning {
             kill(pid, SIGKILL)
             process.waitUntilExit()
@@ -72,7 +73,7 @@ final class CLIServer: @unchecked Sendable {
     private let server: Subprocess
     private var count = 0
 
-    init() throws {
+    init() async throws {
         directory = try TestFiles.makeDirectory()
         try TestFiles.write(TestFiles.inventory, to: directory + "/inventory.yaml")
         try TestFiles.write(Self.token, to: directory + "/token")
@@ -87,7 +88,7 @@ final class CLIServer: @unchecked Sendable {
             if let line = server.stdout.split(separator: "\n").first(where: { $0.hasPrefix("leasehold listening on ") }) {
                 found = String(line.dropFirst("leasehold listening on ".count))
             } else {
-                usleep(20_000)
+                try? await Task.sleep(nanoseconds: 20_000_000)
             }
         }
         guard let found else { throw TestFailure("the server did not start: \(server.stderr)") }
@@ -104,20 +105,20 @@ final class CLIServer: @unchecked Sendable {
     }
 
     /// Runs `leasehold ARGUMENTS` to the end: (status, stdout, stderr).
-    func run(_ arguments: [String], token: String? = nil, within seconds: Double = 15) throws -> (Int32?, String, String) {
+    func run(_ arguments: [String], token: String? = nil, within seconds: Double = 15) async throws -> (Int32?, String, String) {
         let process = try start(arguments, token: token)
-        let status = process.finish(within: seconds)
+        let status = await process.finish(within: seconds)
         return (status, process.stdout, process.stderr)
     }
 
     func path(_ name: String) -> String { directory + "/" + name }
 
     /// Waits until the file exists (a command signals that it runs), at most `seconds`.
-    func waitFor(_ name: String, within seconds: Double = 10) -> Bool {
+    func waitFor(_ name: String, within seconds: Double = 10) async -> Bool {
         let deadline = Date().addingTimeInterval(seconds)
         while !FileManager.default.fileExists(atPath: path(name)) {
             if Date() > deadline { return false }
-            usleep(20_000)
+            try? await Task.sleep(nanoseconds: 20_000_000)
         }
         return true
     }
@@ -126,15 +127,15 @@ final class CLIServer: @unchecked Sendable {
 
     deinit {
         server.signal(SIGKILL)
-        _ = server.finish(within: 5)
+        server.process.waitUntilExit()
         try? FileManager.default.removeItem(atPath: directory)
     }
 }
 
 @Suite(.serialized) struct CLITests {
-    @Test func holdRunsTheCommandWithTheLeaseEnvironmentAndExitsWithItsStatus() throws {
-        let server = try CLIServer()
-        let (status, _, stderr) = try server.run([
+    @Test func holdRunsTheCommandWithTheLeaseEnvironmentAndExitsWithItsStatus() async throws {
+        let server = try await CLIServer()
+        let (status, _, stderr) = try await server.run([
             "hold", "--type", "array", "--label", "proto=fc", "--name", "switch-01", "--holder", "env-test",
             "--", "sh", "-c", "env > \"$1\"; exit 7", "sh", server.path("env"),
         ])
@@ -160,8 +161,8 @@ final class CLIServer: @unchecked Sendable {
         #expect(items.map { $0["name"]?.stringValue } == ["array-01", "switch-01"])
     }
 
-    @Test func twoHoldsOnOneResourceRunOneAfterTheOther() throws {
-        let server = try CLIServer()
+    @Test func twoHoldsOnOneResourceRunOneAfterTheOther() async throws {
+        let server = try await CLIServer()
         let log = server.path("log")
         func hold(_ tag: String) throws -> Subprocess {
             try server.start(["hold", "--name", "array-02", "--holder", tag, "--", "sh", "-c",
@@ -170,8 +171,8 @@ final class CLIServer: @unchecked Sendable {
         }
         let first = try hold("A")
         let second = try hold("B")
-        #expect(first.finish() == 0, "A: \(first.stderr)")
-        #expect(second.finish() == 0, "B: \(second.stderr)")
+        #expect(await first.finish() == 0, "A: \(first.stderr)")
+        #expect(await second.finish() == 0, "B: \(second.stderr)")
         var times: [String: Double] = [:]
         for line in (TestFiles.read(log) ?? "").split(separator: "\n") {
             let parts = line.split(separator: " ")
@@ -186,105 +187,105 @@ final class CLIServer: @unchecked Sendable {
         #expect((first.stderr + second.stderr).contains("position 1 in the queue"))
     }
 
-    @Test func waitZeroOnABusyResourceFailsWithItsStatusAndSignalsAreForwarded() throws {
-        let server = try CLIServer()
+    @Test func waitZeroOnABusyResourceFailsWithItsStatusAndSignalsAreForwarded() async throws {
+        let server = try await CLIServer()
         let holder = try server.start(["hold", "--name", "switch-01", "--", "sh", "-c", "touch \"$1\"; exec sleep 30", "sh", server.path("ready")])
-        #expect(server.waitFor("ready"))
-        let (status, _, stderr) = try server.run(["hold", "--name", "switch-01", "--wait", "0", "--", "true"])
+        #expect(await server.waitFor("ready"))
+        let (status, _, stderr) = try await server.run(["hold", "--name", "switch-01", "--wait", "0", "--", "true"])
         #expect(status == 75)
         #expect(stderr.contains("--wait"))
         holder.signal(SIGTERM)
-        #expect(holder.finish(within: 10) == 128 + SIGTERM)  // the command's own status: sleep died of SIGTERM
+        #expect(await holder.finish(within: 10) == 128 + SIGTERM)  // the command's own status: sleep died of SIGTERM
     }
 
-    @Test func aForcedFreeStopsTheCommandAndHoldReportsTheRevocation() throws {
-        let server = try CLIServer()
+    @Test func aForcedFreeStopsTheCommandAndHoldReportsTheRevocation() async throws {
+        let server = try await CLIServer()
         // The command ignores SIGTERM, so it takes the SIGKILL after the grace period.
         let holder = try server.start(["hold", "--name", "array-01", "--grace", "1", "--", "sh", "-c",
                                        "echo $$ > \"$1\"; trap '' TERM; exec sleep 30", "sh", server.path("pid")])
-        #expect(server.waitFor("pid"))
-        let (status, stdout, stderr) = try server.run(["free", "array-01", "--reason", "lab maintenance"], token: CLIServer.token)
+        #expect(await server.waitFor("pid"))
+        let (status, stdout, stderr) = try await server.run(["free", "array-01", "--reason", "lab maintenance"], token: CLIServer.token)
         #expect(status == 0, "\(stderr)")
         #expect(stdout.contains("array-01"))
-        #expect(holder.finish(within: 10) == 76)
+        #expect(await holder.finish(within: 10) == 76)
         #expect(holder.stderr.contains("revoked by an admin: lab maintenance"))
         let pid = Int32((TestFiles.read(server.path("pid")) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
         #expect(pid > 0 && kill(pid, 0) != 0, "the command is still running")
     }
 
-    @Test func aKilledServerStopsTheCommand() throws {
-        let server = try CLIServer()
+    @Test func aKilledServerStopsTheCommand() async throws {
+        let server = try await CLIServer()
         let holder = try server.start(["hold", "--name", "array-01", "--grace", "1", "--", "sh", "-c", "touch \"$1\"; exec sleep 30", "sh", server.path("ready")])
-        #expect(server.waitFor("ready"))
+        #expect(await server.waitFor("ready"))
         server.signalServer(SIGKILL)
-        #expect(holder.finish(within: 10) == 77)
+        #expect(await holder.finish(within: 10) == 77)
         #expect(holder.stderr.contains("lost the connection"))
     }
 
-    @Test func aServerThatStopsAnsweringIsTakenForDead() throws {
-        let server = try CLIServer()
+    @Test func aServerThatStopsAnsweringIsTakenForDead() async throws {
+        let server = try await CLIServer()
         let holder = try server.start(["hold", "--name", "array-01", "--grace", "1", "--dead-after", "1.5", "--", "sh", "-c",
                                        "touch \"$1\"; exec sleep 30", "sh", server.path("ready")])
-        #expect(server.waitFor("ready"))
+        #expect(await server.waitFor("ready"))
         server.signalServer(SIGSTOP)
         let started = Date()
-        #expect(holder.finish(within: 10) == 77)
+        #expect(await holder.finish(within: 10) == 77)
         #expect(Date().timeIntervalSince(started) < 6)
         #expect(holder.stderr.contains("lost the connection"))
     }
 
-    @Test func statusJSONParsesAndTheTableShowsTheHolder() throws {
-        let server = try CLIServer()
+    @Test func statusJSONParsesAndTheTableShowsTheHolder() async throws {
+        let server = try await CLIServer()
         let holder = try server.start(["hold", "--name", "switch-01", "--holder", "status-test", "--", "sh", "-c",
                                        "touch \"$1\"; exec sleep 30", "sh", server.path("ready")])
-        #expect(server.waitFor("ready"))
-        let (status, stdout, stderr) = try server.run(["status", "--json"])
+        #expect(await server.waitFor("ready"))
+        let (status, stdout, stderr) = try await server.run(["status", "--json"])
         #expect(status == 0, "\(stderr)")
         let document = try JSONValue.parse(stdout)
         let snapshot = try StatusSnapshot(document)
         #expect(snapshot.resources.map(\.name) == ["array-01", "array-02", "switch-01"])
         #expect(snapshot.resources.last?.state == "held")
         #expect(snapshot.resources.last?.holder == "status-test")
-        let (tableStatus, table, _) = try server.run(["status"])
+        let (tableStatus, table, _) = try await server.run(["status"])
         #expect(tableStatus == 0)
         #expect(table.contains("switch-01") && table.contains("status-test") && table.contains("HELD FOR"))
         holder.signal(SIGTERM)
-        _ = holder.finish()
+        _ = await holder.finish()
     }
 
-    @Test func adminVerbsWorkWithTheTokenAndFailCleanlyWithout() throws {
-        let server = try CLIServer()
-        let (noToken, _, noTokenError) = try server.run(["disable", "array-02"])
+    @Test func adminVerbsWorkWithTheTokenAndFailCleanlyWithout() async throws {
+        let server = try await CLIServer()
+        let (noToken, _, noTokenError) = try await server.run(["disable", "array-02"])
         #expect(noToken == 79)
         #expect(noTokenError.contains("LEASEHOLD_ADMIN_TOKEN"))
-        let (wrong, _, wrongError) = try server.run(["disable", "array-02", "--token-file", server.path("wrong-token")])
+        let (wrong, _, wrongError) = try await server.run(["disable", "array-02", "--token-file", server.path("wrong-token")])
         #expect(wrong == 79)
         #expect(wrongError.contains("401"))
-        #expect(try server.run(["disable", "array-02", "--token-file", server.path("token")]).0 == 0)
-        let snapshot = try StatusSnapshot(JSONValue.parse(try server.run(["status", "--json"]).1))
+        #expect(try await server.run(["disable", "array-02", "--token-file", server.path("token")]).0 == 0)
+        let snapshot = try StatusSnapshot(JSONValue.parse(try await server.run(["status", "--json"]).1))
         #expect(snapshot.resources.first { $0.name == "array-02" }?.state == "disabled")
-        #expect(try server.run(["enable", "array-02"], token: CLIServer.token).0 == 0)
-        let (notHeld, _, notHeldError) = try server.run(["free", "array-02", "--reason", "x"], token: CLIServer.token)
+        #expect(try await server.run(["enable", "array-02"], token: CLIServer.token).0 == 0)
+        let (notHeld, _, notHeldError) = try await server.run(["free", "array-02", "--reason", "x"], token: CLIServer.token)
         #expect(notHeld == 1)
         #expect(notHeldError.contains("409"))
-        #expect(try server.run(["disable", "no-such-thing"], token: CLIServer.token).0 == 1)
-        let (reloaded, reloadOut, reloadError) = try server.run(["reload"], token: CLIServer.token)
+        #expect(try await server.run(["disable", "no-such-thing"], token: CLIServer.token).0 == 1)
+        let (reloaded, reloadOut, reloadError) = try await server.run(["reload"], token: CLIServer.token)
         #expect(reloaded == 0, "\(reloadError)")
         #expect(reloadOut.contains("reloaded"))
     }
 
-    @Test func impossibleRequestsAndUnreachableServersHaveTheirOwnStatuses() throws {
-        let server = try CLIServer()
-        let (unsatisfiable, _, unsatisfiableError) = try server.run(["hold", "--type", "array", "--count", "5", "--", "true"])
+    @Test func impossibleRequestsAndUnreachableServersHaveTheirOwnStatuses() async throws {
+        let server = try await CLIServer()
+        let (unsatisfiable, _, unsatisfiableError) = try await server.run(["hold", "--type", "array", "--count", "5", "--", "true"])
         #expect(unsatisfiable == 78)
         #expect(unsatisfiableError.contains("leasehold status"))
         let closed = try ClosedPort()
-        let (refused, _, refusedError) = try server.run(["hold", "--server", "ws://127.0.0.1:\(closed.port)", "--name", "a", "--", "true"])
+        let (refused, _, refusedError) = try await server.run(["hold", "--server", "ws://127.0.0.1:\(closed.port)", "--name", "a", "--", "true"])
         #expect(refused == 69)
         #expect(refusedError.contains("cannot connect"))
-        #expect(try server.run(["hold", "--server", "wss://127.0.0.1:1", "--name", "a", "--", "true"]).0 == 69)
-        #expect(try server.run(["status", "--server", "ws://127.0.0.1:\(closed.port)"]).0 == 69)
-        #expect(try server.run(["hold", "--name", "array-01", "--", "/no/such/command"]).0 == 127)
-        #expect(try server.run(["hold", "--label", "a=b", "--type", "x", "--", "true"]).0 == 64)
+        #expect(try await server.run(["hold", "--server", "wss://127.0.0.1:1", "--name", "a", "--", "true"]).0 == 69)
+        #expect(try await server.run(["status", "--server", "ws://127.0.0.1:\(closed.port)"]).0 == 69)
+        #expect(try await server.run(["hold", "--name", "array-01", "--", "/no/such/command"]).0 == 127)
+        #expect(try await server.run(["hold", "--label", "a=b", "--type", "x", "--", "true"]).0 == 64)
     }
 }

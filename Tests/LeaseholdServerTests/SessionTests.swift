@@ -151,11 +151,12 @@ import Testing
 
     @Test func aPeerThatStopsAnsweringPingsLosesItsLease() async throws {
         let server = try TestServer {
-            $0.pingInterval = .milliseconds(200)
-            $0.deadAfter = .milliseconds(1200)
+            // Long enough that a test task waiting to be scheduled in a busy parallel run does
+            // not let the waiter arrive only after the silent holder is already gone.
+            $0.pingInterval = .milliseconds(500)
+            $0.deadAfter = .milliseconds(4000)
         }
-        let raw = try await RawWebSocket(port: server.port)
-        raw.sendText(acquireJSON(#"[{"name":"switch-01"}]"#, holder: "silent"))
+        let raw = try await RawWebSocket(port: server.port, firstText: acquireJSON(#"[{"name":"switch-01"}]"#, holder: "silent"))
         let granted = try #require(await raw.readText())
         #expect(granted.contains("\"granted\""))
         // The waiter's client answers pings by itself, so it keeps its place past the timeout.

@@ -203,19 +203,28 @@ final class RawWebSocket: @unchecked Sendable {
         }
     }
 
-    init(port: UInt16, path: String = "/v1/lease") async throws {
+    /// `firstText` goes out right after the 101, on the same thread: a test whose task is slow to
+    /// be scheduled again must not look like a silent peer to a short dead-peer timeout.
+    init(port: UInt16, path: String = "/v1/lease", firstText: String? = nil) async throws {
         socket = try RawSocket(port: port)
         let socket = socket
+        let firstFrame = firstText.map { Self.frame(opcode: 0x1, payload: Array($0.utf8), fin: true, rsv: 0, masked: true) }
         let head: String? = await blocking {
             socket.write("GET \(path) HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                 + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
-            return socket.readHead()
+            let head = socket.readHead()
+            if let firstFrame, head?.hasPrefix("HTTP/1.1 101") == true { socket.write(firstFrame) }
+            return head
         }
         guard let head, head.hasPrefix("HTTP/1.1 101") else { throw TestFailure("no 101 from \(path): \(head ?? "nothing")") }
     }
 
     /// Sends one frame, masked as a client must (unless `masked` is false).
     func sendFrame(opcode: UInt8, payload: [UInt8], fin: Bool = true, rsv: UInt8 = 0, masked: Bool = true) {
+        socket.write(Self.frame(opcode: opcode, payload: payload, fin: fin, rsv: rsv, masked: masked))
+    }
+
+    static func frame(opcode: UInt8, payload: [UInt8], fin: Bool, rsv: UInt8, masked: Bool) -> [UInt8] {
         var frame: [UInt8] = [(fin ? 0x80 : 0) | (rsv << 4) | opcode]
         let maskBit: UInt8 = masked ? 0x80 : 0
         if payload.count < 126 {
@@ -234,7 +243,7 @@ final class RawWebSocket: @unchecked Sendable {
         } else {
             frame += payload
         }
-        socket.write(frame)
+        return frame
     }
 
     func sendText(_ text: String) { sendFrame(opcode: 0x1, payload: Array(text.utf8)) }

@@ -204,10 +204,14 @@ func grantedNames(_ event: JSONValue) -> [String] {
     (event["resources"]?.arrayValue ?? []).compactMap { $0["name"]?.stringValue }
 }
 
-/// Runs blocking work off the cooperative pool.
+/// Runs blocking work on a thread of its own: neither the cooperative pool nor Dispatch's few
+/// global threads, which the server's own work and parallel tests also need (starving them made
+/// timing tests flaky under load).
 func blocking<T: Sendable>(_ work: @escaping @Sendable () -> T) async -> T {
     await withCheckedContinuation { continuation in
-        DispatchQueue.global().async { continuation.resume(returning: work()) }
+        let thread = Thread { continuation.resume(returning: work()) }
+        thread.stackSize = 1 << 20
+        thread.start()
     }
 }
 
