@@ -447,6 +447,16 @@ def test_admin_force_free_revokes_a_real_lease(page, leases):
     wait_for(lambda: page.find_elements("css selector", '#resources tr[data-key="array-01"] button[data-action="enable"]'),
              1.0, "an Enable button")[0].click()
     wait_for(lambda: row(page, "resources", "array-01")["cells"]["state"] == "free", 2.0, "array-01 enabled")
+
+    # A held resource that is disabled stays "held" (its lease runs on) but offers Enable.
+    holder, _ = leases.take("ci/long-soak", [{"name": "array-02"}])
+    wait_for(lambda: row(page, "resources", "array-02")["cells"]["state"] == "held", 1.0, "array-02 held")
+    page.find_element("css selector", '#resources tr[data-key="array-02"] button[data-action="disable"]').click()
+    page.find_element("id", "dialog-confirm").click()
+    wait_for(lambda: page.find_elements("css selector", '#resources tr[data-key="array-02"] button[data-action="enable"]'),
+             2.0, "Enable on the held, disabled array-02")
+    assert row(page, "resources", "array-02")["cells"]["state"] == "held"
+    holder.close()
     assert severe_console_messages(page) == []
 
 

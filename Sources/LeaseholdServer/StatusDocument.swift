@@ -17,6 +17,8 @@ enum StatusDocument {
                 ("holder", showsLease ? resource.holder.map { .string($0) } ?? .null : .null),
                 ("epoch", .int(Int64(clamping: resource.epoch))),
                 ("since", .string(clock.iso8601(resource.since))),
+                // Beyond PROTOCOL.md (additive): a held resource may also be disabled.
+                ("enabled", .bool(resource.enabled)),
             ])
         }
         let leases: [JSONValue] = snapshot.leases.map { lease in

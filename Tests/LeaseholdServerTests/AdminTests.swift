@@ -126,6 +126,9 @@ import Testing
         #expect(held["state"] == .string("held"))
         #expect(held["lease"] == granted["lease"])
         #expect(held["holder"] == .string("h"))
+        // Beyond PROTOCOL.md: the snapshot says it is disabled, so the page can offer Enable.
+        #expect(held["enabled"] == .bool(false))
+        #expect(try await server.resource("switch-02")["enabled"] == .bool(true))
         holder.send(#"{"op":"release"}"#)
         #expect(try await holder.expectClose().code == 1000)
         try await server.waitForStatus("switch-01 disabled") { document in

@@ -350,7 +350,9 @@
       changed = putChips(rec, "labels", labelPairs(r.labels)) || changed;
       put(rec, "epoch", str(r.epoch));
       setSince(rec, state === "free" || typeof r.since !== "string" ? null : r.since, state);
-      if (admin.on && rec.adminFor !== state) renderAdminCell(rec);
+      // A held resource can be disabled too (its lease runs on): it then offers Enable.
+      rec.v.enabled = r.enabled !== false;
+      if (admin.on && rec.adminFor !== adminKey(rec)) renderAdminCell(rec);
       return changed;
     },
     fields: (r) => {
@@ -837,12 +839,17 @@
     return button;
   }
 
+  function adminKey(rec) {
+    return rec.v.state + (rec.v.enabled === false ? "/disabled" : "");
+  }
+
   function renderAdminCell(rec) {
     const state = rec.v.state;
-    rec.adminFor = state;
+    rec.adminFor = adminKey(rec);
     const buttons = [];
     if (state === "held") buttons.push(actionButton("free", "Force free", "btn-danger"));
-    buttons.push(state === "disabled" ? actionButton("enable", "Enable") : actionButton("disable", "Disable"));
+    const off = state === "disabled" || rec.v.enabled === false;
+    buttons.push(off ? actionButton("enable", "Enable") : actionButton("disable", "Disable"));
     if (!rec.cells.admin) rec.tr.appendChild((rec.cells.admin = el("td", "c-admin")));
     rec.cells.admin.replaceChildren(...buttons);
   }
