@@ -11,11 +11,13 @@ let package = Package(
     targets: [
         .executableTarget(
             name: "CodecBench",
-            dependencies: [.product(name: "WebSocketCodec", package: "leasehold")]
+            dependencies: [.product(name: "WebSocketCodec", package: "leasehold")],
+            swiftSettings: [.swiftLanguageMode(.v6)]
         ),
         .executableTarget(
             name: "CoreBench",
-            dependencies: [.product(name: "LeaseCore", package: "leasehold")]
+            dependencies: [.product(name: "LeaseCore", package: "leasehold")],
+            swiftSettings: [.swiftLanguageMode(.v6)]
         ),
         .target(name: "CEpoll"),
         .executableTarget(
@@ -28,6 +30,6 @@ let package = Package(
             ]
         ),
     ],
-    // Tooling, not product code: Swift 5 mode keeps top-level benchmark scripts simple.
+    // LoadBench is a top-level script with shared state: Swift 5 mode keeps it simple.
     swiftLanguageModes: [.v5]
 )
