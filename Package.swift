@@ -46,7 +46,7 @@ let package = Package(
             ],
             resources: [.embedInCode("Static/app.js"), .embedInCode("Static/app.css"), .embedInCode("Static/favicon.svg")]
         ),
-        .target(name: "LeaseholdClient", dependencies: ["Transport", "LeaseProtocol"]),
+        .target(name: "LeaseholdClient", dependencies: ["Transport", "HTTPCodec", "LeaseProtocol"]),
 
         .executableTarget(
             name: "leasehold",

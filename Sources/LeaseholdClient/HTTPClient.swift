@@ -1,3 +1,4 @@
+import HTTPCodec
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -25,6 +26,12 @@ public struct HTTPClient: Sendable {
         public let body: [UInt8]
 
         public var text: String { String(decoding: body, as: UTF8.self) }
+
+        init(_ message: HTTPResponseMessage) {
+            status = message.head.status
+            headers = message.head.headers.map { ($0.name, $0.value) }
+            body = message.body
+        }
     }
 
     public let server: ServerURL
@@ -47,8 +54,7 @@ public struct HTTPClient: Sendable {
         for (name, value) in headers { head += "\(name): \(value)\r\n" }
         head += "\r\n"
         try send(fd, Array(head.utf8) + body, deadline: deadline)
-        let raw = try receiveAll(fd, deadline: deadline)
-        return try parse(raw)
+        return try receiveAll(fd, deadline: deadline)
     }
 
     // MARK: sockets
@@ -135,21 +141,26 @@ public struct HTTPClient: Sendable {
         }
     }
 
-    private func receiveAll(_ fd: Int32, deadline: UInt64) throws(LeaseholdError) -> [UInt8] {
-        var received: [UInt8] = []
+    /// Reads until one whole answer is parsed (or the server closes the connection).
+    private func receiveAll(_ fd: Int32, deadline: UInt64) throws(LeaseholdError) -> Response {
+        var parser = HTTPResponseParser(maxHeadSize: 64 * 1024, maxBodySize: maxResponseBytes)
         var chunk = [UInt8](repeating: 0, count: 16 * 1024)
         while true {
             let count = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if count == 0 { return received }
-            if count > 0 {
-                received.append(contentsOf: chunk[0..<count])
-                guard received.count <= maxResponseBytes else {
-                    throw .protocolViolation("the answer is larger than \(maxResponseBytes) bytes")
+            do throws(HTTPParseError) {
+                if count == 0 {
+                    guard let answer = try parser.finish() else {
+                        throw HTTPParseError(status: 0, message: "the server closed the connection without answering")
+                    }
+                    return Response(answer)
                 }
-                if let complete = Self.completeLength(received), received.count >= complete {
-                    return Array(received[0..<complete])
+                if count > 0 {
+                    parser.feed(Array(chunk[0..<count]))
+                    if let answer = try parser.nextResponse() { return Response(answer) }
+                    continue
                 }
-                continue
+            } catch {
+                throw .protocolViolation(error.status == 413 ? "the answer is larger than \(maxResponseBytes) bytes" : error.message)
             }
             let code = errno
             if code == EINTR { continue }
@@ -159,47 +170,5 @@ public struct HTTPClient: Sendable {
             }
             throw .connectionRefused(server, "reading the answer: \(errorText(code))")
         }
-    }
-
-    // MARK: parsing
-
-    static func endOfHead(_ bytes: [UInt8]) -> Int? {
-        guard bytes.count >= 4 else { return nil }
-        for index in 0...(bytes.count - 4)
-        where bytes[index] == 13 && bytes[index + 1] == 10 && bytes[index + 2] == 13 && bytes[index + 3] == 10 {
-            return index
-        }
-        return nil
-    }
-
-    /// Head plus Content-Length bytes, once the head is in and carries a Content-Length.
-    static func completeLength(_ bytes: [UInt8]) -> Int? {
-        guard let end = endOfHead(bytes) else { return nil }
-        let head = String(decoding: bytes[0..<end], as: UTF8.self).lowercased()
-        for line in head.split(separator: "\r\n") where line.hasPrefix("content-length:") {
-            guard let length = Int(line.dropFirst("content-length:".count).filter { $0 != " " && $0 != "\t" }) else { return nil }
-            return end + 4 + length
-        }
-        return nil
-    }
-
-    private func parse(_ raw: [UInt8]) throws(LeaseholdError) -> Response {
-        guard let end = Self.endOfHead(raw) else {
-            throw .protocolViolation(raw.isEmpty ? "the server closed the connection without answering" : "incomplete HTTP answer")
-        }
-        let lines = String(decoding: raw[0..<end], as: UTF8.self).split(separator: "\r\n").map(String.init)
-        let parts = lines.first?.split(separator: " ", maxSplits: 2) ?? []
-        guard parts.count >= 2, parts[0].hasPrefix("HTTP/1."), let status = Int(parts[1]) else {
-            throw .protocolViolation("not an HTTP answer: '\(lines.first ?? "")'")
-        }
-        var headers: [(String, String)] = []
-        for line in lines.dropFirst() {
-            guard let colon = line.firstIndex(of: ":") else { continue }
-            headers.append((String(line[..<colon]), String(line[line.index(after: colon)...]).trimmingSpaces()))
-        }
-        if headers.contains(where: { $0.0.lowercased() == "transfer-encoding" }) {
-            throw .protocolViolation("chunked answers are not supported by this client")
-        }
-        return Response(status: status, headers: headers, body: Array(raw[(end + 4)...]))
     }
 }

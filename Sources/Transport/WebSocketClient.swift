@@ -71,8 +71,8 @@ final class ClientHandshake: ConnectionDelegate, @unchecked Sendable {
     private let configuration: WebSocketConfiguration
     private var handler: WebSocketHandler?
     private var completion: WebSocketClient.Completion?
-    private var received: [UInt8] = []
-    private static let maxHeadSize = 16 * 1024
+    /// Bounded: a head over 16 KiB or a refusal body over 64 KiB fails the handshake.
+    private var parser = HTTPResponseParser(maxHeadSize: 16 * 1024, maxBodySize: 64 * 1024)
 
     init(connection: Connection, key: String, request: [UInt8], configuration: WebSocketConfiguration,
          handler: WebSocketHandler, completion: @escaping WebSocketClient.Completion) {
@@ -89,56 +89,38 @@ final class ClientHandshake: ConnectionDelegate, @unchecked Sendable {
     }
 
     func connectionDidRead(_ bytes: UnsafeRawBufferPointer) {
-        received.append(contentsOf: bytes)
-        guard let headEnd = Self.endOfHead(in: received) else {
-            if received.count > Self.maxHeadSize { fail(.invalidHandshake("response head over 16 KiB")) }
+        parser.feed(bytes)
+        let response: HTTPResponseMessage
+        do {
+            guard let next = try parser.nextResponse() else { return }
+            response = next
+        } catch {
+            fail(.invalidHandshake(error.message))
             return
         }
-        let head = String(decoding: received[..<headEnd], as: UTF8.self)
-        let leftover = Array(received[(headEnd + 4)...])
-        var lines = head.split(separator: "\r\n", omittingEmptySubsequences: false).map(String.init)
-        let statusLine = lines.isEmpty ? "" : lines.removeFirst()
-        let parts = statusLine.split(separator: " ", maxSplits: 2)
-        guard parts.count >= 2, parts[0].hasPrefix("HTTP/1."), let status = Int(parts[1]) else {
-            fail(.invalidHandshake("bad status line '\(statusLine)'"))
+        let head = response.head
+        guard head.status == 101 else {
+            let body = String(decoding: response.body.prefix(512), as: UTF8.self)
+            fail(.rejected(status: head.status, body: body.trimmingOWS().replacingNewlines()))
             return
         }
-        var headers = HTTPHeaders()
-        for line in lines {
-            guard let colon = line.firstIndex(of: ":") else { continue }
-            headers.add(name: String(line[..<colon]), value: String(line[line.index(after: colon)...]).trimmingOWS())
-        }
-        guard status == 101 else {
-            let body = String(decoding: leftover.prefix(512), as: UTF8.self)
-            fail(.rejected(status: status, body: body.trimmingOWS().replacingNewlines()))
-            return
-        }
-        guard headers.containsToken("websocket", in: "Upgrade"), headers.containsToken("upgrade", in: "Connection") else {
+        guard head.headers.containsToken("websocket", in: "Upgrade"), head.headers.containsToken("upgrade", in: "Connection") else {
             fail(.invalidHandshake("101 without Upgrade: websocket / Connection: Upgrade"))
             return
         }
-        guard headers["Sec-WebSocket-Accept"] == WebSocketHandshake.acceptValue(forKey: key) else {
+        guard head.headers["Sec-WebSocket-Accept"]?.trimmingOWS() == WebSocketHandshake.acceptValue(forKey: key) else {
             fail(.invalidHandshake("wrong Sec-WebSocket-Accept"))
             return
         }
         guard let handler, let completion else { return }
         self.handler = nil
         self.completion = nil
-        received = []
+        let leftover = parser.takeUnconsumedBytes()
         let socket = WebSocketConnection(connection: connection, role: .client, handler: handler,
-                                         configuration: configuration, subprotocol: headers["Sec-WebSocket-Protocol"])
+                                         configuration: configuration, subprotocol: head.headers["Sec-WebSocket-Protocol"])
         connection.delegate = socket
         completion(.success(socket))
         socket.start(leftover: leftover)
-    }
-
-    private static func endOfHead(in bytes: [UInt8]) -> Int? {
-        guard bytes.count >= 4 else { return nil }
-        for index in 0...(bytes.count - 4)
-        where bytes[index] == 13 && bytes[index + 1] == 10 && bytes[index + 2] == 13 && bytes[index + 3] == 10 {
-            return index
-        }
-        return nil
     }
 
     private func fail(_ error: WebSocketClientError) {
@@ -156,7 +138,13 @@ final class ClientHandshake: ConnectionDelegate, @unchecked Sendable {
         case .connectFailed(let errno):
             fail(.connectFailed(SocketError(call: "connect", errno: errno).description))
         default:
-            fail(.invalidHandshake("connection closed before the handshake completed"))
+            // A refusal whose body runs until the close is complete now.
+            if let response = try? parser.finish() {
+                let body = String(decoding: response.body.prefix(512), as: UTF8.self)
+                fail(.rejected(status: response.head.status, body: body.trimmingOWS().replacingNewlines()))
+            } else {
+                fail(.invalidHandshake("connection closed before the handshake completed"))
+            }
         }
     }
 }
