@@ -30,6 +30,20 @@ extension TransportIntegration {
             }
         }
 
+        @Test("IPv6: a server on [::1] serves a client that connects to ::1")
+        func ipv6() async throws {
+            let server = try TestServer(host: "::1")
+            let group = makeClientGroup()
+            let client = ClientHandler()
+            let socket = try await connectClient(host: "::1", port: server.port, loop: group.next(), handler: client).get()
+            #expect(socket.peer.family == AF_INET6)
+            socket.loop.execute { socket.send(text: "over v6") }
+            #expect(await eventually { client.log.texts == ["over v6"] })
+            socket.loop.execute { socket.close(code: 1000) }
+            #expect(await eventually { server.log.closes.map(\.code) == [1000] })
+            await server.shutdown()
+        }
+
         @Test("the subprotocol the server chose is reported on the client socket")
         func subprotocol() async throws {
             try await withServer { server in

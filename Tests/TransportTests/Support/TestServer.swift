@@ -135,14 +135,14 @@ final class TestServer: Sendable {
     let port: UInt16
     var log: EventLog { handler.log }
 
-    init(loops: Int = 2, group: EventLoopGroup? = nil,
+    init(loops: Int = 2, group: EventLoopGroup? = nil, host: String = "127.0.0.1",
          configure: (inout HTTPServerConfiguration) -> Void = { _ in }) throws {
         var configuration = HTTPServerConfiguration()
         configure(&configuration)
         self.group = group ?? EventLoopGroup(count: loops, label: "test.server")
         handler = TestHandler()
         server = HTTPServer(group: self.group, configuration: configuration, handler: handler)
-        port = try server.listen(on: SocketAddress(host: "127.0.0.1", port: 0)).port
+        port = try server.listen(on: SocketAddress(host: host, port: 0)).port
         keepAlive.withLock { $0.append(self) }
     }
 
@@ -194,12 +194,12 @@ final class ClientHandler: WebSocketHandler {
 }
 
 /// `WebSocketClient.connect` as an async call.
-func connectClient(port: UInt16, path: String = "/ws", headers: [(String, String)] = [], loop: EventLoop,
+func connectClient(host: String = "127.0.0.1", port: UInt16, path: String = "/ws", headers: [(String, String)] = [], loop: EventLoop,
                    configuration: WebSocketConfiguration = WebSocketConfiguration(),
                    handshakeTimeout: Duration = .seconds(5),
                    handler: WebSocketHandler) async -> Result<WebSocketConnection, WebSocketClientError> {
     await withCheckedContinuation { continuation in
-        WebSocketClient.connect(host: "127.0.0.1", port: port, path: path, headers: headers, loop: loop,
+        WebSocketClient.connect(host: host, port: port, path: path, headers: headers, loop: loop,
                                 configuration: configuration, handshakeTimeout: handshakeTimeout,
                                 handler: handler) { continuation.resume(returning: $0) }
     }
