@@ -51,7 +51,7 @@ let package = Package(
         .executableTarget(
             name: "leasehold",
             dependencies: [
-                "LeaseholdServer", "LeaseholdClient",
+                "LeaseholdServer", "LeaseholdClient", "CPosix",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

@@ -13,7 +13,7 @@ struct Hold: ParsableCommand {
             Groups are given in order: each --type or --name starts a group; --label and --count apply \
             to the --type before them. The command runs with LEASEHOLD_LEASE, LEASEHOLD_RESOURCES (JSON), \
             LEASEHOLD_NAMES and per resource LEASEHOLD_<GROUP>_<N>_NAME/_TYPE/_EPOCH plus one variable per \
-            attribute (README, "CLI"). SIGINT, SIGTERM and SIGHUP are forwarded to the command's process group.
+            attribute (README, "CLI"). SIGINT, SIGTERM and SIGHUP are forwarded to the command's process group.             If the lease ends early, or hold itself is killed (even with SIGKILL), the command's group gets             SIGTERM, then SIGKILL after --grace.
 
             Exit status: the command's own (128+N if signal N killed it); 64 bad arguments; 69 server \
             unreachable or lost while waiting; 75 not granted within --wait; 76 lease revoked by an admin \
@@ -45,7 +45,7 @@ struct Hold: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Provenance for the status page and audit log, e.g. --meta job=URL (repeatable).", valueName: "key=value"))
     var meta: [String] = []
 
-    @Option(name: .long, help: ArgumentHelp("Seconds between SIGTERM and SIGKILL when the lease is lost.", valueName: "seconds"))
+    @Option(name: .long, help: ArgumentHelp("Seconds between SIGTERM and SIGKILL when the lease is lost (or hold is killed).", valueName: "seconds"))
     var grace: Double = 10
 
     @Option(name: .long, help: ArgumentHelp("Seconds without any traffic from the server before it is taken for dead.", valueName: "seconds"))
@@ -253,7 +253,9 @@ final class HoldController: @unchecked Sendable {
             writeStderr("leasehold: lease \(lease.id) granted after \(waited): \(lease.resources.map(\.name).joined(separator: ", "))\n")
         }
         do {
-            pid = try ChildProcess.spawn(command, environment: ChildProcess.environment(adding: variables))
+            pid = try ChildProcess.start(command, environment: ChildProcess.environment(adding: variables), grace: grace) { status in
+                DispatchQueue.main.async { self.commandExited(status: status) }
+            }
         } catch {
             let code: Int32
             switch error { case .failed(let number): code = number }
@@ -263,11 +265,6 @@ final class HoldController: @unchecked Sendable {
         }
         phase = .running
         handTerminalToCommand()
-        let pid = self.pid
-        DispatchQueue(label: "leasehold.waitpid").async {
-            let status = ChildProcess.wait(for: pid)
-            DispatchQueue.main.async { self.commandExited(status: status) }
-        }
     }
 
     /// On an interactive terminal the command's group becomes the foreground group, so it can read

@@ -1,3 +1,6 @@
+import CPosix
+import Dispatch
+import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -8,39 +11,49 @@ enum ChildProcess {
         case failed(errno: Int32)
     }
 
-    /// Signals whose disposition the child gets back to default (hold ignores some of them so that
-    /// Dispatch can deliver them to it).
-    static let defaultedSignals: [Int32] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE, SIGTTIN, SIGTTOU, SIGTSTP,
-                                            SIGCHLD, SIGUSR1, SIGUSR2, SIGALRM, SIGCONT]
-
-    /// Starts `arguments` (found on PATH) with `environment`, as the leader of a new process group,
-    /// with an empty signal mask and default signal dispositions. Returns its pid (= its group id).
-    static func spawn(_ arguments: [String], environment: [String]) throws(SpawnError) -> pid_t {
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
-        posix_spawnattr_setpgroup(&attributes, 0)
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        for number in defaultedSignals { sigaddset(&defaults, number) }
-        posix_spawnattr_setsigdefault(&attributes, &defaults)
-        var mask = sigset_t()
-        sigemptyset(&mask)
-        posix_spawnattr_setsigmask(&attributes, &mask)
-
-        var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) }
-        argv.append(nil)
-        var envp: [UnsafeMutablePointer<CChar>?] = environment.map { strdup($0) }
-        envp.append(nil)
-        defer {
+    /// Starts `arguments` (found on PATH) with `environment` under a guard process that leads a new
+    /// process group (see `leasehold_spawn_guarded`): if `hold` itself is killed, even with SIGKILL,
+    /// the guard stops the command's group, SIGKILL after `grace` seconds. The guard is started
+    /// and then waited for on a thread of its own, which must outlive it (the guard notices the
+    /// end of the thread that started it); `exited` gets the command's status. Returns the guard's
+    /// pid, which is the group id.
+    static func start(_ arguments: [String], environment: [String], grace: Double,
+                      exited: @escaping @Sendable (Int32) -> Void) throws(SpawnError) -> pid_t {
+        let started = StartResult()
+        let graceMilliseconds = Int32(clamping: Int64(min(grace, 86_400) * 1000))
+        let thread = Thread {
+            var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) }
+            argv.append(nil)
+            var envp: [UnsafeMutablePointer<CChar>?] = environment.map { strdup($0) }
+            envp.append(nil)
+            var spawnErrno: Int32 = 0
+            let pid = leasehold_spawn_guarded(arguments[0], argv, envp, graceMilliseconds, &spawnErrno)
             for pointer in argv { free(pointer) }
             for pointer in envp { free(pointer) }
+            started.set(pid: pid, errno: spawnErrno)
+            if pid > 0 { exited(wait(for: pid)) }
         }
-        var pid: pid_t = 0
-        let result = posix_spawnp(&pid, arguments[0], nil, &attributes, argv, envp)
-        guard result == 0 else { throw .failed(errno: result) }
+        thread.start()
+        let (pid, number) = started.wait()
+        guard pid > 0 else { throw .failed(errno: number) }
         return pid
+    }
+
+    private final class StartResult: @unchecked Sendable {
+        private let done = DispatchSemaphore(value: 0)
+        private var pid: pid_t = -1
+        private var number: Int32 = 0
+
+        func set(pid: pid_t, errno: Int32) {
+            self.pid = pid
+            number = errno
+            done.signal()
+        }
+
+        func wait() -> (pid_t, Int32) {
+            done.wait()
+            return (pid, number)
+        }
     }
 
     /// Blocks until `pid` ends; returns its exit status, or 128+N when signal N killed it.

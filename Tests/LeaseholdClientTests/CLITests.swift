@@ -16,6 +16,15 @@ enum CLI {
     }
 }
 
+/// True while `pid` exists and is not a zombie (a killed process waits there until its new
+/// parent, init, reaps it).
+func isRunning(_ pid: Int32) -> Bool {
+    guard kill(pid, 0) == 0 else { return false }
+    guard let stat = TestFiles.read("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return false }
+    let state = stat[stat.index(after: close)...].split(separator: " ").first
+    return state != "Z" && state != "X"
+}
+
 /// One subprocess with its output in files.
 final class Subprocess: @unchecked Sendable {
     let process = Process()
@@ -210,7 +219,34 @@ final class CLIServer: @unchecked Sendable {
         #expect(await holder.finish(within: 10) == 76)
         #expect(holder.stderr.contains("revoked by an admin: lab maintenance"))
         let pid = Int32((TestFiles.read(server.path("pid")) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
-        #expect(pid > 0 && kill(pid, 0) != 0, "the command is still running")
+        #expect(pid > 0 && !isRunning(pid), "the command is still running")
+    }
+
+    @Test func aHoldKilledWithSIGKILLTakesItsCommandAndItsChildrenWithIt() async throws {
+        let server = try await CLIServer()
+        // The command leaves a child of its own running, and the grandchild ignores SIGTERM: both
+        // must go (SIGTERM at once, SIGKILL after the grace period) once `hold` is gone.
+        let holder = try server.start(["hold", "--name", "array-01", "--grace", "1", "--", "sh", "-c",
+                                       "(trap '' TERM; exec sleep 60) & echo $! > \"$1.child\"; echo $$ > \"$1\"; wait",
+                                       "sh", server.path("pid")])
+        #expect(await server.waitFor("pid"))
+        #expect(await server.waitFor("pid.child"))
+        func pid(_ name: String) -> Int32 {
+            Int32((TestFiles.read(server.path(name)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+        }
+        let command = pid("pid"), child = pid("pid.child")
+        #expect(command > 0 && child > 0)
+        holder.signal(SIGKILL)
+        _ = await holder.finish(within: 5)
+        let deadline = Date().addingTimeInterval(8)
+        while isRunning(command) || isRunning(child), Date() < deadline {
+            try? await Task.sleep(nanoseconds: 50_000_000)
+        }
+        #expect(!isRunning(command), "the command outlived hold")
+        #expect(!isRunning(child), "the command's child outlived hold")
+        // And the lease ended with hold's connection: the next holder gets the array at once.
+        let (status, _, stderr) = try await server.run(["hold", "--name", "array-01", "--wait", "5", "--", "true"])
+        #expect(status == 0, "\(stderr)")
     }
 
     @Test func aKilledServerStopsTheCommand() async throws {

@@ -5,3 +5,19 @@
 // accept4(2) is a GNU extension that Swift's Glibc module does not expose.
 int leasehold_accept4(int fd, struct sockaddr *address, socklen_t *length, int flags);
 #endif
+
+#ifndef LEASEHOLD_CPOSIX_GUARD_H
+#define LEASEHOLD_CPOSIX_GUARD_H
+#include <sys/types.h>
+
+/// Starts `argv` (searched on PATH) under a guard process that leads a new process group, and
+/// returns the guard's pid (= the group id); -1 with *spawn_errno set when the command cannot be
+/// started. The command runs in the guard's group with default signal dispositions and an empty
+/// mask. The guard exits the way the command did (same status, or the same signal), and ignores
+/// SIGINT/SIGTERM/SIGHUP sent to the group (the command gets its own copy). If the calling
+/// *thread* ends (its process killed, even with SIGKILL) while the command runs, the guard sends
+/// the group SIGTERM, then SIGKILL after `grace_ms`: a command never outlives its lease holder.
+/// Call it from a thread that lives until the guard has been waited for.
+pid_t leasehold_spawn_guarded(const char *file, char *const argv[], char *const envp[],
+                              int grace_ms, int *spawn_errno);
+#endif
