@@ -952,3 +952,412 @@ def test_churn_safety_and_liveness(churn_server):
 
 def rng_garbage(cid):
     return ["{oops", json.dumps({"op": "dance"}), json.dumps({"op": "acquire"}), "[]", "null"][cid % 5]
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile transport input
+
+def big_inventory(count=1500):
+    blob = "x" * 400
+    lines = ["resources:"]
+    for i in range(count):
+        lines += [f"  - name: disk-{i:04d}", "    type: disk", f"    labels: {{shelf: \"s{i % 10}\"}}",
+                  f"    attributes: {{id: disk-{i:04d}, blob: \"{blob}\"}}"]
+    return "\n".join(lines) + "\n"
+
+
+UPGRADE = ("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+def frame(opcode, payload=b"", fin=True, mask=True, rsv=0, length=None):
+    first = (0x80 if fin else 0) | rsv << 4 | opcode
+    n = len(payload) if length is None else length
+    if n < 126:
+        head = bytes([first, (0x80 if mask else 0) | n])
+    elif n < 1 << 16:
+        head = bytes([first, (0x80 if mask else 0) | 126]) + struct.pack("!H", n)
+    else:
+        head = bytes([first, (0x80 if mask else 0) | 127]) + struct.pack("!Q", n)
+    if not mask:
+        return head + payload
+    key = b"\x11\x22\x33\x44"
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def ws_open(port, path="/v1/lease", rcvbuf=None, timeout=5.0):
+    """A raw socket upgraded to a WebSocket; returns (socket, bytes after the 101 head)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(timeout)
+    s.connect(("127.0.0.1", port))
+    s.sendall(UPGRADE.format(path=path).encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(4096)
+        assert chunk, "closed during the handshake"
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return s, rest
+
+
+def read_frames(s, buffered=b"", timeout=5.0, until_close=True):
+    """Reads server frames, answering pings. until_close: until the server's close frame and then
+    EOF (the close frame is echoed); else until the first data or close frame. Returns
+    ([(opcode, payload)], whether the server closed the TCP connection)."""
+    s.settimeout(timeout)
+    data = buffered
+    frames = []
+    deadline = time.monotonic() + timeout
+    eof = False
+    echoed = False
+    while time.monotonic() < deadline:
+        while len(data) >= 2:
+            n = data[1] & 0x7F
+            offset = 2
+            if n == 126:
+                if len(data) < 4:
+                    break
+                n = struct.unpack("!H", data[2:4])[0]
+                offset = 4
+            elif n == 127:
+                if len(data) < 10:
+                    break
+                n = struct.unpack("!Q", data[2:10])[0]
+                offset = 10
+            if len(data) < offset + n:
+                break
+            opcode, payload = data[0] & 0x0F, data[offset:offset + n]
+            data = data[offset + n:]
+            if opcode == 9:
+                with contextlib.suppress(OSError):
+                    s.sendall(frame(10, payload))
+                continue
+            frames.append((opcode, payload))
+        if not until_close and any(op in (1, 2, 8) for op, _ in frames):
+            break
+        if frames and frames[-1][0] == 8 and not echoed:
+            echoed = True
+            with contextlib.suppress(OSError):
+                s.sendall(frame(8, frames[-1][1][:2]))
+        if eof:
+            break
+        try:
+            chunk = s.recv(65536)
+        except socket.timeout:
+            break
+        except ConnectionResetError:
+            eof = True
+            break
+        if not chunk:
+            eof = True
+            continue  # parse what is left, then stop
+        data += chunk
+    return frames, eof
+
+
+def close_code(frames):
+    for opcode, payload in frames:
+        if opcode == 8:
+            return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+    return None
+
+
+class HealthMonitor(threading.Thread):
+    def __init__(self, port):
+        super().__init__(daemon=True)
+        self.port = port
+        self.halt = threading.Event()
+        self.latencies = []
+        self.failures = []
+
+    def run(self):
+        while not self.halt.is_set():
+            started = time.monotonic()
+            try:
+                status, body = http(self.port, "GET", "/healthz", timeout=1.0)
+                elapsed = time.monotonic() - started
+                self.latencies.append(elapsed)
+                if status != 200 or elapsed > 1.0:
+                    self.failures.append(f"/healthz {status} after {elapsed:.3f} s")
+            except OSError as error:
+                self.failures.append(f"/healthz failed after {time.monotonic() - started:.3f} s: {error!r}")
+            self.halt.wait(0.1)
+
+
+MALFORMED = [
+    ("unmasked frame", frame(1, b'{"op":"release"}', mask=False), {1002}),
+    ("reserved bit", frame(1, b"{}", rsv=4), {1002}),
+    ("unknown opcode 3", frame(3, b"x"), {1002}),
+    ("unknown control opcode 11", frame(11, b""), {1002}),
+    ("ping longer than 125", frame(9, b"p" * 126), {1002}),
+    ("fragmented ping", frame(9, b"p", fin=False), {1002}),
+    ("continuation first", frame(0, b"x"), {1002}),
+    ("text inside a fragmented text", frame(1, b"a", fin=False) + frame(1, b"b"), {1002}),
+    ("invalid UTF-8", frame(1, b"\xff\xfe"), {1007}),
+    ("UTF-8 split invalid across fragments", frame(1, b"\xe2\x82", fin=False) + frame(0, b"A"), {1007}),
+    ("surrogate in UTF-8", frame(1, b"\xed\xa0\x80"), {1007}),
+    ("64-bit length with the top bit", frame(1, b"", length=1 << 63)[:10] + b"\x11\x22\x33\x44", {1002, 1009}),
+    ("declared length over the limit", frame(1, b"", length=10 << 20)[:10] + b"\x11\x22\x33\x44", {1009}),
+    ("message over the limit in fragments",
+     b"".join(frame(1 if i == 0 else 0, b"a" * 30000, fin=False) for i in range(3)), {1009}),
+    ("close with a 1-byte payload", frame(8, b"\x03"), {1002}),
+    ("close with code 999", frame(8, struct.pack("!H", 999)), {1002}),
+    ("close with code 1005", frame(8, struct.pack("!H", 1005)), {1002}),
+    ("close with code 5000", frame(8, struct.pack("!H", 5000)), {1002}),
+    ("close with an invalid UTF-8 reason", frame(8, struct.pack("!H", 1000) + b"\xff"), {1007, 1002}),
+]
+
+
+def test_hostile_transport(tmp_path):
+    server = Server(tmp_path, big_inventory())
+    monitor = HealthMonitor(server.port)
+    opened = []
+    problems = []
+    try:
+        rss_before = server.rss_kib()
+        monitor.start()
+        attack_started = time.monotonic()
+
+        # Slowloris: 300 sockets dribbling a head one byte at a time (never finishing it).
+        slow = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(300)]
+        opened += slow
+        slow_head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"z" * 400
+        dribble_halt = threading.Event()
+
+        def dribble():
+            for i in range(len(slow_head)):
+                for s in slow:
+                    with contextlib.suppress(OSError):
+                        s.send(slow_head[i:i + 1])
+                if dribble_halt.wait(0.3):
+                    return
+        dribbler = threading.Thread(target=dribble, daemon=True)
+        dribbler.start()
+        slow_started = time.monotonic()
+
+        # Silent sockets (never send a byte) and half-closed requests.
+        silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(50)]
+        opened += silent
+        for _ in range(20):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                s.shutdown(socket.SHUT_WR)
+                data = b""
+                while chunk := s.recv(4096):
+                    data += chunk
+                if not data.startswith(b"HTTP/1.1 200"):
+                    problems.append(f"half-closed request answered {data[:60]!r}")
+        for _ in range(20):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+                s.shutdown(socket.SHUT_WR)
+                if s.recv(4096) != b"":
+                    problems.append("an empty half-closed connection got an answer")
+
+        # Oversized head and body, unsupported chunked body.
+        cases = [
+            (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", {431}),
+            (b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(2000)) + b"\r\n",
+             {431}),
+            (b"POST /v1/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n\r\n", {413}),
+            (b"POST /v1/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n", {400, 413}),
+            (b"POST /v1/reload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\n",
+             {501}),
+            (b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", {400}),
+            (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 100 + b"\r\n\r\n", {400}),
+            (b"GET /v1/lease HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+             b"Sec-WebSocket-Key: short\r\nSec-WebSocket-Version: 13\r\n\r\n", {400}),
+        ]
+        for request, statuses in cases:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+                with contextlib.suppress(OSError):
+                    s.sendall(request)
+                data = b""
+                with contextlib.suppress(OSError):
+                    while chunk := s.recv(65536):
+                        data += chunk
+                status, _ = parse_response(data)
+                if status not in statuses:
+                    problems.append(f"{request[:50]!r}: answered {data[:80]!r}, expected {statuses}")
+
+        # Malformed frames on /v1/lease: the close code, no error event, the TCP connection ends.
+        for name, payload, codes in MALFORMED:
+            s, rest = ws_open(server.port)
+            try:
+                s.sendall(payload)
+                frames, eof = read_frames(s, rest, timeout=5)
+                code = close_code(frames)
+                texts = [p for op, p in frames if op == 1]
+                if code not in codes or texts:
+                    problems.append(f"malformed {name}: close {code} (expected {codes}), frames {frames[:3]}")
+                if not eof:
+                    problems.append(f"malformed {name}: TCP connection not closed within 5 s")
+            finally:
+                s.close()
+
+        # A lease whose client vanishes without a FIN (no pongs, no reads): dead after 3 s.
+        ghost, rest = ws_open(server.port)
+        opened.append(ghost)
+        ghost.sendall(frame(1, json.dumps({"op": "acquire", "want": [{"name": "disk-0000"}]}).encode()))
+        frames, _ = read_frames(ghost, rest, timeout=5, until_close=False)
+        if not frames or json.loads(frames[0][1]).get("event") != "granted":
+            problems.append(f"ghost lease not granted: {frames}")
+        ghost_granted = time.monotonic()
+
+        # Watchers that never read, while a reading one must stay fresh and the changes pour in.
+        deaf = [ws_open(server.port, "/v1/watch", rcvbuf=4096)[0] for _ in range(10)]
+        opened += deaf
+        deaf_halt = threading.Event()
+
+        def heartbeat():
+            # Unsolicited pongs (RFC 6455 5.5.3) keep them alive without reading a byte.
+            while not deaf_halt.wait(0.5):
+                for s in deaf:
+                    with contextlib.suppress(OSError):
+                        s.send(frame(10, b"hb"))
+        threading.Thread(target=heartbeat, daemon=True).start()
+        fresh = []
+        watch_halt = threading.Event()
+
+        def reading_watcher():
+            s, rest = ws_open(server.port, "/v1/watch")
+            try:
+                data = rest
+                s.settimeout(0.5)
+                while not watch_halt.is_set():
+                    with contextlib.suppress(socket.timeout):
+                        chunk = s.recv(1 << 20)
+                        if not chunk:
+                            return
+                        data += chunk
+                    while len(data) >= 2:
+                        n = data[1] & 0x7F
+                        offset = 2
+                        if n == 126:
+                            if len(data) < 4:
+                                break
+                            n, offset = struct.unpack("!H", data[2:4])[0], 4
+                        elif n == 127:
+                            if len(data) < 10:
+                                break
+                            n, offset = struct.unpack("!Q", data[2:10])[0], 10
+                        if len(data) < offset + n:
+                            break
+                        if data[0] & 0x0F == 1:
+                            fresh.append(time.monotonic())
+                        elif data[0] & 0x0F == 9:
+                            s.sendall(frame(10, data[offset:offset + n]))
+                        data = data[offset + n:]
+            finally:
+                s.close()
+        reader = threading.Thread(target=reading_watcher, daemon=True)
+        reader.start()
+
+        def churn_leases(index):
+            deadline = time.monotonic() + 4
+            while time.monotonic() < deadline:
+                s, rest = ws_open(server.port)
+                try:
+                    s.sendall(frame(1, json.dumps({"op": "acquire", "want": [{"type": "disk", "count": 3}]}).encode()))
+                    read_frames(s, rest, timeout=2, until_close=False)
+                    s.sendall(frame(1, b'{"op":"release"}'))
+                    read_frames(s, b"", timeout=2)
+                finally:
+                    s.close()
+        churners = [threading.Thread(target=churn_leases, args=(i,), daemon=True) for i in range(8)]
+        for t in churners:
+            t.start()
+
+        # 2,000 connections at once, half of them with half a head, then dropped (half with RST).
+        crowd = []
+        for i in range(2000):
+            try:
+                s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            except OSError as error:
+                problems.append(f"connection {i} of the crowd failed: {error!r}")
+                break
+            if i % 2:
+                with contextlib.suppress(OSError):
+                    s.send(b"GET /v1/status HTTP/1.1\r\nHo")
+            crowd.append(s)
+        for i, s in enumerate(crowd):
+            if i % 2 == 0:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
+
+        for t in churners:
+            t.join(timeout=10)
+        # The deaf watchers are still connected (their backlog stays bounded; they are not dropped).
+        status, body = http(server.port, "GET", "/metrics")
+        if metric(body.decode(), "leasehold_connections") < len(deaf) + 1:
+            problems.append(f"deaf watchers dropped: {metric(body.decode(), 'leasehold_connections')} connections")
+        deaf_halt.set()
+        watch_halt.set()
+        reader.join(timeout=5)
+        updates = [b - a for a, b in zip(fresh, fresh[1:])]
+        if len(fresh) < 10:
+            problems.append(f"the reading watcher got only {len(fresh)} snapshots while deaf ones stalled")
+        elif max(updates) > 2.0:
+            problems.append(f"the reading watcher waited {max(updates):.1f} s for a snapshot")
+
+        # The vanished lease is released by the dead-peer timeout.
+        deadline = ghost_granted + 8
+        while True:
+            doc = json.loads(http(server.port, "GET", "/v1/status")[1])
+            state = next(r["state"] for r in doc["resources"] if r["name"] == "disk-0000")
+            if state == "free" or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        if state != "free":
+            problems.append(f"a peer that vanished still holds disk-0000 after 8 s ({state})")
+
+        # Slowloris: every dribbling socket gets 408 after the 10 s head timeout, then EOF.
+        wait_until = slow_started + 12.5
+        time.sleep(max(0.0, wait_until - time.monotonic()))
+        dribble_halt.set()
+        dribbler.join(timeout=5)
+        answered = 0
+        for s in slow:
+            s.settimeout(2)
+            data = b""
+            with contextlib.suppress(OSError):
+                while chunk := s.recv(4096):
+                    data += chunk
+            if data.startswith(b"HTTP/1.1 408"):
+                answered += 1
+        if answered != len(slow):
+            problems.append(f"only {answered} of {len(slow)} slowloris sockets got 408")
+        for s in silent:
+            s.settimeout(2)
+            with contextlib.suppress(OSError):
+                if s.recv(4096) != b"":
+                    problems.append("a silent socket got bytes instead of a close")
+                    break
+
+        for s in opened:
+            s.close()
+        opened = []
+        print(f"\nhostile: {time.monotonic() - attack_started:.1f} s, healthz max "
+              f"{max(monitor.latencies, default=0):.3f} s over {len(monitor.latencies)} probes, "
+              f"watcher got {len(fresh)} snapshots, RSS {rss_before // 1024} -> {server.rss_kib() // 1024} MiB")
+        try:
+            wait_for_connections(server, 0, timeout=10)
+        except AssertionError as error:
+            problems.append(str(error))
+        status, body = http(server.port, "GET", "/metrics")
+        for name in ("leasehold_leases", "leasehold_waiters"):
+            if metric(body.decode(), name) != 0:
+                problems.append(f"{name} is {metric(body.decode(), name)} at the end")
+        if server.rss_kib() > rss_before + 512 * 1024:
+            problems.append(f"RSS grew from {rss_before} KiB to {server.rss_kib()} KiB")
+        server.assert_alive()
+    finally:
+        monitor.halt.set()
+        monitor.join(timeout=5)
+        for s in opened:
+            s.close()
+        server.stop()
+    problems += monitor.failures[:10]
+    assert not problems, "\n".join(problems)
