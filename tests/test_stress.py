@@ -380,8 +380,8 @@ class Churn:
         self.watch_snapshots = 0
         self.outcomes = {}
         self.generation = 0
-        self.sample_state = {}    # name -> (lease, epoch) last seen held
-        self.max_epoch = {}       # name -> highest epoch seen anywhere
+        self.sample_state = {}    # stream -> name -> (lease, epoch) last seen held
+        self.max_epoch = {}       # stream -> name -> highest epoch seen
         self.lease_epochs = {}    # (lease, name) -> epoch as granted
         self.pending_liveness = set()
         self.check_seconds = 0.0
@@ -397,7 +397,7 @@ class Churn:
         iteration = 0
         while not self.stop:
             iteration += 1
-            kind = rng.choices(["good", "ghost", "bad", "binary_first", "idle"], [80, 6, 8, 3, 1])[0]
+            kind = rng.choices(["good", "ghost", "bad", "binary_first", "idle"], [80, 12, 8, 3, 1])[0]
             try:
                 await asyncio.wait_for(getattr(self, "run_" + kind)(cid, iteration, rng), 30)
             except (asyncio.TimeoutError, TimeoutError):
@@ -426,6 +426,11 @@ class Churn:
 
     async def run_ghost(self, cid, it, rng):
         want = rng.choice(GHOST_WANTS)
+        if rng.random() < 0.6:
+            # Labels nobody has: each a new selector, so idle selectors get swept now and then.
+            want = [{"type": rng.choice(list(LABEL_CHOICES)), "labels": {"rack": f"r{rng.randrange(10**6)}"}}]
+            if rng.random() < 0.5:
+                want.insert(0, {"type": "array", "labels": {"proto": "fc"}})
         async with connect(f"{self.server.ws}/v1/lease", open_timeout=10, close_timeout=2) as ws:
             await ws.send(json.dumps({"op": "acquire", "want": want, "wait": rng.choice([None, 0, 1])}))
             await self.expect_failure(ws, f"ghost {want}", "unsatisfiable")
@@ -748,6 +753,10 @@ class Churn:
             self.check_seconds += time.monotonic() - started
 
     def _check_snapshot(self, doc, where):
+        # Status responses and watch snapshots arrive interleaved, not in the order they were
+        # rendered: the "never goes back" checks hold within each stream.
+        max_epoch = self.max_epoch.setdefault(where, {})
+        sample_state = self.sample_state.setdefault(where, {})
         resources = doc["resources"]
         leases = {lease["id"]: lease for lease in doc["leases"]}
         waiters = doc["queue"]
@@ -764,13 +773,13 @@ class Churn:
                 self.problems.add(f"{where}: {r['name']} listed twice")
             by_name[r["name"]] = r
             name, state, epoch = r["name"], r["state"], r["epoch"]
-            if epoch < self.max_epoch.get(name, 0):
-                self.problems.add(f"{where}: epoch of {name} went back {self.max_epoch[name]} -> {epoch}")
-            self.max_epoch[name] = max(epoch, self.max_epoch.get(name, 0))
+            if epoch < max_epoch.get(name, 0):
+                self.problems.add(f"{where}: epoch of {name} went back {max_epoch[name]} -> {epoch}")
+            max_epoch[name] = max(epoch, max_epoch.get(name, 0))
             if state == "held":
                 if owner.get(name) != r["lease"]:
                     self.problems.add(f"{where}: {name} held by {r['lease']} but leases say {owner.get(name)}")
-                last = self.sample_state.get(name)
+                last = sample_state.get(name)
                 if last is not None and last[0] != r["lease"] and epoch <= last[1]:
                     self.problems.add(f"{where}: {name} held by {r['lease']}@{epoch} after {last[0]}@{last[1]}")
                 if last is not None and last[0] == r["lease"] and epoch != last[1]:
@@ -778,7 +787,7 @@ class Churn:
                 granted_epoch = self.lease_epochs.get((r["lease"], name))
                 if granted_epoch is not None and granted_epoch != epoch:
                     self.problems.add(f"{where}: {name} lease {r['lease']} epoch {epoch}, granted {granted_epoch}")
-                self.sample_state[name] = (r["lease"], epoch)
+                sample_state[name] = (r["lease"], epoch)
             elif state == "reserved":
                 if r["lease"] not in waiter_ids:
                     self.problems.add(f"{where}: {name} reserved for {r['lease']}, not a waiter")
