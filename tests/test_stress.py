@@ -32,6 +32,7 @@ import time
 
 import pytest
 from websockets.asyncio.client import connect
+from websockets.sync.client import connect as sync_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -612,6 +613,8 @@ class Churn:
                         self.problems.add(f"{label}: wait_timeout without a wait")
                     elif time.monotonic() - sent_at < wait - 0.05:
                         self.problems.add(f"{label}: wait_timeout after {time.monotonic() - sent_at:.3f} s < {wait}")
+                    elif time.monotonic() - sent_at > wait + 2.0:
+                        self.problems.add(f"{label}: wait_timeout only after {time.monotonic() - sent_at:.3f} s")
                     if wait == 0 and queued_at:
                         self.problems.add(f"{label}: wait 0 got queued before wait_timeout")
                     if grant is not None:
@@ -891,7 +894,8 @@ class Churn:
 
 @pytest.fixture
 def churn_server(tmp_path):
-    server = Server(tmp_path, inventory_yaml(FULL_VARIANT, 0))
+    loops = os.environ.get("LEASEHOLD_STRESS_LOOPS")
+    server = Server(tmp_path, inventory_yaml(FULL_VARIANT, 0), ["--loops", loops] if loops else [])
     yield server
     server.stop()
 
@@ -1214,6 +1218,22 @@ def test_hostile_transport(tmp_path):
         if not frames or json.loads(frames[0][1]).get("event") != "granted":
             problems.append(f"ghost lease not granted: {frames}")
         ghost_granted = time.monotonic()
+        # A waiter behind it that vanishes too, and a polite one behind both: it gets the disk once
+        # both are found dead.
+        ghost_waiter, rest = ws_open(server.port)
+        opened.append(ghost_waiter)
+        ghost_waiter.sendall(frame(1, json.dumps({"op": "acquire", "want": [{"name": "disk-0000"}]}).encode()))
+        polite = {}
+
+        def polite_waiter():
+            with sync_connect(f"{server.ws}/v1/lease", open_timeout=5) as ws:
+                ws.send(json.dumps({"op": "acquire", "want": [{"name": "disk-0000"}], "wait": 10}))
+                while (event := json.loads(ws.recv(timeout=12)))["event"] == "queued":
+                    polite.setdefault("positions", []).append(event["position"])
+                polite["event"] = event
+                polite["after"] = time.monotonic() - ghost_granted
+        polite_thread = threading.Thread(target=polite_waiter, daemon=True)
+        polite_thread.start()
 
         # Watchers that never read, while a reading one must stay fresh and the changes pour in.
         deaf = [ws_open(server.port, "/v1/watch", rcvbuf=4096)[0] for _ in range(10)]
@@ -1287,9 +1307,13 @@ def test_hostile_transport(tmp_path):
             except OSError as error:
                 problems.append(f"connection {i} of the crowd failed: {error!r}")
                 break
-            if i % 2:
-                with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):
+                if i % 4 == 1:
                     s.send(b"GET /v1/status HTTP/1.1\r\nHo")
+                elif i % 4 == 3:
+                    # A whole upgrade and an acquire in one go, then gone: the lease must not stay.
+                    s.send(UPGRADE.format(path="/v1/lease").encode() + frame(1, json.dumps(
+                        {"op": "acquire", "want": [{"type": "disk", "labels": {"shelf": f"s{i % 10}"}}]}).encode()))
             crowd.append(s)
         for i, s in enumerate(crowd):
             if i % 2 == 0:
@@ -1311,6 +1335,9 @@ def test_hostile_transport(tmp_path):
         elif max(updates) > 2.0:
             problems.append(f"the reading watcher waited {max(updates):.1f} s for a snapshot")
 
+        polite_thread.join(timeout=15)
+        if polite.get("event", {}).get("event") != "granted" or polite.get("positions", [None])[0] != 2:
+            problems.append(f"the waiter behind two vanished peers: {polite}")
         # The vanished lease is released by the dead-peer timeout.
         deadline = ghost_granted + 8
         while True:
