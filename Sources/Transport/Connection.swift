@@ -1,3 +1,4 @@
+import CPosix
 import Dispatch
 #if canImport(Glibc)
 import Glibc
@@ -95,6 +96,20 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
 
     var isOpen: Bool { state == .open }
     var pendingOutputBytes: Int { output.count - outputOffset }
+    /// Every byte ever handed to `write`.
+    private var bytesAccepted: UInt64 = 0
+
+    /// Bytes the peer's TCP has acknowledged so far: grows while a slow but live peer reads, even
+    /// when it sends nothing back.
+    var bytesAcknowledged: UInt64 {
+        let backlog = UInt64(outputBacklog)
+        return bytesAccepted >= backlog ? bytesAccepted - backlog : 0
+    }
+
+    /// Bytes written by us and not yet acknowledged by the peer: queued here or in the kernel.
+    var outputBacklog: Int {
+        pendingOutputBytes + max(0, Int(leasehold_unacknowledged_bytes(fd)))
+    }
 
     // MARK: reading
 
@@ -152,6 +167,7 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
     /// `maxOutputBytes` pile up is cut off.
     func write(_ bytes: [UInt8]) {
         guard state == .open || state == .connecting, !bytes.isEmpty else { return }
+        bytesAccepted &+= UInt64(bytes.count)
         if output.isEmpty, !corked, state == .open {
             let written = writeDirect(bytes)
             guard let written, written < bytes.count else { return }

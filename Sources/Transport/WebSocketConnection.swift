@@ -42,6 +42,10 @@ public final class WebSocketConnection: ConnectionDelegate, @unchecked Sendable 
     private let deadAfter: UInt64
     private var lastHeardAt: UInt64
     private var lastPingAt: UInt64
+    /// `connection.bytesAcknowledged` when last looked at. While we still hold a backlog for the
+    /// peer, its acknowledging our output is a sign of life too: a watcher on a slow link may be
+    /// busy reading snapshots, with our ping queued behind them.
+    private var acknowledgedAtLastLook: UInt64 = 0
     private var closeDeadline: UInt64 = .max
     /// An application timer (e.g. "acquire within N seconds"); `.max` = none.
     public var applicationDeadline: UInt64 = .max {
@@ -222,6 +226,15 @@ public final class WebSocketConnection: ConnectionDelegate, @unchecked Sendable 
             return
         }
         if state == .open, deadAfter != .max, now &- lastHeardAt >= deadAfter {
+            // Only while a backlog of ours is still on its way: a stopped process's kernel still
+            // acknowledges our pings, and that must not keep a silent peer alive.
+            let acknowledged = connection.bytesAcknowledged
+            if connection.outputBacklog > 0, acknowledged > acknowledgedAtLastLook {
+                acknowledgedAtLastLook = acknowledged
+                lastHeardAt = now
+                updateDeadline()
+                return
+            }
             state = .closed
             connection.close(.abort)
             finish(code: 1006, reason: "peer did not answer pings for \(deadAfter / 1_000_000_000) s")
@@ -229,6 +242,7 @@ public final class WebSocketConnection: ConnectionDelegate, @unchecked Sendable 
         }
         if state == .open, pingInterval != .max, now >= max(lastHeardAt, lastPingAt) &+ pingInterval {
             lastPingAt = now
+            acknowledgedAtLastLook = connection.bytesAcknowledged
             sendPing()
         }
         if applicationDeadline <= now {

@@ -79,6 +79,36 @@ extension TransportIntegration {
             }
         }
 
+        @Test("a slow reader working through a backlog is not taken for dead, and is once it stops")
+        func slowReaderKept() async throws {
+            try await withServer(configure: {
+                $0.webSocket.pingInterval = .milliseconds(200)
+                $0.webSocket.deadAfter = .milliseconds(600)
+                $0.webSocket.maxMessageSize = 16 << 20
+                $0.maxOutputBytes = 32 << 20
+            }) { server in
+                let socket = try await RawWebSocket(port: server.port, maxMessageSize: 16 << 20)
+                var small: Int32 = 64 * 1024
+                setsockopt(socket.socket.fd, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
+                let size = 8 << 20
+                try await socket.send(binary: [UInt8](repeating: 7, count: size))
+                // Read the echo slowly (~3 s, five times deadAfter) and never answer a ping: the
+                // peer acknowledging our output is what keeps it alive.
+                var received = 0
+                while received < size {
+                    guard try await socket.socket.readOnce(max: 128 * 1024) == nil else {
+                        Issue.record("the server dropped a reader that was still reading (\(received) of \(size) bytes)")
+                        return
+                    }
+                    received += socket.socket.take(socket.socket.pending.count).count
+                    try await Task.sleep(nanoseconds: 50_000_000)
+                }
+                #expect(server.log.closes.isEmpty)
+                // Now it reads nothing more and answers nothing: dead after all.
+                #expect(await eventually(timeout: .seconds(5)) { server.log.closes.map(\.code) == [1006] })
+            }
+        }
+
         @Test("dead peer: a client that answers pings stays open well past deadAfter")
         func livePeerKept() async throws {
             try await withServer(configure: {

@@ -21,3 +21,6 @@ int leasehold_accept4(int fd, struct sockaddr *address, socklen_t *length, int f
 pid_t leasehold_spawn_guarded(const char *file, char *const argv[], char *const envp[],
                               int grace_ms, int *spawn_errno);
 #endif
+
+/// Bytes in the socket's send queue not yet acknowledged by the peer (SIOCOUTQ); -1 on error.
+int leasehold_unacknowledged_bytes(int fd);
