@@ -38,6 +38,8 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
     private let group: EventLoopGroup
     private var http: HTTPServer!
     private let shuttingDown = ShutdownFlag()
+    /// Serial, so two reloads apply in the order they were asked for.
+    private let reloadQueue = DispatchQueue(label: "leasehold.reload")
 
     public init(options: ServerOptions, logger: Logger) throws(StartupError) {
         self.options = options
@@ -92,19 +94,22 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
 
     /// Re-reads the inventory file (SIGHUP and `POST /v1/reload`).
     public func reload(completion: @escaping @Sendable (Result<String, StartupError>) -> Void) {
-        let inventory: Inventory
-        do {
-            inventory = try Self.loadInventory(path: options.inventoryPath)
-        } catch {
-            completion(.failure(error))
-            return
-        }
-        service.reload(inventory) { result in
-            switch result {
-            case .applied:
-                completion(.success("inventory reloaded: \(inventory.resources.count) resources"))
-            case .invalid(let problems):
-                completion(.failure(StartupError(message: problems.map(\.description).joined(separator: "; "))))
+        // Reading and parsing a large file takes a while: not on an event loop or the lease queue.
+        reloadQueue.async { [options, service] in
+            let inventory: Inventory
+            do throws(StartupError) {
+                inventory = try Self.loadInventory(path: options.inventoryPath)
+            } catch {
+                completion(.failure(error))
+                return
+            }
+            service.reload(inventory) { result in
+                switch result {
+                case .applied:
+                    completion(.success("inventory reloaded: \(inventory.resources.count) resources"))
+                case .invalid(let problems):
+                    completion(.failure(StartupError(message: problems.map(\.description).joined(separator: "; "))))
+                }
             }
         }
     }
