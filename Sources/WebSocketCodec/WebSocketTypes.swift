@@ -68,13 +68,14 @@ public enum WebSocketCloseCodes {
 
     /// Whether a peer may put `code` in a close frame.
     ///
-    /// Follows what Autobahn|Testsuite 25.10.1 expects (cases 7.7.x valid, 7.9.x invalid):
-    /// 1000–1003 and 1007–1011 from RFC 6455, 3000–4999 for libraries and applications.
-    /// 1004–1006 are reserved or must never be sent; 1012–2999 are unassigned or IANA codes
-    /// this server does not accept from a peer; below 1000 and 5000 and above are not close codes.
+    /// 1000–1003 and 1007–1011 from RFC 6455, 1012–1014 as registered with IANA since (service
+    /// restart, try again later, bad gateway: proxies send them), 3000–4999 for libraries and
+    /// applications. 1004–1006 are reserved or must never be sent, 1015–2999 are unassigned, and
+    /// below 1000 or above 4999 is no close code. This agrees with Autobahn|Testsuite (7.7.x valid,
+    /// 7.9.x invalid), which does not test 1012–1014.
     public static func isValidOnWire(_ code: UInt16) -> Bool {
         switch code {
-        case 1000...1003, 1007...1011, 3000...4999: return true
+        case 1000...1003, 1007...1014, 3000...4999: return true
         default: return false
         }
     }
