@@ -31,6 +31,8 @@ let package = Package(
         // Sockets, event loops, HTTP and WebSocket connections.
         .target(name: "CPosix"),
         .target(name: "Transport", dependencies: ["CPosix", "WebSocketCodec", "HTTPCodec"]),
+        // A clock that moves only when a test says so; for tests, never shipped.
+        .target(name: "ManualClock", dependencies: ["Transport"]),
 
         // The lease table: a pure state machine, no I/O, no clock.
         .target(name: "LeaseCore"),
@@ -60,16 +62,16 @@ let package = Package(
 
         .testTarget(name: "WebSocketCodecTests", dependencies: ["WebSocketCodec"]),
         .testTarget(name: "HTTPCodecTests", dependencies: ["HTTPCodec"]),
-        .testTarget(name: "TransportTests", dependencies: ["Transport"]),
+        .testTarget(name: "TransportTests", dependencies: ["Transport", "ManualClock"]),
         .testTarget(name: "LeaseCoreTests", dependencies: ["LeaseCore"]),
         .testTarget(
             name: "LeaseholdServerTests",
-            dependencies: ["LeaseholdServer", "LeaseholdClient", "Transport", "LeaseProtocol"]
+            dependencies: ["LeaseholdServer", "LeaseholdClient", "Transport", "LeaseProtocol", "ManualClock"]
         ),
         .testTarget(
             name: "LeaseholdClientTests",
             dependencies: [
-                "LeaseholdClient", "LeaseholdServer", "LeaseProtocol", "Transport",
+                "LeaseholdClient", "LeaseholdServer", "LeaseProtocol", "Transport", "ManualClock",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

@@ -4,12 +4,7 @@ import Glibc
 #endif
 
 extension Duration {
-    var totalNanoseconds: Int64 {
-        let (seconds, attoseconds) = components
-        return seconds.multipliedReportingOverflow(by: 1_000_000_000).partialValue &+ attoseconds / 1_000_000_000
-    }
-
-    public var secondsValue: Double { Double(totalNanoseconds) / 1e9 }
+    public var secondsValue: Double { Double(saturatedNanoseconds) / 1e9 }
 
     public static func seconds(fractional value: Double) -> Duration {
         guard value.isFinite, value > 0 else { return .zero }
@@ -46,7 +41,7 @@ public struct HTTPClient: Sendable {
     public func request(_ method: String, _ path: String, headers: [(String, String)] = [],
                         body: [UInt8] = []) throws(LeaseholdError) -> Response {
         guard !server.tls else { throw .tlsNotSupported(server) }
-        let deadline = monotonicNow() &+ UInt64(max(0, timeout.totalNanoseconds))
+        let deadline = monotonicNow().addingSaturated(timeout)
         let fd = try connect(deadline: deadline)
         defer { Glibc.close(fd) }
         var head = "\(method) \(server.path(path)) HTTP/1.1\r\nHost: \(server.authority)\r\nConnection: close\r\n"

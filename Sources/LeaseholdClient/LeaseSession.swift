@@ -97,8 +97,7 @@ public final class LeaseSession: WebSocketHandler, @unchecked Sendable {
             state = .acquiring
             socket.send(text: request.json.serialized())
             if let wait = request.wait, wait.isFinite {
-                let slack = Double(configuration.waitSlack.totalNanoseconds) / 1e9
-                socket.applicationDeadline = EventLoop.now() + UInt64(max(0, (wait + slack) * 1e9))
+                socket.applicationDeadline = loop.clock.deadline(after: .seconds(fractional: wait) + configuration.waitSlack)
             }
         }
     }
@@ -115,7 +114,7 @@ public final class LeaseSession: WebSocketHandler, @unchecked Sendable {
             case .acquiring, .queued, .granted:
                 state = .releasing
                 socket.send(text: #"{"op":"release"}"#)
-                socket.applicationDeadline = EventLoop.now() + UInt64(max(0, configuration.releaseTimeout.totalNanoseconds))
+                socket.applicationDeadline = loop.clock.deadline(after: configuration.releaseTimeout)
             case .releasing, .ended:
                 break
             }

@@ -33,7 +33,7 @@ public struct ServerOptions: Sendable {
 public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
     public let options: ServerOptions
     private let logger: Logger
-    private let clock = ServerClock()
+    private let clock: ServerClock
     private let service: LeaseService
     private let group: EventLoopGroup
     private var http: HTTPServer!
@@ -41,14 +41,16 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
     /// Serial, so two reloads apply in the order they were asked for.
     private let reloadQueue = DispatchQueue(label: "leasehold.reload")
 
-    public init(options: ServerOptions, logger: Logger) throws(StartupError) {
+    /// `clock` drives every timeout, ping and timer of the server; tests pass a `ManualClock`.
+    public init(options: ServerOptions, logger: Logger, clock: LoopClock = .system) throws(StartupError) {
         self.options = options
         self.logger = logger
+        self.clock = ServerClock(clock)
         let inventory = try Self.loadInventory(path: options.inventoryPath)
         let epochFile = try options.epochFile.map { path throws(StartupError) in
             try EpochFile(path: path, names: inventory.resources.map(\.name))
         }
-        let clock = clock
+        let clock = self.clock
         let journal = try options.auditFile.map { path throws(StartupError) in try AuditJournal(path: path, clock: clock) }
         do {
             service = try LeaseService(inventory: inventory, epochFile: epochFile, journal: journal, clock: clock,
@@ -56,7 +58,7 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         } catch {
             throw StartupError(message: "inventory \(options.inventoryPath): \(error)")
         }
-        group = EventLoopGroup(count: max(1, options.loops), label: "leasehold.loop")
+        group = EventLoopGroup(count: max(1, options.loops), label: "leasehold.loop", clock: clock.source)
         var configuration = HTTPServerConfiguration()
         configuration.webSocket.maxMessageSize = options.maxMessageSize
         configuration.webSocket.pingInterval = options.pingInterval
@@ -65,6 +67,9 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         http = HTTPServer(group: group, configuration: configuration, handler: self,
                           onError: { logger.warning("\($0)") })
     }
+
+    /// Bytes read from clients and processed so far (see `EventLoopGroup.bytesRead`).
+    public var bytesReceived: UInt64 { group.bytesRead }
 
     /// Binds every `--listen` address; returns the bound addresses (real ports for port 0).
     public func start() throws(StartupError) -> [SocketAddress] {

@@ -16,7 +16,7 @@ final class LeaseService: @unchecked Sendable {
     private let clock: ServerClock
     private let logger: Logger
     let metrics: Metrics
-    private let timer: DispatchSourceTimer
+    private let timer: LoopTimer
     private var timerArmedFor: Tick?
     private var nextRawID: UInt64
     private var shuttingDown = false
@@ -59,11 +59,10 @@ final class LeaseService: @unchecked Sendable {
         var generator = SystemRandomNumberGenerator()
         // Ids unlikely to repeat across restarts, so a log line names one lease.
         nextRawID = (generator.next() as UInt64) >> 24
-        timer = DispatchSource.makeTimerSource(queue: queue)
         watch = WatchHub(queue: queue, clock: clock)
-        timer.setEventHandler { [unowned self] in self.tick() }
-        timer.schedule(deadline: .distantFuture)
-        timer.activate()
+        let tick = TimerTarget()
+        timer = clock.source.makeTimer(queue: queue) { tick.service?.tick() }
+        tick.service = self
         watch.render = { [unowned self] in self.snapshotJSON() }
     }
 
@@ -192,7 +191,7 @@ final class LeaseService: @unchecked Sendable {
                         logger.error("epochs not persisted: \(error.message)")
                     }
                 }
-                metrics.grantWait.observe(Double(now.duration(since: entry.arrival).nanosecondsValue) / 1e9)
+                metrics.grantWait.observe(Double(now.duration(since: entry.arrival).saturatedNanoseconds) / 1e9)
                 if logger.logLevel <= .info { leaseLogger(id, entry).info("granted", metadata: [
                     "resources": .string(granted.map { "\($0.name)#\($0.epoch)" }.joined(separator: ",")),
                 ]) }
@@ -231,8 +230,7 @@ final class LeaseService: @unchecked Sendable {
         guard let next = table.nextDeadline else { return }
         if let armed = timerArmedFor, armed <= next { return }
         timerArmedFor = next
-        let delay = max(0, next.duration(since: clock.now()).nanosecondsValue)
-        timer.schedule(deadline: .now() + .nanoseconds(Int(delay)), leeway: .milliseconds(1))
+        timer.schedule(at: UInt64(clamping: next.nanoseconds))
     }
 
     // MARK: status
@@ -274,7 +272,7 @@ final class LeaseService: @unchecked Sendable {
     // MARK: conversions
 
     static func seconds(_ duration: Duration) -> Double {
-        Double(duration.nanosecondsValue) / 1e9
+        Double(duration.saturatedNanoseconds) / 1e9
     }
 
     static func wireGroup(_ group: Group) -> WantGroup {
@@ -325,16 +323,28 @@ extension AttributeValue {
     }
 }
 
-/// Monotonic time for the core, with a fixed offset to render wall-clock timestamps.
+/// Lets a timer made before its owner's init is done call back into it.
+final class TimerTarget: @unchecked Sendable {
+    weak var service: LeaseService?
+}
+
+/// The server's one clock: the event loops' monotonic time for the core and every timer, with a
+/// fixed offset to render wall-clock timestamps.
 struct ServerClock: Sendable {
+    let source: LoopClock
     private let wallOffsetNanoseconds: Int64
 
-    init() {
-        let wall = ServerClock.wallNanoseconds()
-        wallOffsetNanoseconds = wall - Int64(EventLoop.now())
+    init(_ source: LoopClock) {
+        self.source = source
+        wallOffsetNanoseconds = ServerClock.wallNanoseconds() &- Int64(clamping: source.now())
     }
 
-    func now() -> Tick { Tick(nanoseconds: Int64(EventLoop.now())) }
+    func now() -> Tick { Tick(nanoseconds: Int64(clamping: source.now())) }
+
+    /// Milliseconds since the Unix epoch for a core time (what the page's script counts from).
+    func unixMilliseconds(_ tick: Tick) -> Int64 {
+        (tick.nanoseconds &+ wallOffsetNanoseconds) / 1_000_000
+    }
 
     /// `2026-11-25T16:04:45Z` for a core time.
     func iso8601(_ tick: Tick) -> String {

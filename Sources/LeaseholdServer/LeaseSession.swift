@@ -38,7 +38,7 @@ final class LeaseSession: WebSocketHandler, @unchecked Sendable {
     func webSocketDidOpen(_ socket: WebSocketConnection) {
         self.socket = socket
         loop = socket.loop
-        socket.applicationDeadline = EventLoop.now() &+ UInt64(max(0, requestTimeout.nanosecondsValue))
+        socket.applicationDeadline = socket.loop.clock.deadline(after: requestTimeout)
     }
 
     func webSocketDeadlineReached(_ socket: WebSocketConnection) {
@@ -138,10 +138,5 @@ extension Duration {
     var secondsText: String {
         let seconds = Double(components.seconds) + Double(components.attoseconds) / 1e18
         return seconds == seconds.rounded() ? "\(Int(seconds)) s" : "\(seconds) s"
-    }
-
-    var nanosecondsValue: Int64 {
-        let (seconds, attoseconds) = components
-        return seconds.multipliedReportingOverflow(by: 1_000_000_000).partialValue &+ attoseconds / 1_000_000_000
     }
 }

@@ -94,7 +94,7 @@ enum StatusPage {
             <script src="\(assetURL("/static/app.js"))" defer></script>
             <noscript><meta http-equiv="refresh" content="30"></noscript>
             </head>
-            <body data-now-ms="\(ServerClock.wallNanoseconds() / 1_000_000)">
+            <body data-now-ms="\(clock.unixMilliseconds(now))">
             <header class="topbar">
             <a class="brand" href="/"><span class="logo" aria-hidden="true"></span>leasehold<span class="brand-sub">lab status</span></a>
             <div id="conn" class="conn conn-static" role="status"><span class="dot" aria-hidden="true"></span><span id="conn-text">Snapshot of \(clock.iso8601(now).replacingT()) UTC; reload for news</span></div>

@@ -11,6 +11,7 @@ final class WatchHub: @unchecked Sendable {
     private var watchers: [ObjectIdentifier: WatchSession] = [:]
     private var lastBroadcast: UInt64 = 0
     private var broadcastScheduled = false
+    private var timer: LoopTimer?
     /// Renders the status document; set by the service.
     var render: () -> String = { "{}" }
 
@@ -18,8 +19,6 @@ final class WatchHub: @unchecked Sendable {
         self.queue = queue
         self.clock = clock
     }
-
-    var count: Int { watchers.count }
 
     /// Call on the service queue.
     func add(_ watcher: WatchSession) {
@@ -36,20 +35,24 @@ final class WatchHub: @unchecked Sendable {
     func changed() {
         guard !watchers.isEmpty, !broadcastScheduled else { return }
         broadcastScheduled = true
-        let now = EventLoop.now()
+        let now = clock.source.now()
         let due = lastBroadcast &+ Self.minimumInterval
         if due <= now {
             // Let the rest of this burst of events land first.
             queue.async { [self] in broadcast() }
         } else {
-            queue.asyncAfter(deadline: .now() + .nanoseconds(Int(due - now))) { [self] in broadcast() }
+            if timer == nil {
+                timer = clock.source.makeTimer(queue: queue) { [weak self] in self?.broadcast() }
+            }
+            timer?.schedule(at: due)
         }
     }
 
     private func broadcast() {
+        guard broadcastScheduled else { return }
         broadcastScheduled = false
         guard !watchers.isEmpty else { return }
-        lastBroadcast = EventLoop.now()
+        lastBroadcast = clock.source.now()
         let text = render()
         for watcher in watchers.values {
             watcher.loop?.execute { watcher.offer(text) }

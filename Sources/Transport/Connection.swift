@@ -133,6 +133,7 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
                 guard state == .open else { continue }  // draining: discard
                 corked = true
                 delegate?.connectionDidRead(UnsafeRawBufferPointer(rebasing: loop.readBuffer[0..<count]))
+                loop.bytesRead &+= UInt64(count)
                 corked = false
                 if state == .open || shutdownAfterFlush { flush() }
             case .wouldBlock:
@@ -290,7 +291,7 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
             state = .draining
             notifyClosed(.closedByUs)
             shutdownAfterFlush = true
-            deadline = EventLoop.now() + Connection.flushTimeout
+            deadline = loop.now() + Connection.flushTimeout
             loop.watchDeadline(self)
             if !corked { flush() }
         }
@@ -299,7 +300,7 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
     private func halfCloseAndDrain() {
         shutdownAfterFlush = false
         shutdown(fd, Int32(SHUT_WR))
-        deadline = EventLoop.now() + Connection.drainTimeout
+        deadline = loop.now() + Connection.drainTimeout
         loop.watchDeadline(self)
         resumeReading()  // keep reading (and discarding) until EOF or the drain deadline
     }
@@ -314,7 +315,7 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
                 // Give what we already queued a chance to leave; the peer may only have half-closed.
                 state = .draining
                 shutdownAfterFlush = true
-                deadline = EventLoop.now() + Connection.flushTimeout
+                deadline = loop.now() + Connection.flushTimeout
                 loop.watchDeadline(self)
                 readPaused = true
                 readSource?.suspend()

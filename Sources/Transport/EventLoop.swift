@@ -31,23 +31,25 @@ public final class EventLoop: @unchecked Sendable {
     }
 
     private var heap: [Entry] = []
-    private let timer: DispatchSourceTimer
+    /// What this loop's deadlines are measured by.
+    public let clock: LoopClock
+    private var timer: LoopTimer?
     private var timerArmedFor: UInt64 = .max
+    /// Bytes read from open connections of this loop and handed to their protocol, ever.
+    var bytesRead: UInt64 = 0
     /// Connections by id: the loop owns them until their descriptor is closed.
     var connections: [ObjectIdentifier: Connection] = [:]
 
-    public init(index: Int, label: String = "leasehold.loop") {
+    public init(index: Int, label: String = "leasehold.loop", clock: LoopClock = .system) {
         self.index = index
+        self.clock = clock
         queue = DispatchQueue(label: "\(label).\(index)")
         readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
-        timer = DispatchSource.makeTimerSource(queue: queue)
-        timer.setEventHandler { [weak self] in self?.fireDueDeadlines() }
-        timer.schedule(deadline: .distantFuture, leeway: .milliseconds(5))
-        timer.activate()
+        timer = clock.makeTimer(queue: queue) { [weak self] in self?.fireDueDeadlines() }
     }
 
     deinit {
-        timer.cancel()
+        timer?.cancel()
         readBuffer.deallocate()
     }
 
@@ -56,7 +58,16 @@ public final class EventLoop: @unchecked Sendable {
         queue.async(execute: work)
     }
 
-    public static func now() -> UInt64 { Posix.monotonicNanoseconds() }
+    /// The loop clock's time, in monotonic nanoseconds.
+    public func now() -> UInt64 { clock.now() }
+
+    /// Asserts (in debug builds) that the caller runs on this loop's queue.
+    @inline(__always)
+    func assertOnLoop() {
+        #if DEBUG
+        dispatchPrecondition(condition: .onQueue(queue))
+        #endif
+    }
 
     /// Files `owner.deadline` with the loop's timer. Call on the loop's queue after changing it.
     public func watchDeadline(_ owner: DeadlineOwner) {
@@ -69,14 +80,12 @@ public final class EventLoop: @unchecked Sendable {
 
     private func arm(for deadline: UInt64) {
         timerArmedFor = deadline
-        let now = EventLoop.now()
-        let delay = deadline > now ? deadline - now : 0
-        timer.schedule(deadline: .now() + .nanoseconds(Int(clamping: delay)), leeway: .milliseconds(5))
+        timer?.schedule(at: deadline)
     }
 
     private func fireDueDeadlines() {
         timerArmedFor = .max
-        let now = EventLoop.now()
+        let now = clock.now()
         while let top = heap.first, top.deadline <= now {
             popTop()
             // Entries superseded by an earlier filing, or whose owner is gone, are skipped.
@@ -131,10 +140,19 @@ public final class EventLoopGroup: @unchecked Sendable {
     private let lock = DispatchQueue(label: "leasehold.loop-group")
     private nonisolated(unsafe) var nextIndex = 0
 
-    public init(count: Int, label: String = "leasehold.loop") {
+    public init(count: Int, label: String = "leasehold.loop", clock: LoopClock = .system) {
         precondition(count > 0, "an event loop group needs at least one loop")
-        loops = (0..<count).map { EventLoop(index: $0, label: label) }
+        loops = (0..<count).map { EventLoop(index: $0, label: label, clock: clock) }
         Posix.ignoreSIGPIPE()
+    }
+
+    public var clock: LoopClock { loops[0].clock }
+
+    /// Bytes that this group's connections have read and processed. Once it has grown, whatever
+    /// those bytes caused on their loop has happened (a test's proof that a peer's pong arrived).
+    /// Not on one of the group's queues.
+    public var bytesRead: UInt64 {
+        loops.reduce(0) { sum, loop in sum &+ loop.queue.sync { loop.bytesRead } }
     }
 
     public func next() -> EventLoop {

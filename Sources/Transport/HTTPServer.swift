@@ -150,25 +150,18 @@ public final class HTTPServer: @unchecked Sendable {
                 }
             }
         }
-        let deadline = EventLoop.now() + UInt64(max(0, timeout.nanoseconds))
+        let deadline = group.clock.deadline(after: timeout)
         pollUntilClosed(deadline: deadline, completion: completion)
     }
 
     private func pollUntilClosed(deadline: UInt64, completion: @escaping @Sendable () -> Void) {
-        if limit.current == 0 || EventLoop.now() >= deadline {
+        if limit.current == 0 || group.clock.now() >= deadline {
             completion()
         } else {
             acceptQueue.asyncAfter(deadline: .now() + .milliseconds(20)) { [self] in
                 pollUntilClosed(deadline: deadline, completion: completion)
             }
         }
-    }
-}
-
-extension Duration {
-    var nanoseconds: Int64 {
-        let (seconds, attoseconds) = components
-        return seconds.multipliedReportingOverflow(by: 1_000_000_000).partialValue &+ attoseconds / 1_000_000_000
     }
 }
 
@@ -192,7 +185,7 @@ final class HTTPConnectionHandler: ConnectionDelegate, @unchecked Sendable {
     }
 
     private func setDeadline(after duration: Duration) {
-        connection.deadline = EventLoop.now() + UInt64(max(0, duration.nanoseconds))
+        connection.deadline = connection.loop.clock.deadline(after: duration)
         connection.loop.watchDeadline(connection)
     }
 

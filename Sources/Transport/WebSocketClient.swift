@@ -56,7 +56,7 @@ public enum WebSocketClient {
             let handshake = ClientHandshake(connection: connection, key: key, request: requestBytes,
                                             configuration: configuration, handler: handler, completion: completion)
             connection.delegate = handshake
-            connection.deadline = EventLoop.now() + UInt64(max(0, handshakeTimeout.nanoseconds))
+            connection.deadline = loop.clock.deadline(after: handshakeTimeout)
             loop.watchDeadline(connection)
             connection.finishConnecting()
         }

@@ -61,9 +61,9 @@ public final class WebSocketConnection: ConnectionDelegate, @unchecked Sendable 
         self.configuration = configuration
         self.subprotocol = subprotocol
         decoder = WebSocketDecoder(role: role, maxMessageSize: configuration.maxMessageSize)
-        pingInterval = configuration.pingInterval.map { UInt64(max(1, $0.nanoseconds)) } ?? .max
-        deadAfter = configuration.deadAfter.map { UInt64(max(1, $0.nanoseconds)) } ?? .max
-        let now = EventLoop.now()
+        pingInterval = configuration.pingInterval.map { UInt64(max(1, $0.saturatedNanoseconds)) } ?? .max
+        deadAfter = configuration.deadAfter.map { UInt64(max(1, $0.saturatedNanoseconds)) } ?? .max
+        let now = connection.loop.now()
         lastHeardAt = now
         lastPingAt = now
     }
@@ -122,7 +122,7 @@ public final class WebSocketConnection: ConnectionDelegate, @unchecked Sendable 
         guard state == .open else { return }
         sendClose(code: code, reason: reason)
         state = .closeSent
-        closeDeadline = EventLoop.now() + UInt64(max(0, configuration.closeTimeout.nanoseconds))
+        closeDeadline = loop.clock.deadline(after: configuration.closeTimeout)
         updateDeadline()
         finish(code: code, reason: reason)
     }
@@ -144,7 +144,7 @@ public final class WebSocketConnection: ConnectionDelegate, @unchecked Sendable 
     // MARK: receiving
 
     func connectionDidRead(_ bytes: UnsafeRawBufferPointer) {
-        lastHeardAt = EventLoop.now()
+        lastHeardAt = loop.now()
         decoder.feed(bytes)
         while state != .closed {
             let event: WebSocketEvent

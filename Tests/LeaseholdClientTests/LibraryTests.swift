@@ -2,7 +2,9 @@ import Dispatch
 import LeaseholdClient
 import LeaseholdServer
 import Logging
+import ManualClock
 import Testing
+import Transport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -12,7 +14,9 @@ final class InProcessServer: @unchecked Sendable {
     static let token = "test-admin-token"
     let server: LeaseServer
     let url: ServerURL
-    init(inventory: String = TestFiles.inventory, pingInterval: Duration = .seconds(15), deadAfter: Duration = .seconds(45)) throws {
+    let clock: LoopClock
+    init(inventory: String = TestFiles.inventory, pingInterval: Duration = .seconds(15), deadAfter: Duration = .seconds(45),
+         clock: LoopClock = .system) throws {
         let directory = try TestFiles.makeDirectory()
         defer { TestFiles.remove(directory) }  // read at start; these tests never reload
         let path = directory + "/inventory.yaml"
@@ -24,15 +28,19 @@ final class InProcessServer: @unchecked Sendable {
         options.loops = 1
         options.pingInterval = pingInterval
         options.deadAfter = deadAfter
-        server = try LeaseServer(options: options, logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() })
+        server = try LeaseServer(options: options, logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }, clock: clock)
+        self.clock = clock
         guard let address = try server.start().first else { throw TestFailure("the server bound nothing") }
         url = ServerURL(host: "127.0.0.1", port: address.port)
     }
 
     func stop() async {
-        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
-            server.shutdown { done.resume() }
+        let stop = { [server] in
+            await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+                server.shutdown { done.resume() }
+            }
         }
+        if let manual = clock as? ManualClock { await manual.passingTime(during: stop) } else { await stop() }
     }
 }
 
@@ -116,10 +124,11 @@ final class IteratorBox: @unchecked Sendable {
     }
 
     @Test func theClientAnswersPingsSoAQuietLeaseLives() async throws {
-        // The server pings after 0.1 s of silence and drops peers silent for 0.4 s; the client
-        // itself never pings here, so only its pongs keep the lease.
-        let server = try InProcessServer(pingInterval: .milliseconds(100), deadAfter: .milliseconds(400))
-        defer { Task { await server.stop() } }
+        // The server pings after 1 s of silence and drops peers silent for 3 s, on a clock that
+        // moves only when the test says; the client itself never pings here, so only its pongs
+        // keep the lease.
+        let clock = ManualClock()
+        let server = try InProcessServer(pingInterval: .seconds(1), deadAfter: .seconds(3), clock: clock)
         var configuration = ClientConfiguration()
         configuration.pingInterval = .seconds(60)
         configuration.deadAfter = .seconds(120)
@@ -127,10 +136,20 @@ final class IteratorBox: @unchecked Sendable {
         var events = session.events.makeAsyncIterator()
         session.acquire(AcquireRequest(want: [.name("array-01")]))
         guard case .granted? = await nextEvent(&events) else { Issue.record("not granted"); return }
-        try await Task.sleep(for: .milliseconds(1500))  // many ping periods; a lost lease would queue a .failed
+        for round in 0..<6 {  // twice deadAfter
+            let heard = server.server.bytesReceived
+            clock.advance(by: .seconds(1))
+            // The pong has arrived before time moves on (the client sends nothing else).
+            let deadline = ContinuousClock.now + .seconds(5)
+            while server.server.bytesReceived == heard, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(5))
+            }
+            #expect(server.server.bytesReceived > heard, "no pong in round \(round)")
+        }
         #expect(try LeaseholdHTTP(server: server.url).status().resources.first?.state == "held")
         session.release()
         #expect(await nextEvent(&events) == .released)
+        await server.stop()
     }
 
     @Test func unknownResourcesAreUnsatisfiable() async throws {

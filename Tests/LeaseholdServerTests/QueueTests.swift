@@ -1,6 +1,8 @@
 import Foundation
 import LeaseProtocol
+import ManualClock
 import Testing
+import Transport
 
 /// PROTOCOL.md "Who gets a freed resource", queued events and `wait`.
 @Suite struct QueueTests {
@@ -118,10 +120,14 @@ import Testing
     }
 
     @Test func aShortWaitQueuesThenTimesOut() async throws {
-        let server = try TestServer()
+        let clock = ManualClock()
+        let server = try TestServer(clock: clock)
         let (holder, _) = try await server.hold(#"[{"name":"switch-01"}]"#)
-        let (client, queued) = try await server.queue(#"[{"name":"switch-01"}]"#, wait: "0.3")
+        let (client, queued) = try await server.queue(#"[{"name":"switch-01"}]"#, wait: "30.5")
         #expect(queued["position"] == .int(1))
+        clock.advance(by: .milliseconds(30_499))
+        try await client.expectOnlyPositionUpdates(0.05)
+        clock.advance(by: .milliseconds(1))
         try await client.expectFailure("wait_timeout", closeCode: 4408)
         try await server.waitForStatus("the queue empty") { $0["queue"]?.arrayValue?.isEmpty == true }
         holder.close()

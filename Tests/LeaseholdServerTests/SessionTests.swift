@@ -1,6 +1,8 @@
 import Foundation
 import LeaseProtocol
+import ManualClock
 import Testing
+import Transport
 
 /// One `/v1/lease` connection over its life: messages after the acquire, release, closes of every
 /// kind, timeouts.
@@ -121,13 +123,18 @@ import Testing
     }
 
     @Test func noAcquireWithinTheRequestTimeoutIsRequestTimeoutThen1008() async throws {
-        let server = try TestServer { $0.requestTimeout = .milliseconds(300) }
+        let clock = ManualClock()
+        let server = try TestServer(clock: clock) { $0.requestTimeout = .seconds(30) }
         let client = try await server.lease()
-        try await client.expectFailure("request_timeout", closeCode: 1008)
-        // An acquire in time is not affected by the timer afterwards, even while it waits.
+        // Acquires in time are not affected by the timer afterwards, even while they wait.
         let (holder, _) = try await server.hold(#"[{"name":"switch-01"}]"#)
         let (waiter, _) = try await server.queue(#"[{"name":"switch-01"}]"#)
-        try await waiter.expectOnlyPositionUpdates(0.6)
+        clock.advance(by: .milliseconds(29_999))
+        try await client.expectSilence(0.05)
+        clock.advance(by: .milliseconds(1))
+        try await client.expectFailure("request_timeout", closeCode: 1008)
+        clock.advance(by: .seconds(10))  // still short of deadAfter (45 s): the clients only answer pings
+        try await waiter.expectOnlyPositionUpdates(0.2)
         try await holder.expectSilence(0.01)
         holder.close()
         try await nextGrant(waiter)
@@ -150,17 +157,21 @@ import Testing
     }
 
     @Test func aPeerThatStopsAnsweringPingsLosesItsLease() async throws {
-        let server = try TestServer {
-            // Long enough that a test task waiting to be scheduled in a busy parallel run does
-            // not let the waiter arrive only after the silent holder is already gone.
-            $0.pingInterval = .milliseconds(500)
-            $0.deadAfter = .milliseconds(4000)
+        // On a manual clock: no time passes until both clients are in place.
+        let clock = ManualClock()
+        let server = try TestServer(clock: clock) {
+            $0.pingInterval = .seconds(1)
+            $0.deadAfter = .seconds(3)
         }
         let raw = try await RawWebSocket(port: server.port, firstText: acquireJSON(#"[{"name":"switch-01"}]"#, holder: "silent"))
         let granted = try #require(await raw.readText())
         #expect(granted.contains("\"granted\""))
         // The waiter's client answers pings by itself, so it keeps its place past the timeout.
         let (waiter, _) = try await server.queue(#"[{"name":"switch-01"}]"#, holder: "alive")
+        try await server.advanceAndHearPongs(.seconds(1))
+        try await server.advanceAndHearPongs(.seconds(1))
+        #expect(try await server.resource("switch-01")["holder"] == .string("silent"), "dropped before deadAfter")
+        clock.advance(by: .seconds(1))
         try await nextGrant(waiter)
         #expect(await raw.waitForEOF(timeout: liveness), "the server closes the dead peer's connection")
         try await waiter.expectSilence(1.0)

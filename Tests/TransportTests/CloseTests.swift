@@ -1,5 +1,7 @@
 // The close handshake both ways, and protocol violations answered with the right close code.
+import ManualClock
 import Testing
+import Transport
 import WebSocketCodec
 
 extension TransportIntegration {
@@ -53,10 +55,12 @@ extension TransportIntegration {
 
         @Test("server-initiated close: a peer that never answers is disconnected after closeTimeout")
         func serverInitiatedUnanswered() async throws {
-            try await withServer(configure: { $0.webSocket.closeTimeout = .milliseconds(300) }) { server in
+            let clock = ManualClock()
+            try await withServer(clock: clock, configure: { $0.webSocket.closeTimeout = .seconds(3) }) { server in
                 let socket = try await RawWebSocket(port: server.port)
                 try await socket.send(text: "cmd:close:4002")
                 #expect(try await socket.expectClose().code == 4002)
+                clock.advance(by: .seconds(3))
                 // No close frame back: the server must still end TCP by itself.
                 #expect(try await socket.readUntilEnd() == .endOfFile)
                 socket.socket.closeNow()

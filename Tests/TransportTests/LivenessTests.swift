@@ -1,5 +1,7 @@
 // Peers that vanish, go quiet or crawl: resets, dead-peer pings, slow and silent handshakes.
+import ManualClock
 import Testing
+import Transport
 import WebSocketCodec
 #if canImport(Glibc)
 import Glibc
@@ -54,36 +56,48 @@ extension TransportIntegration {
             }
         }
 
+        // Ping and dead-peer timing runs on a manual clock: the test says when time passes, so a
+        // loaded machine cannot make a live peer look dead or a dead one look alive.
+
         @Test("dead peer: a client that never answers pings is pinged, then dropped with 1006")
         func deadPeerDropped() async throws {
-            try await withServer(configure: {
-                $0.webSocket.pingInterval = .milliseconds(200)
-                $0.webSocket.deadAfter = .milliseconds(600)
+            let clock = ManualClock()
+            try await withServer(clock: clock, configure: {
+                $0.webSocket.pingInterval = .seconds(1)
+                $0.webSocket.deadAfter = .seconds(3)
             }) { server in
                 let socket = try await RawWebSocket(port: server.port)
-                var pings = 0
-                // Read without ever answering; the server must end the stream by itself.
-                readLoop: while true {
-                    do {
-                        switch try await socket.next() {
-                        case .ping: pings += 1
-                        case let other: Issue.record("unexpected \(other)")
-                        }
-                    } catch let error as TestClientError where !error.timedOut {
-                        break readLoop  // stream ended (reset or FIN): what we wait for
-                    }
+                #expect(await eventually { server.log.opened == 1 })
+                clock.advance(by: .seconds(1))
+                guard case .ping = try await socket.next() else {
+                    Issue.record("expected a ping once the ping interval passed")
+                    return
                 }
-                #expect(pings >= 1)
+                clock.advance(by: .milliseconds(1999))
+                #expect(server.log.closes.isEmpty, "dropped before deadAfter")
+                clock.advance(by: .milliseconds(1))
                 #expect(await eventually { server.log.closes.map(\.code) == [1006] })
                 #expect(await eventually { server.openConnections == 0 })
+                // Only pings came before the end of the stream.
+                while true {
+                    do {
+                        guard case .ping = try await socket.next() else {
+                            Issue.record("expected only pings")
+                            break
+                        }
+                    } catch let error as TestClientError where !error.timedOut {
+                        break
+                    }
+                }
             }
         }
 
         @Test("a slow reader working through a backlog is not taken for dead, and is once it stops")
         func slowReaderKept() async throws {
-            try await withServer(configure: {
-                $0.webSocket.pingInterval = .milliseconds(200)
-                $0.webSocket.deadAfter = .milliseconds(600)
+            let clock = ManualClock()
+            try await withServer(clock: clock, configure: {
+                $0.webSocket.pingInterval = .seconds(1)
+                $0.webSocket.deadAfter = .seconds(3)
                 $0.webSocket.maxMessageSize = 16 << 20
                 $0.maxOutputBytes = 32 << 20
             }) { server in
@@ -92,8 +106,10 @@ extension TransportIntegration {
                 setsockopt(socket.socket.fd, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
                 let size = 8 << 20
                 try await socket.send(binary: [UInt8](repeating: 7, count: size))
-                // Read the echo slowly (~3 s, five times deadAfter) and never answer a ping: the
-                // peer acknowledging our output is what keeps it alive.
+                // Read the echo slowly, half a second of the server's time per read (over a minute
+                // in all, many times deadAfter) and never answer a ping: the peer's TCP
+                // acknowledging our output is what keeps it alive. Every read lets the kernel take
+                // more of the backlog; the kernel, not a timer, is what this tests.
                 var received = 0
                 while received < size {
                     guard try await socket.socket.readOnce(max: 128 * 1024) == nil else {
@@ -101,37 +117,38 @@ extension TransportIntegration {
                         return
                     }
                     received += socket.socket.take(socket.socket.pending.count).count
-                    try await Task.sleep(nanoseconds: 50_000_000)
+                    clock.advance(by: .milliseconds(500))
                 }
                 #expect(server.log.closes.isEmpty)
                 // Now it reads nothing more and answers nothing: dead after all.
-                #expect(await eventually(timeout: .seconds(5)) { server.log.closes.map(\.code) == [1006] })
+                clock.advance(by: .seconds(3))
+                clock.advance(by: .seconds(3))
+                #expect(await eventually { server.log.closes.map(\.code) == [1006] })
             }
         }
 
         @Test("dead peer: a client that answers pings stays open well past deadAfter")
         func livePeerKept() async throws {
-            try await withServer(configure: {
-                $0.webSocket.pingInterval = .milliseconds(200)
-                $0.webSocket.deadAfter = .milliseconds(600)
+            let clock = ManualClock()
+            try await withServer(clock: clock, configure: {
+                $0.webSocket.pingInterval = .seconds(1)
+                $0.webSocket.deadAfter = .seconds(3)
             }) { server in
                 let socket = try await RawWebSocket(port: server.port)
-                let clock = ContinuousClock()
-                let start = clock.now
-                var pings = 0
-                while clock.now - start < .milliseconds(1500) {
+                #expect(await eventually { server.log.opened == 1 })
+                for round in 0..<6 {
+                    clock.advance(by: .seconds(1))
                     let event = try await socket.next()
                     guard case .ping(let payload) = event else {
                         Issue.record("unexpected \(event)")
                         return
                     }
-                    pings += 1
                     try await socket.send(.pong, payload)
+                    // The echo proves the server read the pong before the clock moves again.
+                    try await socket.send(text: "round \(round)")
+                    #expect(try await socket.nextMessage().textValue == "round \(round)")
                 }
-                #expect(pings >= 2)
-                #expect(server.log.closes.isEmpty)
-                try await socket.send(text: "still here")
-                #expect(try await socket.nextMessage().textValue == "still here")
+                #expect(server.log.closes.isEmpty, "dropped after 6 s of answered pings (deadAfter 3 s)")
                 try await socket.closeHandshake()
             }
         }
@@ -150,13 +167,15 @@ extension TransportIntegration {
 
         @Test("a client that sends nothing is dropped after requestHeadTimeout")
         func silentClientDropped() async throws {
-            try await withServer(configure: { $0.requestHeadTimeout = .milliseconds(300) }) { server in
-                let clock = ContinuousClock()
-                let start = clock.now
+            let clock = ManualClock()
+            try await withServer(clock: clock, configure: { $0.requestHeadTimeout = .seconds(3) }) { server in
                 let socket = try await TestSocket(port: server.port)
+                #expect(await eventually { server.openConnections == 1 })
+                clock.advance(by: .milliseconds(2999))
+                var probe = pollfd(fd: socket.fd, events: Int16(POLLIN), revents: 0)
+                #expect(poll(&probe, 1, 50) == 0, "closed before the timeout")
+                clock.advance(by: .milliseconds(1))
                 #expect(try await socket.readUntilEnd() == .endOfFile)
-                // Not before the timeout (a lower bound only: the machine may be slow, never fast).
-                #expect(clock.now - start >= .milliseconds(250))
                 #expect(socket.pending.isEmpty)
                 socket.closeNow()
                 #expect(await eventually { server.openConnections == 0 })
@@ -165,9 +184,12 @@ extension TransportIntegration {
 
         @Test("a client that stalls inside its request head gets 408 after requestHeadTimeout")
         func stalledHeadGets408() async throws {
-            try await withServer(configure: { $0.requestHeadTimeout = .milliseconds(300) }) { server in
+            let clock = ManualClock()
+            try await withServer(clock: clock, configure: { $0.requestHeadTimeout = .seconds(3) }) { server in
                 let socket = try await TestSocket(port: server.port)
                 try await socket.send("GET /hello HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                #expect(await eventually { server.openConnections == 1 })
+                clock.advance(by: .seconds(3))
                 let answer = try await socket.readHTTPResponse()
                 #expect(answer.status == 408)
                 #expect(try await socket.readUntilEnd() == .endOfFile)

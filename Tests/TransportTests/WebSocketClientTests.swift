@@ -1,5 +1,6 @@
 // The transport's own event-driven client role (WebSocketClient.connect) against the server.
 import Synchronization
+import ManualClock
 import Testing
 import Transport
 #if canImport(Glibc)
@@ -72,9 +73,10 @@ extension TransportIntegration {
 
         @Test("the client answers the server's pings (masked pongs) and is not dropped as dead")
         func clientAnswersPings() async throws {
-            try await withServer(configure: {
-                $0.webSocket.pingInterval = .milliseconds(200)
-                $0.webSocket.deadAfter = .milliseconds(600)
+            let clock = ManualClock()
+            try await withServer(clock: clock, configure: {
+                $0.webSocket.pingInterval = .seconds(1)
+                $0.webSocket.deadAfter = .seconds(3)
             }) { server in
                 let group = makeClientGroup()
                 let client = ClientHandler()
@@ -83,8 +85,14 @@ extension TransportIntegration {
                 configuration.deadAfter = nil
                 let socket = try await connectClient(port: server.port, loop: group.next(),
                                                      configuration: configuration, handler: client).get()
-                try await Task.sleep(for: .milliseconds(1500))
-                #expect(server.log.closes.isEmpty)
+                #expect(await eventually { server.log.opened == 1 })
+                for round in 0..<6 {
+                    let heard = server.group.bytesRead
+                    clock.advance(by: .seconds(1))
+                    // The server reads the client's pong (nothing else is sent) before time moves on.
+                    #expect(await eventually { server.group.bytesRead > heard }, "no pong in round \(round)")
+                }
+                #expect(server.log.closes.isEmpty, "dropped after 6 s of pings (deadAfter 3 s)")
                 #expect(client.log.closes.isEmpty)
                 socket.loop.execute { socket.send(text: "alive") }
                 #expect(await eventually { client.log.texts == ["alive"] })

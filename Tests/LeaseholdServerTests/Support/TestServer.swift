@@ -3,6 +3,7 @@ import Foundation
 import LeaseProtocol
 import LeaseholdServer
 import Logging
+import ManualClock
 import Testing
 import Transport
 
@@ -20,12 +21,18 @@ struct TestFailure: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
+/// Runs `body`; meanwhile a manual clock moves on by itself (see `ManualClock.passingTime`).
+func whileTimePasses(_ clock: LoopClock, _ body: () async -> Void) async {
+    if let manual = clock as? ManualClock { await manual.passingTime(during: body) } else { await body() }
+}
+
 /// A leasehold server on 127.0.0.1 and a free port, with its own inventory file.
 final class TestServer: @unchecked Sendable {
     let server: LeaseServer
     let port: UInt16
     let inventoryPath: String
     let token: String?
+    let clock: LoopClock
 
     static let smallInventory = """
         resources:
@@ -47,7 +54,9 @@ final class TestServer: @unchecked Sendable {
         """
 
     /// Starts a server; `configure` may shorten timeouts or drop the admin token.
-    init(inventory: String = TestServer.smallInventory, token: String? = "secret",
+    /// `clock`: a `ManualClock` makes every timeout, ping and wait of the server move only when
+    /// the test advances it.
+    init(inventory: String = TestServer.smallInventory, token: String? = "secret", clock: LoopClock = .system,
          configure: (inout ServerOptions) -> Void = { _ in }) throws {
         let path = NSTemporaryDirectory() + "leasehold-test-\(UUID().uuidString).yaml"
         try inventory.write(toFile: path, atomically: true, encoding: .utf8)
@@ -59,7 +68,8 @@ final class TestServer: @unchecked Sendable {
         configure(&options)
         var logger = Logger(label: "leasehold-test")
         logger.logLevel = .critical
-        server = try LeaseServer(options: options, logger: logger)
+        server = try LeaseServer(options: options, logger: logger, clock: clock)
+        self.clock = clock
         port = try server.start()[0].port
         inventoryPath = path
         self.token = token
@@ -71,10 +81,16 @@ final class TestServer: @unchecked Sendable {
 
     /// Closes every connection (1001) and stops listening; waits until done.
     func stop() async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            server.shutdown { continuation.resume() }
+        await whileTimePasses(clock) {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                server.shutdown { continuation.resume() }
+            }
         }
     }
+
+    /// Bytes the server has read from clients and processed: once it has grown, a client's pong
+    /// or message has arrived and counts as heard.
+    var bytesReceived: UInt64 { server.bytesReceived }
 
     func rewriteInventory(_ text: String) throws {
         try text.write(toFile: inventoryPath, atomically: true, encoding: .utf8)
@@ -161,6 +177,20 @@ final class TestServer: @unchecked Sendable {
             if condition(document) { return document }
             if Date() > deadline { throw TestTimeout(what: "\(what); last status: \(document.serialized())") }
             try await Task.sleep(nanoseconds: 20_000_000)
+        }
+    }
+
+    /// Advances the manual clock by `step` (a ping interval), then waits until the server has
+    /// read the pongs that the pings drew from live clients: they count as heard before time
+    /// moves on. Only for tests whose other clients send nothing meanwhile.
+    func advanceAndHearPongs(_ step: Duration) async throws {
+        guard let manual = clock as? ManualClock else { throw TestFailure("the server runs on the system clock") }
+        let heard = bytesReceived
+        manual.advance(by: step)
+        let deadline = Date().addingTimeInterval(liveness)
+        while bytesReceived == heard {
+            if Date() > deadline { throw TestTimeout(what: "a pong after advancing the clock by \(step)") }
+            try await Task.sleep(nanoseconds: 5_000_000)
         }
     }
 

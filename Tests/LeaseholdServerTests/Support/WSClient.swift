@@ -92,8 +92,13 @@ final class WSClient: WebSocketHandler, @unchecked Sendable {
         let loop = ClientLoops.group.next()
         let client = WSClient(loop: loop)
         let outcome = EventBuffer<Result<WebSocketConnection, WebSocketClientError>>()
+        // The server pings; a test client only answers, so what it sends is what the test sent
+        // (or a pong).
+        var configuration = WebSocketConfiguration()
+        configuration.pingInterval = nil
         WebSocketClient.connect(host: "127.0.0.1", port: port, path: path, headers: headers, loop: loop,
-                                handshakeTimeout: .seconds(Int64(liveness)), handler: client) { outcome.push($0) }
+                                configuration: configuration, handshakeTimeout: .seconds(Int64(liveness)),
+                                handler: client) { outcome.push($0) }
         guard let result = await outcome.next(timeout: liveness + 1) else { throw TestTimeout(what: "connect \(path)") }
         switch result {
         case .success(let socket):

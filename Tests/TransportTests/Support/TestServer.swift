@@ -3,6 +3,7 @@
 import Dispatch
 import HTTPCodec
 import Synchronization
+import ManualClock
 import Testing
 import Transport
 #if canImport(Glibc)
@@ -135,11 +136,11 @@ final class TestServer: Sendable {
     let port: UInt16
     var log: EventLog { handler.log }
 
-    init(loops: Int = 2, group: EventLoopGroup? = nil, host: String = "127.0.0.1",
+    init(loops: Int = 2, group: EventLoopGroup? = nil, host: String = "127.0.0.1", clock: LoopClock = .system,
          configure: (inout HTTPServerConfiguration) -> Void = { _ in }) throws {
         var configuration = HTTPServerConfiguration()
         configure(&configuration)
-        self.group = group ?? EventLoopGroup(count: loops, label: "test.server")
+        self.group = group ?? EventLoopGroup(count: loops, label: "test.server", clock: clock)
         handler = TestHandler()
         server = HTTPServer(group: self.group, configuration: configuration, handler: handler)
         port = try server.listen(on: SocketAddress(host: host, port: 0)).port
@@ -159,14 +160,19 @@ final class TestServer: Sendable {
 
     func shutdown() async {
         server.stopAccepting()
-        await closeAll()
+        await whileTimePasses(group.clock) { await closeAll() }
     }
 }
 
+/// Runs `body`; meanwhile a manual clock moves on by itself (see `ManualClock.passingTime`).
+func whileTimePasses(_ clock: LoopClock, _ body: () async -> Void) async {
+    if let manual = clock as? ManualClock { await manual.passingTime(during: body) } else { await body() }
+}
+
 /// Runs `body` with a fresh server and shuts it down afterwards, also when `body` throws.
-func withServer<R>(loops: Int = 2, configure: (inout HTTPServerConfiguration) -> Void = { _ in },
+func withServer<R>(loops: Int = 2, clock: LoopClock = .system, configure: (inout HTTPServerConfiguration) -> Void = { _ in },
                    _ body: (TestServer) async throws -> R) async throws -> R {
-    let server = try TestServer(loops: loops, configure: configure)
+    let server = try TestServer(loops: loops, clock: clock, configure: configure)
     do {
         let result = try await body(server)
         await server.shutdown()
