@@ -7,15 +7,20 @@ import Glibc
 /// the file holds, per resource name, a ceiling the running server may grant up to. A restart
 /// starts every name at its ceiling, so no epoch handed out before can come again. The file is
 /// rewritten (atomically) only when a name reaches its ceiling, which then moves up a block.
+///
+/// `ceilings` only ever holds what the file on disk holds: an epoch above a name's ceiling may be
+/// handed out only after a write that covers it has succeeded.
 final class EpochFile {
     static let block: UInt64 = 1000
     let path: String
+    let block: UInt64
     private(set) var ceilings: [String: UInt64]
 
     /// Reads the file (a missing file means a first start) and reserves a first block for every
     /// known name. Returns the epochs to seed the lease table with.
-    init(path: String, names: [String]) throws(StartupError) {
+    init(path: String, names: [String], block: UInt64 = EpochFile.block) throws(StartupError) {
         self.path = path
+        self.block = max(1, block)
         var stored: [String: UInt64] = [:]
         if access(path, F_OK) == 0 {
             let text: String
@@ -31,24 +36,35 @@ final class EpochFile {
             }
         }
         seeds = stored
-        ceilings = stored
-        for name in names { ceilings[name] = (stored[name] ?? 0) + Self.block }
-        for (name, epoch) in stored where ceilings[name] == epoch { ceilings[name] = epoch + Self.block }
-        try write()
+        var reserved = stored
+        for name in names { reserved[name] = (stored[name] ?? 0) + self.block }
+        for (name, epoch) in stored where reserved[name] == epoch { reserved[name] = epoch + self.block }
+        try Self.write(reserved, to: path)
+        ceilings = reserved
     }
 
     /// Epochs the table starts from: the ceilings of the previous run.
     let seeds: [String: UInt64]
 
-    /// Call after a grant. Moves the ceiling (and writes the file) when `epoch` reaches it.
-    func granted(name: String, epoch: UInt64) throws(StartupError) {
+    /// Whether `epoch` of `name` is safe to hand out: no later run can issue it again. Call before
+    /// a grant is sent. When `epoch` reaches the ceiling, the file moves it up a block first; if
+    /// that write fails, the ceiling stays where the file has it and `failure` says why.
+    func reserve(name: String, epoch: UInt64) -> (safe: Bool, failure: String?) {
         let ceiling = ceilings[name] ?? 0
-        guard epoch >= ceiling else { return }
-        ceilings[name] = epoch + Self.block
-        try write()
+        guard epoch >= ceiling else { return (true, nil) }
+        var reserved = ceilings
+        reserved[name] = epoch + self.block
+        do {
+            try Self.write(reserved, to: path)
+        } catch {
+            // The epoch at the ceiling itself is still safe: a restart starts above it.
+            return (epoch == ceiling, error.message)
+        }
+        ceilings = reserved
+        return (true, nil)
     }
 
-    private func write() throws(StartupError) {
+    private static func write(_ ceilings: [String: UInt64], to path: String) throws(StartupError) {
         let members = ceilings.sorted { $0.key < $1.key }.map { ($0.key, JSONValue.int(Int64(clamping: $0.value))) }
         let text = JSONValue.object(members).serialized() + "\n"
         let temporary = path + ".tmp"
@@ -68,10 +84,24 @@ final class EpochFile {
             }
             offset += written
         }
-        fsync(fd)
+        guard fsync(fd) == 0 else {
+            let reason = String(cString: strerror(errno))
+            close(fd)
+            throw StartupError(message: "cannot sync --epoch-file \(temporary): \(reason)")
+        }
         close(fd)
         guard rename(temporary, path) == 0 else {
             throw StartupError(message: "cannot replace --epoch-file \(path): \(String(cString: strerror(errno)))")
+        }
+        // The rename is durable only once the directory is.
+        let directory = path.lastIndex(of: "/").map { $0 == path.startIndex ? "/" : String(path[..<$0]) } ?? "."
+        let directoryFD = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard directoryFD >= 0 else {
+            throw StartupError(message: "cannot open the directory of --epoch-file \(path): \(String(cString: strerror(errno)))")
+        }
+        defer { close(directoryFD) }
+        guard fsync(directoryFD) == 0 else {
+            throw StartupError(message: "cannot sync the directory of --epoch-file \(path): \(String(cString: strerror(errno)))")
         }
     }
 }

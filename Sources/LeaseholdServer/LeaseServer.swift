@@ -22,6 +22,8 @@ public struct ServerOptions: Sendable {
     public var allowedOrigins: [String] = []
     /// Where fencing epochs are kept across restarts; nil: they start again at 0.
     public var epochFile: String?
+    /// Epochs reserved per name and write of the epoch file (small in tests, to reach a ceiling).
+    var epochBlock: UInt64 = EpochFile.block
     /// Audit journal (JSON lines: grants with meta, lease ends, admin actions); nil: logs only.
     public var auditFile: String?
 
@@ -48,7 +50,7 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         self.clock = ServerClock(clock)
         let inventory = try Self.loadInventory(path: options.inventoryPath)
         let epochFile = try options.epochFile.map { path throws(StartupError) in
-            try EpochFile(path: path, names: inventory.resources.map(\.name))
+            try EpochFile(path: path, names: inventory.resources.map(\.name), block: options.epochBlock)
         }
         let clock = self.clock
         let journal = try options.auditFile.map { path throws(StartupError) in try AuditJournal(path: path, clock: clock) }

@@ -172,6 +172,11 @@ final class LeaseService: @unchecked Sendable {
             var resources: [LeaseProtocol.GrantedResource] = []
             switch effect {
             case .granted(_, let granted):
+                let unsaved = reserveEpochs(granted, for: id, entry)
+                if !unsaved.isEmpty {
+                    withhold(id, entry, unsaved: unsaved, now: now)
+                    continue
+                }
                 entry.granted = true
                 entry.grantedAt = now
                 sessions[id] = entry
@@ -184,13 +189,6 @@ final class LeaseService: @unchecked Sendable {
                 ])
                 resources = granted.map(Self.wireResource)
                 metrics.grants += 1
-                for resource in granted {
-                    do {
-                        try epochFile?.granted(name: resource.name, epoch: resource.epoch)
-                    } catch {
-                        logger.error("epochs not persisted: \(error.message)")
-                    }
-                }
                 metrics.grantWait.observe(Double(now.duration(since: entry.arrival).saturatedNanoseconds) / 1e9)
                 if logger.logLevel <= .info { leaseLogger(id, entry).info("granted", metadata: [
                     "resources": .string(granted.map { "\($0.name)#\($0.epoch)" }.joined(separator: ",")),
@@ -216,6 +214,47 @@ final class LeaseService: @unchecked Sendable {
         }
         if !effects.isEmpty { markChanged() }
         armTimer()
+    }
+
+    /// Makes the grant's epochs durable before it is sent; returns the names whose epoch could
+    /// not be (with why). A fencing token that can repeat after a crash is worse than none.
+    private func reserveEpochs(_ granted: [LeaseCore.GrantedResource], for id: LeaseID, _ entry: SessionEntry) -> [(name: String, failure: String)] {
+        guard let epochFile else { return [] }
+        var unsaved: [(name: String, failure: String)] = []
+        for resource in granted {
+            let (safe, failure) = epochFile.reserve(name: resource.name, epoch: resource.epoch)
+            guard let failure else { continue }
+            if safe {
+                leaseLogger(id, entry).critical("fencing epochs cannot be saved; the next grant of this resource will be withheld", metadata: [
+                    "resource": .string(resource.name), "error": .string(failure),
+                ])
+            } else {
+                unsaved.append((resource.name, failure))
+            }
+        }
+        return unsaved
+    }
+
+    /// A grant whose epochs cannot be made durable is not sent: the resources that need the
+    /// write are disabled (so nobody cycles through them), the rest of the lease is freed, and
+    /// the connection closes with 1011.
+    private func withhold(_ id: LeaseID, _ entry: SessionEntry, unsaved: [(name: String, failure: String)], now: Tick) {
+        sessions[id] = nil
+        var effects: [Effect] = []
+        for (name, _) in unsaved { _ = table.disable(resource: name, now: now, into: &effects) }
+        table.release(id, now: now, into: &effects)
+        let names = unsaved.map(\.name).joined(separator: ",")
+        leaseLogger(id, entry).critical("grant withheld: its fencing epochs cannot be saved; the resources stay disabled until an admin enables them", metadata: [
+            "resources": .string(names), "error": .string(unsaved[0].failure),
+        ])
+        journal?.record([
+            ("event", .string("grant_withheld")), ("lease", .string(Self.format(id))), ("holder", .string(entry.holder)),
+            ("disabled", .array(unsaved.map { .string($0.name) })), ("error", .string(unsaved[0].failure)),
+        ])
+        let session = entry.session
+        entry.loop.execute { session.withhold(reason: "fencing epochs cannot be saved") }
+        apply(effects, now: now)
+        markChanged()
     }
 
     private func tick() {

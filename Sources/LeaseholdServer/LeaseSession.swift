@@ -102,6 +102,13 @@ final class LeaseSession: WebSocketHandler, @unchecked Sendable {
 
     // MARK: effects from the service (on this session's loop)
 
+    /// The server could not grant safely (see `LeaseService.withhold`): 1011, no lease.
+    func withhold(reason: String) {
+        guard leaseID != nil, let socket, socket.isOpen else { return }
+        state = .closed
+        socket.close(code: 1011, reason: reason)
+    }
+
     func deliver(_ effect: Effect, granted: [LeaseProtocol.GrantedResource]) {
         guard let id = leaseID, id == effect.lease, let socket, socket.isOpen else { return }
         let text = LeaseService.format(id)

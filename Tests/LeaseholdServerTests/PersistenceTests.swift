@@ -1,5 +1,5 @@
 import Foundation
-import LeaseholdServer
+@testable import LeaseholdServer
 import LeaseProtocol
 import Testing
 
@@ -25,6 +25,7 @@ struct PersistenceTests {
                 seen.append(try #require(epoch(of: granted)))
                 client.close()
                 _ = try await client.expectClose()
+                try await server.waitUntilFree("switch-01")
             }
             await server.stop()
         }
@@ -32,6 +33,43 @@ struct PersistenceTests {
         #expect(seen.count == 4)
         #expect(seen == seen.sorted() && Set(seen).count == 4, "epochs \(seen)")
         #expect(seen[2] > 1000, "a restart skips the reserved block: \(seen)")
+    }
+
+    @Test func aGrantWhoseEpochCannotBeSavedIsWithheldAndItsResourceDisabled() async throws {
+        let path = temporaryPath("epochs")
+        let blocker = path + ".tmp"  // a directory where the temporary file goes: every write fails
+        defer {
+            try? FileManager.default.removeItem(atPath: path)
+            try? FileManager.default.removeItem(atPath: blocker)
+        }
+        let server = try TestServer {
+            $0.epochFile = path
+            $0.epochBlock = 2  // the file covers epochs 1 and 2 of each name
+        }
+        try FileManager.default.createDirectory(atPath: blocker, withIntermediateDirectories: false)
+        for expected: Int64 in [1, 2] {  // within the saved ceiling: granted although the file is stuck
+            let (client, granted) = try await server.hold(#"[{"name": "switch-01"}]"#)
+            #expect(epoch(of: granted) == expected)
+            client.close()
+            _ = try await client.expectClose()
+            try await server.waitUntilFree("switch-01")
+        }
+        // Epoch 3 would be above what the file holds: a crash now would hand it out again.
+        let withheld = try await server.acquire(#"[{"name": "switch-01"}]"#)
+        #expect(try await withheld.expectClose().code == 1011)
+        #expect(try await server.resource("switch-01")["state"] == .string("disabled"))
+        let saved = try JSONValue.parse(String(contentsOfFile: path, encoding: .utf8))
+        #expect(saved["switch-01"] == .int(2), "the file still holds the old ceiling")
+        // Once the file can be written again, an admin enables the resource and grants go on above it.
+        try FileManager.default.removeItem(atPath: blocker)
+        #expect(try await server.admin("enable", "switch-01").status == 200)
+        let (client, granted) = try await server.hold(#"[{"name": "switch-01"}]"#)
+        let next = try #require(epoch(of: granted))
+        #expect(next > 2)
+        let ceiling = try JSONValue.parse(String(contentsOfFile: path, encoding: .utf8))["switch-01"]?.intValue ?? 0
+        #expect(ceiling >= next, "granted \(next) with only \(ceiling) saved")
+        client.close()
+        await server.stop()
     }
 
     @Test func anUnreadableEpochFileStopsTheServerWithAReason() throws {

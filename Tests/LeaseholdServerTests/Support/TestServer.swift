@@ -180,6 +180,13 @@ final class TestServer: @unchecked Sendable {
         }
     }
 
+    /// Waits until the table has taken back `name` (a closed client's release is asynchronous).
+    func waitUntilFree(_ name: String) async throws {
+        try await waitForStatus("\(name) free") { status in
+            status["resources"]?.arrayValue?.first { $0["name"] == .string(name) }?["state"] == .string("free")
+        }
+    }
+
     /// Advances the manual clock by `step` (a ping interval), then waits until the server has
     /// read the pongs that the pings drew from live clients: they count as heard before time
     /// moves on. Only for tests whose other clients send nothing meanwhile.
