@@ -1,4 +1,5 @@
 import LeaseProtocol
+import CYaml
 import Yams
 
 /// One resource as written in the inventory file.
@@ -25,6 +26,7 @@ public enum InventoryFile {
     static let resourceKeys: Set<String> = ["name", "type", "labels", "attributes"]
 
     public static func parse(_ text: String) throws(InventoryError) -> [InventoryEntry] {
+        if let anchor = firstAnchor(in: text) { throw anchor }
         let root: Node?
         do {
             root = try Yams.compose(yaml: text)
@@ -102,6 +104,38 @@ public enum InventoryFile {
         return InventoryEntry(name: name, type: type, labels: labels, attributes: attributes, line: line)
     }
 
+    /// The first anchor or alias in `text`, as an error; nil when there is none (or the text is
+    /// not YAML, which the composer then reports). Read from libyaml's events, before composing:
+    /// the composer shares an aliased node wherever it is used, so a dozen lines of nested
+    /// aliases ("billion laughs") stand for billions of nodes to anything that walks the tree.
+    static func firstAnchor(in text: String) -> InventoryError? {
+        var parser = yaml_parser_t()
+        guard yaml_parser_initialize(&parser) == 1 else { return InventoryError(line: nil, problem: "cannot start the YAML parser") }
+        defer { yaml_parser_delete(&parser) }
+        let bytes = Array(text.utf8)
+        return bytes.withUnsafeBufferPointer { buffer -> InventoryError? in
+            yaml_parser_set_input_string(&parser, buffer.baseAddress, buffer.count)
+            while true {
+                var event = yaml_event_t()
+                guard yaml_parser_parse(&parser, &event) == 1 else { return nil }
+                defer { yaml_event_delete(&event) }
+                let line = Int(event.start_mark.line) + 1
+                let anchored: Bool
+                switch event.type {
+                case YAML_STREAM_END_EVENT: return nil
+                case YAML_ALIAS_EVENT: anchored = true
+                case YAML_SCALAR_EVENT: anchored = event.data.scalar.anchor != nil
+                case YAML_SEQUENCE_START_EVENT: anchored = event.data.sequence_start.anchor != nil
+                case YAML_MAPPING_START_EVENT: anchored = event.data.mapping_start.anchor != nil
+                default: anchored = false
+                }
+                if anchored {
+                    return InventoryError(line: line, problem: "YAML anchors and aliases (& and *) are not supported: write each value out")
+                }
+            }
+        }
+    }
+
     static func isNull(_ node: Node) -> Bool {
         if case .scalar = node { return node.tag.rawValue == Tag.Name.null.rawValue }
         return false
@@ -176,17 +210,27 @@ extension YamlError {
         switch self {
         case .scanner(_, _, let mark, _), .parser(_, _, let mark, _), .composer(_, _, let mark, _):
             return mark.line
+        case .duplicatedKeysInMapping(_, let context):
+            return context.mark.line
         default:
             return nil
         }
     }
 
+    /// The problem alone: the errors' own descriptions quote the whole file, which must not end
+    /// up in a 400 body or the log.
     var problemText: String {
         switch self {
         case .scanner(_, let problem, _, _), .parser(_, let problem, _, _), .composer(_, let problem, _, _):
             return problem
+        case .reader(let problem, _, _, _):
+            return problem
+        case .duplicatedKeysInMapping(let duplicates, _):
+            return "duplicate key '\(duplicates.joined(separator: "', '"))'"
+        case .memory:
+            return "out of memory"
         default:
-            return "\(self)"
+            return "unreadable YAML"
         }
     }
 }

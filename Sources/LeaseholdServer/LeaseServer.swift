@@ -18,8 +18,12 @@ public struct ServerOptions: Sendable {
     /// nil: admin routes answer 403 and say how to enable them.
     public var adminToken: String?
     public var loops: Int = 2
-    /// Origins (`scheme://host[:port]`) allowed to open `/v1/watch` besides the served host; "*": any.
+    /// Origins (`scheme://host[:port]`) whose pages may open `/v1/lease` and `/v1/watch`,
+    /// besides the server's own pages; "*": any but "null", which must be listed itself.
     public var allowedOrigins: [String] = []
+    /// Names the server answers to besides IP addresses, localhost and this machine's host name
+    /// (a `Host` of any other name is a DNS-rebinding page, or a proxy to configure); "*": any.
+    public var allowedHosts: [String] = []
     /// Where fencing epochs are kept across restarts; nil: they start again at 0.
     public var epochFile: String?
     /// Epochs reserved per name and write of the epoch file (small in tests, to reach a ceiling).
@@ -40,6 +44,8 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
     private let group: EventLoopGroup
     private var http: HTTPServer!
     private let shuttingDown = ShutdownFlag()
+    /// Lowercased host names that `Host` may carry (see `ServerOptions.allowedHosts`).
+    private let hostNames: Set<String>
     /// Serial, so two reloads apply in the order they were asked for.
     private let reloadQueue = DispatchQueue(label: "leasehold.reload")
 
@@ -48,6 +54,7 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         self.options = options
         self.logger = logger
         self.clock = ServerClock(clock)
+        hostNames = Self.hostNames(allowed: options.allowedHosts)
         let inventory = try Self.loadInventory(path: options.inventoryPath)
         let epochFile = try options.epochFile.map { path throws(StartupError) in
             try EpochFile(path: path, names: inventory.resources.map(\.name), block: options.epochBlock)
@@ -146,14 +153,16 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         let path = head.path
         // HEAD is answered like GET; the transport leaves out the body.
         let method = head.method == "HEAD" ? "GET" : head.method
+        if path != "/healthz", path != "/metrics", let refusal = checkHost(head) { return responder.respond(refusal) }
         switch (method, path) {
         case ("GET", "/v1/lease"):
             guard !shuttingDown.isSet else { return responder.respond(.text(503, "server shutting down\n")) }
+            if let refusal = checkOrigin(head, endpoint: path) { return responder.respond(refusal) }
             let session = LeaseSession(service: service, peer: responder.peer.description,
                                        requestTimeout: options.requestTimeout)
             responder.upgradeToWebSocket(handler: session)
         case ("GET", "/v1/watch"):
-            if let refusal = checkOrigin(head) { return responder.respond(refusal) }
+            if let refusal = checkOrigin(head, endpoint: path) { return responder.respond(refusal) }
             responder.upgradeToWebSocket(handler: WatchSession(hub: service.watch, hubQueue: service.queue))
         case ("GET", "/v1/status"):
             service.queue.async { [service] in
@@ -277,15 +286,57 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         return nil
     }
 
-    /// `/v1/watch` from a browser page of another site is refused, so a foreign page cannot read
-    /// the lab's state through the visitor's network position.
-    private func checkOrigin(_ head: HTTPRequestHead) -> HTTPResponse? {
-        guard let origin = head.headers["Origin"], origin != "null" || options.allowedOrigins.contains("null") else { return nil }
-        if options.allowedOrigins.contains("*") || options.allowedOrigins.contains(origin) { return nil }
-        let host = head.headers["Host"] ?? ""
-        let originHost = origin.split(separator: "/", omittingEmptySubsequences: true).dropFirst().first.map(String.init) ?? ""
-        if !host.isEmpty, originHost.lowercased() == host.lowercased() { return nil }
-        return .text(403, "origin \(origin) may not watch this server (allow it with --allow-origin)\n")
+    /// A WebSocket from a browser page of another site is refused, so a page opened on a lab
+    /// machine can neither hold the lab's hardware nor read its state through the visitor's
+    /// network position. Tools send no `Origin`; sandboxed pages and files send "null".
+    private func checkOrigin(_ head: HTTPRequestHead, endpoint: String) -> HTTPResponse? {
+        guard let origin = head.headers["Origin"] else { return nil }
+        let allowed = options.allowedOrigins
+        if allowed.contains(origin) || (origin != "null" && allowed.contains("*")) { return nil }
+        // The server's own pages: `Host` has passed `checkHost`, so this is not a rebound name.
+        if origin != "null", let host = head.headers["Host"], let scheme = origin.range(of: "://"),
+           origin[scheme.upperBound...].lowercased() == host.lowercased() {
+            return nil
+        }
+        return .text(403, "origin \(origin) may not use \(endpoint) on this server (allow it with --allow-origin)\n")
+    }
+
+    /// DNS rebinding: a page whose own name was made to resolve to this server is same-origin with
+    /// it, and the browser sends that name as `Host`. Only names the server goes by are served.
+    private func checkHost(_ head: HTTPRequestHead) -> HTTPResponse? {
+        guard let host = head.headers["Host"], !hostNames.contains("*") else { return nil }
+        let name = Self.name(ofAuthority: host)
+        if hostNames.contains(name) || name == "localhost" || name.hasSuffix(".localhost") || Self.isAddressLiteral(name) {
+            return nil
+        }
+        return .text(403, "host '\(host)' is not a name of this server (add it with --allow-host)\n")
+    }
+
+    static func hostNames(allowed: [String]) -> Set<String> {
+        var names = Set(allowed.map { $0.lowercased() })
+        var buffer = [CChar](repeating: 0, count: 256)
+        if gethostname(&buffer, buffer.count - 1) == 0 {
+            let machine = String(cString: buffer).lowercased()
+            names.insert(machine)
+            if let dot = machine.firstIndex(of: ".") { names.insert(String(machine[..<dot])) }
+        }
+        return names
+    }
+
+    /// `Host` without its port, lowercased: `lab.example:7400` → `lab.example`, `[::1]:7400` → `::1`.
+    static func name(ofAuthority authority: String) -> String {
+        let text = authority.lowercased()
+        if text.hasPrefix("["), let close = text.firstIndex(of: "]") {
+            return String(text[text.index(after: text.startIndex)..<close])
+        }
+        if let colon = text.lastIndex(of: ":") { return String(text[..<colon]) }
+        return text
+    }
+
+    static func isAddressLiteral(_ name: String) -> Bool {
+        var v4 = in_addr()
+        var v6 = in6_addr()
+        return inet_pton(AF_INET, name, &v4) == 1 || inet_pton(AF_INET6, name, &v6) == 1
     }
 }
 

@@ -73,17 +73,17 @@ final class Metrics: @unchecked Sendable {
         value == value.rounded() ? String(Int(value)) : String(value)
     }
 
-    /// Label values escape backslash, quote and newline.
+    /// Label values escape backslash, quote and newline (by scalar: "\r\n" is one Character).
     static func escape(_ text: String) -> String {
-        var out = ""
-        for character in text {
-            switch character {
-            case "\\": out += "\\\\"
-            case "\"": out += "\\\""
-            case "\n": out += "\\n"
-            default: out.append(character)
+        var out = String.UnicodeScalarView()
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\\": out.append(contentsOf: "\\\\".unicodeScalars)
+            case "\"": out.append(contentsOf: "\\\"".unicodeScalars)
+            case "\n": out.append(contentsOf: "\\n".unicodeScalars)
+            default: out.append(scalar)
             }
         }
-        return out
+        return String(out)
     }
 }

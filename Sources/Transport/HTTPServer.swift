@@ -109,6 +109,8 @@ public final class HTTPServer: @unchecked Sendable {
     }
 
     private func accepted(_ fd: Int32, peer: SocketAddress) {
+        // The head timeout runs from here, before the connection counts as open or reaches its loop.
+        let acceptedAt = group.clock.now()
         guard limit.tryAcquire() else {
             onError("connection limit \(limit.maximum) reached: refusing \(peer)")
             Posix.setLingerZero(fd)
@@ -123,7 +125,7 @@ public final class HTTPServer: @unchecked Sendable {
             connection.limit = limit
             let http = HTTPConnectionHandler(connection: connection, server: self)
             connection.delegate = http
-            http.start()
+            http.start(acceptedAt: acceptedAt)
         }
     }
 
@@ -180,8 +182,9 @@ final class HTTPConnectionHandler: ConnectionDelegate, @unchecked Sendable {
                                    maxBodySize: server.configuration.maxBodySize)
     }
 
-    func start() {
-        setDeadline(after: server.configuration.requestHeadTimeout)
+    func start(acceptedAt: UInt64) {
+        connection.deadline = acceptedAt.addingSaturated(server.configuration.requestHeadTimeout)
+        connection.loop.watchDeadline(connection)
     }
 
     private func setDeadline(after duration: Duration) {

@@ -36,8 +36,11 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "File holding the admin bearer token (or set LEASEHOLD_ADMIN_TOKEN). Without one, admin calls answer 403.")
     var adminTokenFile: String?
 
-    @Option(name: .long, help: "Origin allowed to open /v1/watch besides the server's own (repeatable; * for any).")
+    @Option(name: .long, help: "Origin (scheme://host:port) whose pages may open /v1/lease and /v1/watch besides the server's own (repeatable; * for any but null).")
     var allowOrigin: [String] = []
+
+    @Option(name: .long, help: "Host name the server is reached by, besides IP addresses, localhost and this machine's name (repeatable; * for any). Requests naming another host get 403.")
+    var allowHost: [String] = []
 
     @Option(name: .long, help: "File keeping fencing epochs growing across restarts (created if missing). Without it, epochs start at 0 on every start.")
     var epochFile: String?
@@ -82,6 +85,7 @@ struct Serve: ParsableCommand {
         options.requestTimeout = .milliseconds(Int64(requestTimeout * 1000))
         options.maxMessageSize = maxMessageSize
         options.allowedOrigins = allowOrigin
+        options.allowedHosts = allowHost
         options.loops = loops
         options.epochFile = epochFile
         options.auditFile = auditFile

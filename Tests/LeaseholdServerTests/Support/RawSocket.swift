@@ -147,7 +147,9 @@ func rawHTTP(port: UInt16, method: String, path: String, headers: [(String, Stri
         do {
             let socket = try RawSocket(port: port)
             defer { socket.close() }
-            var request = "\(method) \(path) HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\nConnection: close\r\n"
+            var request = "\(method) \(path) HTTP/1.1\r\n"
+            if !headers.contains(where: { $0.0.lowercased() == "host" }) { request += "Host: 127.0.0.1:\(port)\r\n" }
+            request += "Connection: close\r\n"
             for (name, value) in headers { request += "\(name): \(value)\r\n" }
             let bodyBytes = Array((body ?? "").utf8)
             if body != nil || method == "POST" {
