@@ -1,11 +1,11 @@
 """The status page (`GET /`) in real headless Chromium, against the real `leasehold` binary.
 
-    LEASEHOLD_BIN=.build/debug/leasehold python3 -m pytest -q tests/test_status_page.py
+    LEASEHOLD_BIN=.build/debug/leasehold .venv/bin/python -m pytest -q tests/test_status_page.py
 
 Needs Debian's `chromium` and `chromium-driver` and pip's `selenium` and `websockets`
 (`scripts/setup --test` installs them). Refresh the README screenshot with
 
-    python3 tests/test_status_page.py --screenshot docs/status-page.png
+    .venv/bin/python tests/test_status_page.py --screenshot docs/status-page.png
 """
 
 import contextlib

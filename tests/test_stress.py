@@ -12,7 +12,7 @@ Seeded (LEASEHOLD_STRESS_SEED, default 1234), bounded in count and time, 127.0.0
    watchers of big snapshots, 2,000 connections opened and dropped, malformed frames; /healthz must
    answer within 1 s throughout and the connection count must come back.
 
-Run: LEASEHOLD_BIN=$PWD/.build/debug/leasehold python3 -m pytest -q tests/test_stress.py
+Run: LEASEHOLD_BIN=$PWD/.build/debug/leasehold .venv/bin/python -m pytest -q tests/test_stress.py
 """
 
 import asyncio
@@ -1171,16 +1171,16 @@ def test_hostile_transport(tmp_path):
 
         # Oversized head and body, unsupported chunked body.
         cases = [
-            (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", {431}),
-            (b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(2000)) + b"\r\n",
+            (b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", {431}),
+            (b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(2000)) + b"\r\n",
              {431}),
-            (b"POST /v1/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n\r\n", {413}),
-            (b"POST /v1/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n", {400, 413}),
-            (b"POST /v1/reload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\n",
+            (b"POST /v1/reload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5000000\r\n\r\n", {413}),
+            (b"POST /v1/reload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 99999999999999999999999\r\n\r\n", {400, 413}),
+            (b"POST /v1/reload HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\n",
              {501}),
-            (b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", {400}),
+            (b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", {400}),
             (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 100 + b"\r\n\r\n", {400}),
-            (b"GET /v1/lease HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            (b"GET /v1/lease HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
              b"Sec-WebSocket-Key: short\r\nSec-WebSocket-Version: 13\r\n\r\n", {400}),
         ]
         for request, statuses in cases:

@@ -56,7 +56,7 @@ struct ConnectionOptions: ParsableArguments {
     var connectTimeout: Double = 10
 
     func validate() throws {
-        guard connectTimeout > 0, connectTimeout.isFinite else { throw ValidationError("--connect-timeout must be positive") }
+        guard connectTimeout > 0, connectTimeout <= 3600 else { throw ValidationError("--connect-timeout must be more than 0 and at most 3600 seconds (got \(connectTimeout))") }
     }
 
     func serverURL() throws -> ServerURL {

@@ -61,9 +61,10 @@ struct Hold: ParsableCommand {
         guard !command.isEmpty else {
             throw ValidationError("give the command to run after --, e.g. leasehold hold --type array -- make test")
         }
-        if let wait { guard wait >= 0, wait.isFinite else { throw ValidationError("--wait must be 0 or more seconds") } }
-        guard grace >= 0, grace.isFinite else { throw ValidationError("--grace must be 0 or more seconds") }
-        guard deadAfter >= 1, deadAfter.isFinite else { throw ValidationError("--dead-after must be at least 1 second") }
+        // The protocol's own bound for wait: 10^9 s is "as long as it takes".
+        if let wait { guard wait >= 0, wait <= 1e9 else { throw ValidationError("--wait must be 0-1000000000 seconds (got \(wait))") } }
+        guard grace >= 0, grace <= 86_400 else { throw ValidationError("--grace must be 0-86400 seconds (got \(grace))") }
+        guard deadAfter >= 1, deadAfter <= 86_400 else { throw ValidationError("--dead-after must be 1-86400 seconds (got \(deadAfter))") }
         for entry in meta where !entry.contains("=") || entry.hasPrefix("=") {
             throw ValidationError("--meta takes KEY=VALUE, e.g. --meta job=https://ci.example/job/1 (got '\(entry)')")
         }

@@ -58,14 +58,33 @@ struct Serve: ParsableCommand {
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
         }
-        guard pingInterval > 0, deadAfter > 0, requestTimeout > 0 else {
-            throw ValidationError("--ping-interval, --dead-after and --request-timeout must be positive")
-        }
+        try Self.check(pingInterval, "--ping-interval", in: Self.pingIntervalRange)
+        try Self.check(deadAfter, "--dead-after", in: Self.deadAfterRange)
+        try Self.check(requestTimeout, "--request-timeout", in: Self.requestTimeoutRange)
         guard deadAfter > pingInterval else {
             throw ValidationError("--dead-after must be longer than --ping-interval, or live peers would be dropped")
         }
-        guard maxMessageSize >= 1024 else { throw ValidationError("--max-message-size must be at least 1024") }
+        guard Self.maxMessageSizeRange.contains(maxMessageSize) else {
+            throw ValidationError("--max-message-size must be \(Self.maxMessageSizeRange.lowerBound)-\(Self.maxMessageSizeRange.upperBound) bytes")
+        }
         guard (1...64).contains(loops) else { throw ValidationError("--loops must be 1-64") }
+    }
+
+    static let pingIntervalRange: ClosedRange<Double> = 0.5...3600
+    static let deadAfterRange: ClosedRange<Double> = 1...86_400
+    static let requestTimeoutRange: ClosedRange<Double> = 0.1...3600
+    static let maxMessageSizeRange: ClosedRange<Int> = 1024...(16 << 20)
+
+    /// Seconds within `range` (which also keeps them convertible to a Duration), or a message
+    /// that names the flag and the range.
+    static func check(_ seconds: Double, _ flag: String, in range: ClosedRange<Double>) throws {
+        guard seconds.isFinite, range.contains(seconds) else {
+            throw ValidationError("\(flag) must be \(number(range.lowerBound))-\(number(range.upperBound)) seconds (got \(seconds))")
+        }
+    }
+
+    private static func number(_ value: Double) -> String {
+        value == value.rounded() ? String(Int(value)) : String(value)
     }
 
     func run() throws {

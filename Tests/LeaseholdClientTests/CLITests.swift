@@ -310,6 +310,26 @@ final class CLIServer: @unchecked Sendable {
         #expect(reloadOut.contains("reloaded"))
     }
 
+    @Test(arguments: [
+        (["serve", "--dead-after", "inf"], "--dead-after"),
+        (["serve", "--request-timeout", "1e16"], "--request-timeout"),
+        (["serve", "--ping-interval", "1e-300", "--dead-after", "1e300"], "--ping-interval"),
+        (["serve", "--ping-interval", "nan"], "--ping-interval"),
+        (["serve", "--max-message-size", "9223372036854775807"], "--max-message-size"),
+        (["hold", "--wait", "99999999999", "--name", "array-01", "--", "true"], "--wait"),
+        (["hold", "--grace", "1e300", "--name", "array-01", "--", "true"], "--grace"),
+        (["hold", "--dead-after", "inf", "--name", "array-01", "--", "true"], "--dead-after"),
+        (["status", "--connect-timeout", "1e300"], "--connect-timeout"),
+    ])
+    func outOfRangeOptionsAreRefusedByName(_ testCase: ([String], String)) async throws {
+        let (arguments, flag) = testCase
+        let process = try Subprocess(arguments, environment: ["PATH": "/usr/bin:/bin"],
+                                     directory: NSTemporaryDirectory(), name: "options")
+        let status = await process.finish(within: 15)
+        #expect(status == 64, "\(arguments): exit \(String(describing: status)), \(process.stderr)")
+        #expect(process.stderr.contains(flag), "\(process.stderr)")
+    }
+
     @Test func impossibleRequestsAndUnreachableServersHaveTheirOwnStatuses() async throws {
         let server = try await CLIServer()
         let (unsatisfiable, _, unsatisfiableError) = try await server.run(["hold", "--type", "array", "--count", "5", "--", "true"])

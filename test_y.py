@@ -1,4 +1,0 @@
-def test_a():
-    pass
-def test_b():
-    pass
