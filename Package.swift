@@ -64,6 +64,7 @@ let package = Package(
         .testTarget(name: "HTTPCodecTests", dependencies: ["HTTPCodec"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport", "ManualClock"]),
         .testTarget(name: "LeaseCoreTests", dependencies: ["LeaseCore"]),
+        .testTarget(name: "LeaseProtocolTests", dependencies: ["LeaseProtocol"]),
         .testTarget(
             name: "LeaseholdServerTests",
             dependencies: ["LeaseholdServer", "LeaseholdClient", "Transport", "LeaseProtocol", "ManualClock"]

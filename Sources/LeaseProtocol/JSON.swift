@@ -24,9 +24,11 @@ public enum JSONValue: Equatable, Sendable {
         }
     }
 
+    /// The member named `key`, compared by Unicode scalars (the protocol counts scalars; Swift's
+    /// `==` would make "é" and "e" + U+0301 one key).
     public subscript(key: String) -> JSONValue? {
         guard case .object(let members) = self else { return nil }
-        return members.first { $0.0 == key }?.1
+        return members.first { $0.0.utf8.elementsEqual(key.utf8) }?.1
     }
 
     public var stringValue: String? {
@@ -123,6 +125,9 @@ private struct JSONParser {
         try enter()
         index += 1
         var members: [(String, JSONValue)] = []
+        // Keys seen so far, by their bytes (so by scalars): a hash set keeps a message with
+        // thousands of keys linear, where comparing each key with all before it was quadratic.
+        var keys = Set<[UInt8]>()
         skipWhitespace()
         if index < bytes.count, bytes[index] == UInt8(ascii: "}") {
             index += 1
@@ -133,7 +138,7 @@ private struct JSONParser {
             skipWhitespace()
             guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else { throw error("expected a string key") }
             let key = try parseString()
-            if members.contains(where: { $0.0 == key }) { throw error("duplicate key \"\(key)\"") }
+            guard keys.insert(Array(key.utf8)).inserted else { throw error("duplicate key \"\(key)\"") }
             skipWhitespace()
             guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { throw error("expected ':'") }
             index += 1

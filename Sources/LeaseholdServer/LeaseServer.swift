@@ -202,9 +202,15 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
                 }
             }
         default:
-            if let (name, action) = Self.adminResourceRoute(path) {
-                guard method == "POST" else { return responder.respond(.methodNotAllowed("POST")) }
+            if method == "POST", path.hasPrefix("/v1/resources/") {
+                // The token first: without it, nothing about the name is answered (PROTOCOL.md: 401 before any 404).
+                if let refusal = authorize(head) { return responder.respond(refusal) }
+                guard let (name, action) = Self.adminResourceRoute(path) else {
+                    return responder.respond(.jsonError(404, "no such admin route: \(path) (POST /v1/resources/NAME/free, disable or enable)"))
+                }
                 handleAdmin(action: action, resource: name, body: request.body, responder: responder)
+            } else if Self.adminResourceRoute(path) != nil {
+                responder.respond(.methodNotAllowed("POST"))
             } else if ["/v1/lease", "/v1/watch", "/v1/status", "/healthz", "/metrics", "/"].contains(path) {
                 responder.respond(.methodNotAllowed("GET"))
             } else if path == "/v1/reload" {
@@ -227,8 +233,8 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         return (name, action)
     }
 
+    /// Call once `authorize` passed.
     private func handleAdmin(action: String, resource: String, body: [UInt8], responder: HTTPResponder) {
-        if let refusal = authorize(responder.head) { return responder.respond(refusal) }
         var reason = ""
         if !body.allSatisfy({ $0 == 0x20 || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 }) {
             guard let value = try? JSONValue.parse(body), case .object = value else {

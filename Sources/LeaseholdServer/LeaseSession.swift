@@ -20,6 +20,10 @@ final class LeaseSession: WebSocketHandler, @unchecked Sendable {
     private(set) var loop: EventLoop?
     /// Why the client's lease ended, for the releases metric; set before the service hears of it.
     private var endReason = ReleaseReason.disconnect
+    /// Answers to messages that came before the service's first answer to the acquire (queued,
+    /// granted or failed): they go out after it, in order. nil once that answer went out.
+    private var heldBack: [ServerEvent]? = []
+    static let heldBackLimit = 8
     let peer: String
 
     init(service: LeaseService, peer: String, requestTimeout: Duration) {
@@ -69,9 +73,9 @@ final class LeaseSession: WebSocketHandler, @unchecked Sendable {
                 socket.close(code: CloseCode.released, reason: "released")
                 service.release(id, reason: .release)
             case .success(.acquire):
-                send(.error(code: .badRequest, message: "this connection already has a request; open another connection for another lease"))
+                reply(.error(code: .badRequest, message: "this connection already has a request; open another connection for another lease"))
             case .failure(let error):
-                send(.error(code: .badRequest, message: error.message))
+                reply(.error(code: .badRequest, message: error.message))
             }
         case .closed:
             return
@@ -86,7 +90,7 @@ final class LeaseSession: WebSocketHandler, @unchecked Sendable {
         let id = leaseID
         state = .closed
         guard let id else { return }
-        let why: ReleaseReason = code == 1006 && reason.hasPrefix("peer did not answer") ? .deadPeer : endReason
+        let why: ReleaseReason = socket.end == .deadPeer ? .deadPeer : endReason
         service.release(id, reason: why)
     }
 
@@ -98,6 +102,22 @@ final class LeaseSession: WebSocketHandler, @unchecked Sendable {
 
     private func send(_ event: ServerEvent) {
         socket?.send(text: event.text)
+    }
+
+    /// An answer to a message during the lease: after the acquire's own first answer.
+    private func reply(_ event: ServerEvent) {
+        guard var events = heldBack else { return send(event) }
+        guard events.count < Self.heldBackLimit else {
+            return fail(.protocol, "more than \(Self.heldBackLimit) messages before the acquire request was answered")
+        }
+        events.append(event)
+        heldBack = events
+    }
+
+    private func sendHeldBack() {
+        guard let events = heldBack else { return }
+        heldBack = nil
+        for event in events { send(event) }
     }
 
     // MARK: effects from the service (on this session's loop)
@@ -112,6 +132,7 @@ final class LeaseSession: WebSocketHandler, @unchecked Sendable {
     func deliver(_ effect: Effect, granted: [LeaseProtocol.GrantedResource]) {
         guard let id = leaseID, id == effect.lease, let socket, socket.isOpen else { return }
         let text = LeaseService.format(id)
+        defer { sendHeldBack() }
         switch effect {
         case .granted:
             state = .granted(id)

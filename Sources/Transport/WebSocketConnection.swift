@@ -22,6 +22,25 @@ extension WebSocketHandler {
     public func webSocketDeadlineReached(_ socket: WebSocketConnection) {}
 }
 
+/// Why a WebSocket ended, as the handler hears it (`WebSocketConnection.end`, set before
+/// `webSocketDidClose`).
+public enum WebSocketEnd: Sendable, Equatable {
+    /// `close(code:)` on this side.
+    case closedByUs
+    /// The peer sent a close frame.
+    case closedByPeer
+    /// The peer broke RFC 6455; we closed with the error's code.
+    case protocolViolation
+    /// Nothing heard, not even a pong or an acknowledgement of our output, for `deadAfter`.
+    case deadPeer
+    /// The peer left more output unread than the connection may hold.
+    case slowReader
+    /// TCP ended (FIN or reset) without a close frame.
+    case connectionLost
+    /// `abort()` on this side.
+    case aborted
+}
+
 /// One RFC 6455 connection (server or client role) over a `Connection`: decodes frames, answers
 /// pings, runs the close handshake, pings a quiet peer and drops a dead one.
 public final class WebSocketConnection: ConnectionDelegate, @unchecked Sendable {
@@ -36,7 +55,8 @@ public final class WebSocketConnection: ConnectionDelegate, @unchecked Sendable 
     private var handler: WebSocketHandler?
     private var decoder: WebSocketDecoder
     private var state = State.open
-    private var finished = false
+    /// How the socket ended for the application; nil while it is open.
+    public private(set) var end: WebSocketEnd?
     private let configuration: WebSocketConfiguration
     private let pingInterval: UInt64
     private let deadAfter: UInt64
@@ -124,14 +144,14 @@ public final class WebSocketConnection: ConnectionDelegate, @unchecked Sendable 
         state = .closeSent
         closeDeadline = loop.clock.deadline(after: configuration.closeTimeout)
         updateDeadline()
-        finish(code: code, reason: reason)
+        finish(.closedByUs, code: code, reason: reason)
     }
 
     /// Closes the TCP connection at once with a reset, without a close frame.
     public func abort() {
         state = .closed
         connection.close(.abort)
-        finish(code: 1006, reason: "aborted")
+        finish(.aborted, code: 1006, reason: "aborted")
     }
 
     private func sendClose(code: UInt16?, reason: String) {
@@ -180,7 +200,7 @@ public final class WebSocketConnection: ConnectionDelegate, @unchecked Sendable 
                 sendClose(code: code, reason: "")
                 state = .closed
                 closeTransport()
-                finish(code: code ?? 1005, reason: reason)
+                finish(.closedByPeer, code: code ?? 1005, reason: reason)
             } else {
                 state = .closed
                 closeTransport()
@@ -193,7 +213,7 @@ public final class WebSocketConnection: ConnectionDelegate, @unchecked Sendable 
         if state == .open { sendClose(code: error.closeCode, reason: error.reason) }
         state = .closed
         closeTransport()
-        finish(code: error.closeCode, reason: error.reason)
+        finish(.protocolViolation, code: error.closeCode, reason: error.reason)
     }
 
     private func closeTransport() {
@@ -237,7 +257,7 @@ public final class WebSocketConnection: ConnectionDelegate, @unchecked Sendable 
             }
             state = .closed
             connection.close(.abort)
-            finish(code: 1006, reason: "peer did not answer pings for \(deadAfter / 1_000_000_000) s")
+            finish(.deadPeer, code: 1006, reason: "peer did not answer pings for \(deadAfter / 1_000_000_000) s")
             return
         }
         if state == .open, pingInterval != .max, now >= max(lastHeardAt, lastPingAt) &+ pingInterval {
@@ -256,20 +276,20 @@ public final class WebSocketConnection: ConnectionDelegate, @unchecked Sendable 
         state = .closed
         switch reason {
         case .outputOverflow:
-            finish(code: 1006, reason: "peer did not read its messages")
+            finish(.slowReader, code: 1006, reason: "peer did not read its messages")
         case .reset(let errno):
-            finish(code: 1006, reason: "connection reset (errno \(errno))")
+            finish(.connectionLost, code: 1006, reason: "connection reset (errno \(errno))")
         default:
-            finish(code: 1006, reason: "connection closed without a close frame")
+            finish(.connectionLost, code: 1006, reason: "connection closed without a close frame")
         }
     }
 
     func connectionDidConnect() {}
 
     /// Tells the handler once, at a safe point of the loop's turn.
-    private func finish(code: UInt16, reason: String) {
-        guard !finished else { return }
-        finished = true
+    private func finish(_ cause: WebSocketEnd, code: UInt16, reason: String) {
+        guard end == nil else { return }
+        end = cause
         guard let handler else { return }
         self.handler = nil
         loop.execute { handler.webSocketDidClose(self, code: code, reason: reason) }

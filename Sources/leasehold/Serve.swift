@@ -129,6 +129,13 @@ struct Serve: ParsableCommand {
         dispatchMain()
     }
 
+    /// A bearer token is one word: a second line or a space would be part of no header a client sends.
+    static func checkToken(_ token: String, source: String) throws {
+        guard token.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value != 0x7F }) else {
+            throw ValidationError("\(source) must hold one token on one line, without spaces or control characters")
+        }
+    }
+
     private func adminToken() throws -> String? {
         if let path = adminTokenFile {
             guard let text = readSmallFile(path) else {
@@ -136,10 +143,12 @@ struct Serve: ParsableCommand {
             }
             let token = text.trimmingCharacters(in: " \t\r\n")
             guard !token.isEmpty else { throw ValidationError("--admin-token-file \(path) is empty") }
+            try Self.checkToken(token, source: "--admin-token-file \(path)")
             return token
         }
         if let value = getenv("LEASEHOLD_ADMIN_TOKEN") {
             let token = String(cString: value).trimmingCharacters(in: " \t\r\n")
+            try Self.checkToken(token, source: "LEASEHOLD_ADMIN_TOKEN")
             return token.isEmpty ? nil : token
         }
         return nil

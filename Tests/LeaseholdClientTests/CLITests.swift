@@ -330,6 +330,18 @@ final class CLIServer: @unchecked Sendable {
         #expect(process.stderr.contains(flag), "\(process.stderr)")
     }
 
+    @Test func aTokenFileOfTwoLinesIsRefused() async throws {
+        let directory = try TestFiles.makeDirectory()
+        defer { TestFiles.remove(directory) }
+        try TestFiles.write(TestFiles.inventory, to: directory + "/inventory.yaml")
+        try TestFiles.write("first-token\nsecond-token\n", to: directory + "/token")
+        let process = try Subprocess(["serve", "--listen", "127.0.0.1:0", "--inventory", directory + "/inventory.yaml",
+                                      "--admin-token-file", directory + "/token"],
+                                     environment: ["PATH": "/usr/bin:/bin"], directory: directory, name: "two-line-token")
+        #expect(await process.finish(within: 15) == 64)
+        #expect(process.stderr.contains("one token on one line"), "\(process.stderr)")
+    }
+
     @Test func impossibleRequestsAndUnreachableServersHaveTheirOwnStatuses() async throws {
         let server = try await CLIServer()
         let (unsatisfiable, _, unsatisfiableError) = try await server.run(["hold", "--type", "array", "--count", "5", "--", "true"])

@@ -182,4 +182,31 @@ import Testing
         #expect(try await named.http("GET", "/v1/status", headers: [("Host", "evil.example")]).status == 403)
         await named.stop()
     }
+
+    // MARK: smaller findings
+
+    @Test func aBadMessagePipelinedBehindTheAcquireIsAnsweredAfterTheGrant() async throws {
+        let server = try TestServer()
+        let raw = try await RawWebSocket(port: server.port)
+        let acquire = RawWebSocket.frame(opcode: 0x1, payload: Array(acquireJSON(#"[{"name":"switch-01"}]"#).utf8), fin: true, rsv: 0, masked: true)
+        let bad = RawWebSocket.frame(opcode: 0x1, payload: Array(#"{"op":"grab"}"#.utf8), fin: true, rsv: 0, masked: true)
+        raw.socket.write(acquire + bad)  // one segment: the server reads both in one turn
+        let first = try #require(await raw.readText())
+        #expect(first.contains("\"granted\""), "first answer: \(first)")
+        let second = try #require(await raw.readText())
+        #expect(second.contains("bad_request"), "second answer: \(second)")
+        #expect(try await server.resource("switch-01")["state"] == .string("held"))
+        raw.socket.close()
+        await server.stop()
+    }
+
+    @Test func anUndecodableAdminNameIs401WithoutTheTokenAnd404WithIt() async throws {
+        let server = try TestServer()
+        let path = "/v1/resources/%ZZ/free"
+        #expect(try await server.http("POST", path).status == 401)
+        #expect(try await server.http("POST", path, headers: [("Authorization", "Bearer wrong")]).status == 401)
+        #expect(try await server.http("POST", path, headers: [("Authorization", "Bearer secret")]).status == 404)
+        #expect(try await server.http("GET", "/v1/resources/switch-01/free").status == 405)
+        await server.stop()
+    }
 }
