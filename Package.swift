@@ -13,6 +13,9 @@ let package = Package(
         .library(name: "LeaseCore", targets: ["LeaseCore"]),
         .library(name: "Transport", targets: ["Transport"]),
         .library(name: "LeaseProtocol", targets: ["LeaseProtocol"]),
+        .library(name: "HTTPCodec", targets: ["HTTPCodec"]),
+        // For the fuzz package (scripts/fuzz): the inventory loader.
+        .library(name: "LeaseholdServer", targets: ["LeaseholdServer"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),

@@ -109,18 +109,7 @@ final class LeaseService: @unchecked Sendable {
     func release(_ id: LeaseID, reason: ReleaseReason) {
         queue.async { [self] in
             let now = clock.now()
-            guard let entry = sessions.removeValue(forKey: id) else { return }
-            let reason = shuttingDown ? .shutdown : reason
-            if entry.granted {
-                metrics.releases[reason, default: 0] += 1
-                leaseLogger(id, entry).info("released", metadata: ["reason": .string(reason.rawValue)])
-                journal?.record([
-                    ("event", .string("released")), ("lease", .string(Self.format(id))), ("holder", .string(entry.holder)),
-                    ("reason", .string(reason.rawValue)), ("held_seconds", .double(Self.seconds(now.duration(since: entry.grantedAt)))),
-                ])
-            } else {
-                leaseLogger(id, entry).info("left the queue", metadata: ["reason": .string(reason.rawValue)])
-            }
+            guard end(id, .released(shuttingDown ? .shutdown : reason), now: now) != nil else { return }
             let effects = table.release(id, now: now)
             apply(effects, now: now)
             // The table changed even when nobody was waiting for what was freed (no effects).
@@ -194,17 +183,9 @@ final class LeaseService: @unchecked Sendable {
                     "resources": .string(granted.map { "\($0.name)#\($0.epoch)" }.joined(separator: ",")),
                 ]) }
             case .revoked(_, let reason):
-                sessions[id] = nil
-                journal?.record([
-                    ("event", .string("revoked")), ("lease", .string(Self.format(id))), ("holder", .string(entry.holder)),
-                    ("reason", .string(reason)), ("held_seconds", .double(Self.seconds(now.duration(since: entry.grantedAt)))),
-                ])
-                metrics.revokes += 1
-                metrics.releases[.revoked, default: 0] += 1
-                leaseLogger(id, entry).notice("revoked", metadata: ["reason": .string(reason)])
+                end(id, .revoked(reason), now: now)
             case .failed(_, let why):
-                sessions[id] = nil
-                leaseLogger(id, entry).info("failed", metadata: ["why": .string("\(why)")])
+                end(id, .failed(why), now: now)
             case .queued, .positionChanged:
                 break
             }
@@ -239,22 +220,68 @@ final class LeaseService: @unchecked Sendable {
     /// write are disabled (so nobody cycles through them), the rest of the lease is freed, and
     /// the connection closes with 1011.
     private func withhold(_ id: LeaseID, _ entry: SessionEntry, unsaved: [(name: String, failure: String)], now: Tick) {
-        sessions[id] = nil
+        end(id, .withheld(names: unsaved.map(\.name), error: unsaved.map(\.failure).first ?? ""), now: now)
         var effects: [Effect] = []
         for (name, _) in unsaved { _ = table.disable(resource: name, now: now, into: &effects) }
         table.release(id, now: now, into: &effects)
-        let names = unsaved.map(\.name).joined(separator: ",")
-        leaseLogger(id, entry).critical("grant withheld: its fencing epochs cannot be saved; the resources stay disabled until an admin enables them", metadata: [
-            "resources": .string(names), "error": .string(unsaved[0].failure),
-        ])
-        journal?.record([
-            ("event", .string("grant_withheld")), ("lease", .string(Self.format(id))), ("holder", .string(entry.holder)),
-            ("disabled", .array(unsaved.map { .string($0.name) })), ("error", .string(unsaved[0].failure)),
-        ])
         let session = entry.session
         entry.loop.execute { session.withhold(reason: "fencing epochs cannot be saved") }
         apply(effects, now: now)
         markChanged()
+    }
+
+    /// How a lease, or a place in the queue, ended.
+    private enum Ending {
+        /// The connection released, closed, died or the server stopped.
+        case released(ReleaseReason)
+        case revoked(String)
+        case failed(FailureReason)
+        /// Granted by the table but never sent (see `withhold`).
+        case withheld(names: [String], error: String)
+    }
+
+    /// The one end of every lease and every waiter: takes the session out and writes the log
+    /// line, the journal line and the metrics, once. A second end of the same lease finds no
+    /// session and does nothing. Returns the entry that ended.
+    @discardableResult
+    private func end(_ id: LeaseID, _ ending: Ending, now: Tick) -> SessionEntry? {
+        guard let entry = sessions.removeValue(forKey: id) else { return nil }
+        func log(_ level: Logger.Level, _ message: Logger.Message, _ metadata: Logger.Metadata) {
+            guard logger.logLevel <= level else { return }  // no lease logger built for nothing
+            leaseLogger(id, entry).log(level: level, message, metadata: metadata)
+        }
+        var line: [(String, JSONValue)] = [("lease", .string(Self.format(id))), ("holder", .string(entry.holder))]
+        let held = ("held_seconds", JSONValue.double(Self.seconds(now.duration(since: entry.grantedAt))))
+        let waited = ("waited_seconds", JSONValue.double(Self.seconds(now.duration(since: entry.arrival))))
+        switch ending {
+        case .released(let reason) where entry.granted:
+            metrics.releases[reason, default: 0] += 1
+            log(.info, "released", ["reason": .string(reason.rawValue)])
+            line = [("event", .string("released"))] + line + [("reason", .string(reason.rawValue)), held]
+        case .released(let reason):
+            log(.info, "left the queue", ["reason": .string(reason.rawValue)])
+            line = [("event", .string("left_queue"))] + line + [("reason", .string(reason.rawValue)), waited]
+        case .revoked(let reason):
+            metrics.revokes += 1
+            metrics.releases[.revoked, default: 0] += 1
+            log(.notice, "revoked", ["reason": .string(reason)])
+            line = [("event", .string("revoked"))] + line + [("reason", .string(reason)), held]
+        case .failed(let why):
+            let (code, message): (String, String)
+            switch why {
+            case .unsatisfiable(let text): (code, message) = ("unsatisfiable", text)
+            case .waitTimeout: (code, message) = ("wait_timeout", "not granted within the requested wait")
+            }
+            log(.info, "failed", ["code": .string(code), "why": .string(message)])
+            line = [("event", .string("failed"))] + line + [("code", .string(code)), ("reason", .string(message)), waited]
+        case .withheld(let names, let error):
+            log(.critical, "grant withheld: its fencing epochs cannot be saved; the resources stay disabled until an admin enables them", [
+                "resources": .string(names.joined(separator: ",")), "error": .string(error),
+            ])
+            line = [("event", .string("grant_withheld"))] + line + [("disabled", .array(names.map { .string($0) })), ("error", .string(error))]
+        }
+        journal?.record(line)
+        return entry
     }
 
     private func tick() {

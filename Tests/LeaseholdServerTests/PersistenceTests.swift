@@ -107,4 +107,35 @@ struct PersistenceTests {
         #expect(lines.last?["action"]?.stringValue == "disable")
         #expect(lines.allSatisfy { $0["time"]?.stringValue?.hasSuffix("Z") == true })
     }
+
+    @Test func everyEndOfALeaseOrAWaitIsJournalledOnce() async throws {
+        let path = temporaryPath("audit")
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let server = try TestServer { $0.auditFile = path }
+        let (holder, _) = try await server.hold(#"[{"name": "switch-01"}]"#, holder: "holder")
+        let unsatisfiable = try await server.acquire(#"[{"name": "nope"}]"#, holder: "lost")
+        try await unsatisfiable.expectFailure("unsatisfiable", closeCode: 4404)
+        let impatient = try await server.acquire(#"[{"name": "switch-01"}]"#, holder: "impatient", wait: "0")
+        try await impatient.expectFailure("wait_timeout", closeCode: 4408)
+        let (leaver, _) = try await server.queue(#"[{"name": "switch-01"}]"#, holder: "leaver")
+        leaver.send(#"{"op":"release"}"#)
+        _ = try await leaver.expectClose()
+        try await server.waitForStatus("the queue empty") { $0["queue"]?.arrayValue?.isEmpty == true }
+        holder.send(#"{"op":"release"}"#)
+        _ = try await holder.expectClose()
+        try await server.waitUntilFree("switch-01")
+        await server.stop()
+
+        var lines: [JSONValue] = []
+        let deadline = Date().addingTimeInterval(5)
+        while Date() < deadline {
+            let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+            lines = text.split(separator: "\n").compactMap { try? JSONValue.parse(String($0)) }
+            if lines.count >= 5 { break }
+            try await Task.sleep(nanoseconds: 50_000_000)
+        }
+        let ends = lines.map { "\($0["event"]?.stringValue ?? "?") \($0["holder"]?.stringValue ?? "?") \($0["code"]?.stringValue ?? $0["reason"]?.stringValue ?? "")" }
+        #expect(ends == ["granted holder ", "failed lost unsatisfiable", "failed impatient wait_timeout",
+                         "left_queue leaver release", "released holder release"], "journal: \(ends)")
+    }
 }

@@ -1,0 +1,16 @@
+// swift-tools-version:6.0
+// libFuzzer targets, in a package of their own so `swift test` never builds them. Each target is
+// built with -sanitize=fuzzer,address by scripts/fuzz/run, which also holds the seed corpora.
+import PackageDescription
+
+let package = Package(
+    name: "leasehold-fuzz",
+    dependencies: [.package(name: "leasehold", path: "../..")],
+    targets: [
+        .executableTarget(name: "FuzzFrames", dependencies: [.product(name: "WebSocketCodec", package: "leasehold")]),
+        .executableTarget(name: "FuzzHTTP", dependencies: [.product(name: "HTTPCodec", package: "leasehold")]),
+        .executableTarget(name: "FuzzAcquire", dependencies: [.product(name: "LeaseProtocol", package: "leasehold")]),
+        .executableTarget(name: "FuzzInventory", dependencies: [.product(name: "LeaseholdServer", package: "leasehold")]),
+    ],
+    swiftLanguageModes: [.v6]
+)
