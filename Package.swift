@@ -23,12 +23,8 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
     targets: [
-        // System libraries (apt: zlib1g-dev, libssl-dev).
-        .systemLibrary(name: "CZlib", providers: [.apt(["zlib1g-dev"])]),
-        .systemLibrary(name: "COpenSSL", providers: [.apt(["libssl-dev"])]),
-
         // Protocol layers: pure, no sockets, no Dispatch.
-        .target(name: "WebSocketCodec", dependencies: ["COpenSSL"]),
+        .target(name: "WebSocketCodec"),
         .target(name: "HTTPCodec"),
 
         // Sockets, event loops, HTTP and WebSocket connections.

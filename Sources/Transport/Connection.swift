@@ -189,7 +189,7 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
         let result: Posix.IOResult = bytes.withUnsafeBytes { raw in
             guard let base = raw.baseAddress else { return .bytes(0) }
             var vector = iovec(iov_base: UnsafeMutableRawPointer(mutating: base), iov_len: raw.count)
-            return withUnsafePointer(to: &vector) { Posix.writev(fd, UnsafeBufferPointer(start: $0, count: 1)) }
+            return withUnsafePointer(to: &vector) { Posix.send(fd, UnsafeBufferPointer(start: $0, count: 1)) }
         }
         switch result {
         case .bytes(let count): return count
@@ -206,7 +206,7 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
                 guard let base = raw.baseAddress else { return .bytes(0) }
                 var vector = iovec(iov_base: UnsafeMutableRawPointer(mutating: base + outputOffset),
                                    iov_len: raw.count - outputOffset)
-                return withUnsafePointer(to: &vector) { Posix.writev(fd, UnsafeBufferPointer(start: $0, count: 1)) }
+                return withUnsafePointer(to: &vector) { Posix.send(fd, UnsafeBufferPointer(start: $0, count: 1)) }
             }
             switch result {
             case .bytes(let count):

@@ -143,7 +143,6 @@ public final class EventLoopGroup: @unchecked Sendable {
     public init(count: Int, label: String = "leasehold.loop", clock: LoopClock = .system) {
         precondition(count > 0, "an event loop group needs at least one loop")
         loops = (0..<count).map { EventLoop(index: $0, label: label, clock: clock) }
-        Posix.ignoreSIGPIPE()
     }
 
     public var clock: LoopClock { loops[0].clock }

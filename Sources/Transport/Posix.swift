@@ -250,15 +250,20 @@ enum Posix {
         }
     }
 
-    static func writev(_ fd: Int32, _ vectors: UnsafeBufferPointer<iovec>) -> IOResult {
+    /// `writev` on a socket, with MSG_NOSIGNAL: a peer gone is EPIPE, not SIGPIPE for the
+    /// whole process.
+    static func send(_ fd: Int32, _ vectors: UnsafeBufferPointer<iovec>) -> IOResult {
+        var message = msghdr()
+        message.msg_iov = UnsafeMutablePointer(mutating: vectors.baseAddress)
+        message.msg_iovlen = vectors.count
         while true {
-            let count = Glibc.writev(fd, vectors.baseAddress, Int32(vectors.count))
+            let count = sendmsg(fd, &message, Int32(MSG_NOSIGNAL))
             if count >= 0 { return .bytes(count) }
             let code = errno
             switch code {
             case EINTR: continue
             case EAGAIN, EWOULDBLOCK: return .wouldBlock
-            default: return .failed(SocketError(call: "writev", errno: code))
+            default: return .failed(SocketError(call: "sendmsg", errno: code))
             }
         }
     }
@@ -277,10 +282,6 @@ enum Posix {
             setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
         }
         return Int(clamping: limit.rlim_cur)
-    }
-
-    static func ignoreSIGPIPE() {
-        signal(SIGPIPE, SIG_IGN)
     }
 
     /// Monotonic time in nanoseconds.

@@ -1,5 +1,4 @@
 // Opening handshake helpers (RFC 6455 §4): the accept value and the client key.
-import COpenSSL
 
 public enum WebSocketHandshake {
     /// RFC 6455 §1.3: appended to the client's key before hashing.
@@ -7,14 +6,7 @@ public enum WebSocketHandshake {
 
     /// `base64(SHA1(key + GUID))`, the value of `Sec-WebSocket-Accept`.
     public static func acceptValue(forKey key: String) -> String {
-        let input = Array((key + acceptGUID).utf8)
-        var digest = [UInt8](repeating: 0, count: Int(SHA_DIGEST_LENGTH))
-        input.withUnsafeBufferPointer { source in
-            digest.withUnsafeMutableBufferPointer { output in
-                _ = SHA1(source.baseAddress, source.count, output.baseAddress)
-            }
-        }
-        return Base64.encode(digest)
+        Base64.encode(SHA1.hash(Array((key + acceptGUID).utf8)))
     }
 
     /// Whether `key` is a `Sec-WebSocket-Key`: base64 of exactly 16 bytes (24 characters).

@@ -66,6 +66,7 @@ while let argument = arguments.popFirst() {
 }
 if listen.isEmpty { listen = ["127.0.0.1:9001"] }
 
+signal(SIGPIPE, SIG_IGN)  // a closed stdout must not stop the server; sockets use MSG_NOSIGNAL
 let group = EventLoopGroup(count: loops, label: "echo.loop")
 let echo = Echo()
 let server = HTTPServer(group: group, configuration: configuration, handler: echo,

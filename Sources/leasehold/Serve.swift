@@ -158,6 +158,9 @@ struct Serve: ParsableCommand {
 nonisolated(unsafe) private var signalSources: [DispatchSourceSignal] = []
 
 private func installSignalHandlers(server: LeaseServer, logger: Logger) {
+    // Sockets are written with MSG_NOSIGNAL; this is for a log pipe whose reader went away,
+    // which must not take every lease down with the server.
+    signal(SIGPIPE, SIG_IGN)
     for number in [SIGTERM, SIGINT, SIGHUP] {
         signal(number, SIG_IGN)
         let source = DispatchSource.makeSignalSource(signal: number, queue: .main)

@@ -81,6 +81,24 @@ struct HandshakeTests {
         #expect(WebSocketHandshake.acceptValue(forKey: "dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
     }
 
+    /// FIPS 180-2 appendix vectors, plus the block-boundary lengths where padding changes.
+    @Test(arguments: [
+        ("", "da39a3ee5e6b4b0d3255bfef95601890afd80709"),
+        ("abc", "a9993e364706816aba3e25717850c26c9cd0d89d"),
+        ("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq", "84983e441c3bd26ebaae4aa1f95129e5e54670f1"),
+        (String(repeating: "a", count: 55), "c1c8bbdc22796e28c0e15163d20899b65621d65a"),
+        (String(repeating: "a", count: 64), "0098ba824b5c16427bd7a1122a5a442a25ec644d"),
+    ])
+    func sha1Vectors(_ testCase: (String, String)) {
+        let hex = SHA1.hash(Array(testCase.0.utf8)).map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+        #expect(hex == testCase.1)
+    }
+
+    @Test func sha1OfAMillionAs() {
+        let hex = SHA1.hash([UInt8](repeating: 0x61, count: 1_000_000)).map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+        #expect(hex == "34aa973cd4c4daa4f61eeb2bdbad27316534016f")
+    }
+
     @Test(arguments: ["dGhlIHNhbXBsZSBub25jZQ==", "AAAAAAAAAAAAAAAAAAAAAA==", "/////////////////////w=="])
     func validKeys(key: String) {
         #expect(WebSocketHandshake.isValidKey(key))
