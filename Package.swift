@@ -30,8 +30,8 @@ let package = Package(
         // Sockets, event loops, HTTP and WebSocket connections.
         .target(name: "CPosix"),
         .target(name: "Transport", dependencies: ["CPosix", "WebSocketCodec", "HTTPCodec"]),
-        // A clock that moves only when a test says so; for tests, never shipped.
-        .target(name: "ManualClock", dependencies: ["Transport"]),
+        // For tests, never shipped: a clock that moves only when a test says so, a TSan-visible lock.
+        .target(name: "TransportTesting", dependencies: ["Transport"]),
 
         // The lease table: a pure state machine, no I/O, no clock.
         .target(name: "LeaseCore"),
@@ -61,17 +61,17 @@ let package = Package(
 
         .testTarget(name: "WebSocketCodecTests", dependencies: ["WebSocketCodec"]),
         .testTarget(name: "HTTPCodecTests", dependencies: ["HTTPCodec"]),
-        .testTarget(name: "TransportTests", dependencies: ["Transport", "ManualClock"]),
+        .testTarget(name: "TransportTests", dependencies: ["Transport", "TransportTesting"]),
         .testTarget(name: "LeaseCoreTests", dependencies: ["LeaseCore"]),
         .testTarget(name: "LeaseProtocolTests", dependencies: ["LeaseProtocol"]),
         .testTarget(
             name: "LeaseholdServerTests",
-            dependencies: ["LeaseholdServer", "LeaseholdClient", "Transport", "LeaseProtocol", "ManualClock"]
+            dependencies: ["LeaseholdServer", "LeaseholdClient", "Transport", "LeaseProtocol", "TransportTesting"]
         ),
         .testTarget(
             name: "LeaseholdClientTests",
             dependencies: [
-                "LeaseholdClient", "LeaseholdServer", "LeaseProtocol", "Transport", "ManualClock",
+                "LeaseholdClient", "LeaseholdServer", "LeaseProtocol", "Transport", "TransportTesting",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

@@ -2,7 +2,7 @@ import Dispatch
 import LeaseholdClient
 import LeaseholdServer
 import Logging
-import ManualClock
+import TransportTesting
 import Testing
 import Transport
 #if canImport(Glibc)

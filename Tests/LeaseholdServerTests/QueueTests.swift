@@ -1,6 +1,6 @@
 import Foundation
 import LeaseProtocol
-import ManualClock
+import TransportTesting
 import Testing
 import Transport
 

@@ -1,5 +1,5 @@
 // The close handshake both ways, and protocol violations answered with the right close code.
-import ManualClock
+import TransportTesting
 import Testing
 import Transport
 import WebSocketCodec

@@ -1,5 +1,5 @@
 // Edge cases found while reading the transport: each names the behaviour it pins down.
-import ManualClock
+import TransportTesting
 import Testing
 import Transport
 import Transport

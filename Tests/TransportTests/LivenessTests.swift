@@ -1,5 +1,5 @@
 // Peers that vanish, go quiet or crawl: resets, dead-peer pings, slow and silent handshakes.
-import ManualClock
+import TransportTesting
 import Testing
 import Transport
 import WebSocketCodec

@@ -1,6 +1,6 @@
 // Many connections, a peer that never reads, and closing everything at once.
-import Synchronization
 import Testing
+import TransportTesting
 import Transport
 import WebSocketCodec
 #if canImport(Glibc)
@@ -74,7 +74,7 @@ extension TransportIntegration {
             #expect(try await idleHTTP.readHTTPResponse().status == 200)
             #expect(await eventually { server.openConnections == 6 })
 
-            let completed = Mutex(false)
+            let completed = Locked(false)
             server.server.closeAllConnections(code: 1001, reason: "shutting down", timeout: .seconds(10)) {
                 completed.withLock { $0 = true }
             }

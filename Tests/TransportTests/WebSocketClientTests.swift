@@ -1,6 +1,6 @@
 // The transport's own event-driven client role (WebSocketClient.connect) against the server.
 import Synchronization
-import ManualClock
+import TransportTesting
 import Testing
 import Transport
 #if canImport(Glibc)

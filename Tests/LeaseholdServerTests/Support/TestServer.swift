@@ -3,7 +3,7 @@ import Foundation
 import LeaseProtocol
 import LeaseholdServer
 import Logging
-import ManualClock
+import TransportTesting
 import Testing
 import Transport
 

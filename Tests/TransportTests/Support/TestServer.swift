@@ -2,8 +2,7 @@
 // routes, upgrades /ws* to an echo WebSocket, and records what its sockets report.
 import Dispatch
 import HTTPCodec
-import Synchronization
-import ManualClock
+import TransportTesting
 import Testing
 import Transport
 #if canImport(Glibc)
@@ -19,7 +18,7 @@ enum SocketEvent: Sendable, Equatable {
 }
 
 final class EventLog: Sendable {
-    private let events = Mutex<[SocketEvent]>([])
+    private let events = Locked<[SocketEvent]>([])
 
     func append(_ event: SocketEvent) { events.withLock { $0.append(event) } }
     var all: [SocketEvent] { events.withLock { $0 } }
@@ -127,7 +126,7 @@ final class TestHandler: HTTPRequestHandler, WebSocketHandler {
 
 /// Servers, groups and handlers are kept alive for the whole test process: connections refer to
 /// their server and loop unowned, so freeing one while a connection drains would crash.
-private let keepAlive = Mutex<[AnyObject]>([])
+private let keepAlive = Locked<[AnyObject]>([])
 
 final class TestServer: Sendable {
     let group: EventLoopGroup

@@ -1,5 +1,4 @@
 import Dispatch
-import Synchronization
 import Transport
 
 /// A clock that moves only when `advance(by:)` is called. Timers that come due run on their
@@ -12,11 +11,11 @@ public final class ManualClock: LoopClock, @unchecked Sendable {
         var timers: [ObjectIdentifier: Weak] = [:]
     }
     private struct Weak { weak var timer: ManualTimer? }
-    private let state: Mutex<State>
+    private let state: Locked<State>
 
     /// Starts at an arbitrary, large time, as a monotonic clock does, so nothing treats 0 as "never".
     public init(startingAt start: UInt64 = 1_000_000_000_000) {
-        state = Mutex(State(now: start))
+        state = Locked(State(now: start))
     }
 
     public func now() -> UInt64 { state.withLock { $0.now } }
@@ -52,7 +51,7 @@ private final class ManualTimer: LoopTimer, @unchecked Sendable {
     private unowned let clock: ManualClock
     private let queue: DispatchQueue
     private let handler: @Sendable () -> Void
-    private let armed = Mutex<UInt64>(.max)
+    private let armed = Locked<UInt64>(.max)
 
     init(clock: ManualClock, queue: DispatchQueue, handler: @escaping @Sendable () -> Void) {
         self.clock = clock
