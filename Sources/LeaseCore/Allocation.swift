@@ -412,60 +412,48 @@ extension LeaseTable {
             leases[w].groups[0].filled += 1
             return true
         }
-        var parentG = (Int8(0), Int8(0), Int8(0), Int8(0), Int8(0), Int8(0), Int8(0), Int8(0),
-                       Int8(0), Int8(0), Int8(0), Int8(0), Int8(0), Int8(0), Int8(0), Int8(0))
-        var parentS = (Int32(0), Int32(0), Int32(0), Int32(0), Int32(0), Int32(0), Int32(0), Int32(0),
-                       Int32(0), Int32(0), Int32(0), Int32(0), Int32(0), Int32(0), Int32(0), Int32(0))
-        var bfs = parentG
-        return withUnsafeMutableBytes(of: &parentG) { pgRaw in
-            withUnsafeMutableBytes(of: &parentS) { psRaw in
-                withUnsafeMutableBytes(of: &bfs) { qRaw in
-                    let pg = pgRaw.bindMemory(to: Int8.self)
-                    let ps = psRaw.bindMemory(to: Int32.self)
-                    let q = qRaw.bindMemory(to: Int8.self)
-                    var visited: UInt16 = 0
-                    var head = 0, tail = 0
-                    for g in 0..<n where resHasSel(r, leases[w].groups[g].sel) {
-                        visited |= 1 << UInt16(g)
-                        pg[g] = -1
-                        q[tail] = Int8(g); tail += 1
+        // Breadth-first over the lease's groups (at most 16), in scratch arrays the table keeps.
+        var visited: UInt16 = 0
+        var head = 0, tail = 0
+        for g in 0..<n where resHasSel(r, leases[w].groups[g].sel) {
+            visited |= 1 << UInt16(g)
+            augmentScratch.parentGroup[g] = -1
+            augmentScratch.queue[tail] = Int8(g); tail += 1
+        }
+        while head < tail {
+            let g = Int(augmentScratch.queue[head]); head += 1
+            let gr = leases[w].groups[g]
+            if gr.filled < gr.count {
+                // Shift each slot on the path back to its parent group; the new resource goes in first.
+                var pos = Int(gr.offset + gr.filled)
+                leases[w].groups[g].filled += 1
+                var current = g
+                while true {
+                    let parent = Int(augmentScratch.parentGroup[current])
+                    if parent < 0 { leases[w].slots[pos] = Int32(r); return true }
+                    let from = Int(augmentScratch.parentSlot[current])
+                    leases[w].slots[pos] = leases[w].slots[from]
+                    pos = from
+                    current = parent
+                }
+            }
+            if gr.overlap & ~visited == 0 { continue }
+            for k in Int(gr.offset)..<Int(gr.offset + gr.filled) {
+                let rk = Int(leases[w].slots[k])
+                var candidates = gr.overlap & ~visited
+                while candidates != 0 {
+                    let h = candidates.trailingZeroBitCount
+                    candidates &= candidates - 1
+                    if resHasSel(rk, leases[w].groups[h].sel) {
+                        visited |= 1 << UInt16(h)
+                        augmentScratch.parentGroup[h] = Int8(g)
+                        augmentScratch.parentSlot[h] = Int32(k)
+                        augmentScratch.queue[tail] = Int8(h); tail += 1
                     }
-                    while head < tail {
-                        let g = Int(q[head]); head += 1
-                        let gr = leases[w].groups[g]
-                        if gr.filled < gr.count {
-                            var pos = Int(gr.offset + gr.filled)
-                            leases[w].groups[g].filled += 1
-                            var cur = g
-                            while true {
-                                let p = Int(pg[cur])
-                                if p < 0 { leases[w].slots[pos] = Int32(r); return true }
-                                let from = Int(ps[cur])
-                                leases[w].slots[pos] = leases[w].slots[from]
-                                pos = from
-                                cur = p
-                            }
-                        }
-                        if gr.overlap & ~visited == 0 { continue }
-                        for k in Int(gr.offset)..<Int(gr.offset + gr.filled) {
-                            let rk = Int(leases[w].slots[k])
-                            var cm = gr.overlap & ~visited
-                            while cm != 0 {
-                                let h = cm.trailingZeroBitCount
-                                cm &= cm - 1
-                                if resHasSel(rk, leases[w].groups[h].sel) {
-                                    visited |= 1 << UInt16(h)
-                                    pg[h] = Int8(g)
-                                    ps[h] = Int32(k)
-                                    q[tail] = Int8(h); tail += 1
-                                }
-                            }
-                        }
-                    }
-                    return false
                 }
             }
         }
+        return false
     }
 
     /// Removes `r` from `w`'s matching (the rest stays a valid matching).

@@ -75,6 +75,8 @@ public struct LeaseTable: Sendable {
     var typeMembers: [String: [Int32]] = [:]
     /// Epochs of names that have no record (removed, or seeded but not in the inventory).
     var epochStore: [String: UInt64] = [:]
+    /// Reused by `augment` (one entry per want group, at most 16): no allocation per grant.
+    var augmentScratch = AugmentScratch()
     var inventoryGeneration: UInt64 = 0
 
     // MARK: Selectors
@@ -399,4 +401,12 @@ public struct LeaseTable: Sendable {
 
 extension Tick {
     @inline(__always) var nanosecondsValue: Int64 { nanoseconds }
+}
+
+/// The breadth-first search state of `augment`: per group, the group it was reached from and
+/// the slot it takes over; the queue of groups to visit.
+struct AugmentScratch {
+    var parentGroup = [Int8](repeating: 0, count: LeaseTable.maxGroups)
+    var parentSlot = [Int32](repeating: 0, count: LeaseTable.maxGroups)
+    var queue = [Int8](repeating: 0, count: LeaseTable.maxGroups)
 }

@@ -15,6 +15,15 @@ public struct ServerOptions: Sendable {
     public var deadAfter: Duration = .seconds(45)
     public var requestTimeout: Duration = .seconds(30)
     public var maxMessageSize: Int = 64 * 1024
+    /// Open connections in all (beyond: 503 before any upgrade) and from one address (429).
+    public var maxConnections = 100_000
+    public var maxConnectionsPerAddress = 4096
+    /// Open `/v1/watch` streams; beyond, a new one closes with 1013 (try again later).
+    public var maxWatchers = 1000
+    /// Waiters in all and from one address; beyond, a request that cannot be granted at once
+    /// fails with wait_timeout and says the queue is full.
+    public var maxWaiters = 10_000
+    public var maxWaitersPerAddress = 2_000
     /// nil: admin routes answer 403 and say how to enable them.
     public var adminToken: String?
     public var loops: Int = 2
@@ -44,6 +53,8 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
     private let group: EventLoopGroup
     private var http: HTTPServer!
     private let shuttingDown = ShutdownFlag()
+    /// Open watch streams (see `ServerOptions.maxWatchers`).
+    private let watchers: ConnectionLimit
     /// Lowercased host names that `Host` may carry (see `ServerOptions.allowedHosts`).
     private let hostNames: Set<String>
     /// Serial, so two reloads apply in the order they were asked for.
@@ -63,13 +74,17 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         let journal = try options.auditFile.map { path throws(StartupError) in try AuditJournal(path: path, clock: clock) }
         do {
             service = try LeaseService(inventory: inventory, epochFile: epochFile, journal: journal, clock: clock,
-                                       logger: logger, metrics: Metrics())
+                                       logger: logger, metrics: Metrics(),
+                                       waiterLimits: .init(total: options.maxWaiters, perAddress: options.maxWaitersPerAddress))
         } catch {
             throw StartupError(message: "inventory \(options.inventoryPath): \(error)")
         }
         group = EventLoopGroup(count: max(1, options.loops), label: "leasehold.loop", clock: clock.source)
         var configuration = HTTPServerConfiguration()
         configuration.webSocket.maxMessageSize = options.maxMessageSize
+        configuration.maxConnections = options.maxConnections
+        configuration.maxConnectionsPerAddress = options.maxConnectionsPerAddress
+        watchers = ConnectionLimit(maximum: options.maxWatchers)
         configuration.webSocket.pingInterval = options.pingInterval
         configuration.webSocket.deadAfter = options.deadAfter
         let logger = logger
@@ -158,12 +173,12 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         case ("GET", "/v1/lease"):
             guard !shuttingDown.isSet else { return responder.respond(.text(503, "server shutting down\n")) }
             if let refusal = checkOrigin(head, endpoint: path) { return responder.respond(refusal) }
-            let session = LeaseSession(service: service, peer: responder.peer.description,
+            let session = LeaseSession(service: service, peer: responder.peer,
                                        requestTimeout: options.requestTimeout)
             responder.upgradeToWebSocket(handler: session)
         case ("GET", "/v1/watch"):
             if let refusal = checkOrigin(head, endpoint: path) { return responder.respond(refusal) }
-            responder.upgradeToWebSocket(handler: WatchSession(hub: service.watch, hubQueue: service.queue))
+            responder.upgradeToWebSocket(handler: WatchSession(hub: service.watch, hubQueue: service.queue, slots: watchers))
         case ("GET", "/v1/status"):
             service.queue.async { [service] in
                 responder.respond(.json(200, service.snapshotJSON()))

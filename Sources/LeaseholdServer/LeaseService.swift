@@ -33,6 +33,26 @@ final class LeaseService: @unchecked Sendable {
         let meta: [(String, String)]
         var granted = false
         var grantedAt = Tick.zero
+        /// In the queue (counted in `waiting`).
+        var queued = false
+        /// Asked while the queue was full: it could only be granted at once.
+        var queueWasFull = false
+    }
+
+    /// The most waiters in all and from one client address; past them a request that cannot be
+    /// granted at once fails (as with `wait: 0`) instead of queueing.
+    struct WaiterLimits {
+        var total = 10_000
+        var perAddress = 2_000
+    }
+    private let waiterLimits: WaiterLimits
+    private var waitingTotal = 0
+    private var waitingByAddress: [String: Int] = [:]
+
+    private func countWaiting(_ entry: SessionEntry, _ delta: Int) {
+        waitingTotal += delta
+        let count = waitingByAddress[entry.session.peerHost, default: 0] + delta
+        waitingByAddress[entry.session.peerHost] = count > 0 ? count : nil
     }
 
     /// A logger whose lines carry the lease id, holder and peer (built only when logging, so a
@@ -49,7 +69,8 @@ final class LeaseService: @unchecked Sendable {
     let journal: AuditJournal?
 
     init(inventory: Inventory, epochFile: EpochFile?, journal: AuditJournal?, clock: ServerClock, logger: Logger,
-         metrics: Metrics) throws(LeaseCore.InventoryError) {
+         metrics: Metrics, waiterLimits: WaiterLimits = WaiterLimits()) throws(LeaseCore.InventoryError) {
+        self.waiterLimits = waiterLimits
         self.journal = journal
         self.clock = clock
         self.logger = logger
@@ -70,11 +91,6 @@ final class LeaseService: @unchecked Sendable {
         "L" + String(id.raw, radix: 36)
     }
 
-    static func parseID(_ text: String) -> LeaseID? {
-        guard text.hasPrefix("L"), let raw = UInt64(text.dropFirst(), radix: 36) else { return nil }
-        return LeaseID(raw)
-    }
-
     func newLeaseID() -> LeaseID {
         idLock.sync {
             nextRawID &+= 1
@@ -86,7 +102,7 @@ final class LeaseService: @unchecked Sendable {
 
     func acquire(_ id: LeaseID, _ request: AcquireRequest, session: LeaseSession) {
         guard let loop = session.loop else { return }
-        let coreRequest = Request(
+        let asked = Request(
             want: request.want.map(Self.coreGroup),
             holder: request.holder ?? session.peer,
             meta: Dictionary(request.meta, uniquingKeysWith: { _, last in last }),
@@ -94,9 +110,14 @@ final class LeaseService: @unchecked Sendable {
             // Clamped to 10^9 s (31 years, "as long as it takes"): 10^12 s in nanoseconds overflows Int64.
             wait: request.wait.map { Duration.nanoseconds(Int64(min($0, 1e9) * 1e9)) })
         queue.async { [self] in
+            var coreRequest = asked
             let now = clock.now()
-            let entry = SessionEntry(session: session, loop: loop, arrival: now, holder: coreRequest.holder,
+            var entry = SessionEntry(session: session, loop: loop, arrival: now, holder: coreRequest.holder,
                                      meta: journal == nil ? [] : request.meta)
+            if waitingTotal >= waiterLimits.total || waitingByAddress[session.peerHost, default: 0] >= waiterLimits.perAddress {
+                coreRequest.wait = .zero
+                entry.queueWasFull = true
+            }
             sessions[id] = entry
             if logger.logLevel <= .info {
                 leaseLogger(id, entry).info("acquire", metadata: ["want": .string(request.want.map { $0.json.serialized() }.joined(separator: ","))])
@@ -161,6 +182,11 @@ final class LeaseService: @unchecked Sendable {
             var resources: [LeaseProtocol.GrantedResource] = []
             switch effect {
             case .granted(_, let granted):
+                if entry.queued {
+                    entry.queued = false
+                    countWaiting(entry, -1)
+                    sessions[id] = entry
+                }
                 let unsaved = reserveEpochs(granted, for: id, entry)
                 if !unsaved.isEmpty {
                     withhold(id, entry, unsaved: unsaved, now: now)
@@ -186,12 +212,17 @@ final class LeaseService: @unchecked Sendable {
                 end(id, .revoked(reason), now: now)
             case .failed(_, let why):
                 end(id, .failed(why), now: now)
-            case .queued, .positionChanged:
+            case .queued:
+                entry.queued = true
+                countWaiting(entry, 1)
+                sessions[id] = entry
+            case .positionChanged:
                 break
             }
             let session = entry.session
             let granted = resources
-            entry.loop.execute { session.deliver(effect, granted: granted) }
+            let queueWasFull = entry.queueWasFull ? (waiterLimits.total, waiterLimits.perAddress) : nil
+            entry.loop.execute { session.deliver(effect, granted: granted, queueWasFull: queueWasFull) }
         }
         if !effects.isEmpty { markChanged() }
         armTimer()
@@ -246,6 +277,7 @@ final class LeaseService: @unchecked Sendable {
     @discardableResult
     private func end(_ id: LeaseID, _ ending: Ending, now: Tick) -> SessionEntry? {
         guard let entry = sessions.removeValue(forKey: id) else { return nil }
+        if entry.queued { countWaiting(entry, -1) }
         func log(_ level: Logger.Level, _ message: Logger.Message, _ metadata: Logger.Metadata) {
             guard logger.logLevel <= level else { return }  // no lease logger built for nothing
             leaseLogger(id, entry).log(level: level, message, metadata: metadata)

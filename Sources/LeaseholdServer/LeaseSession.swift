@@ -25,10 +25,13 @@ final class LeaseSession: WebSocketHandler, @unchecked Sendable {
     private var heldBack: [ServerEvent]? = []
     static let heldBackLimit = 8
     let peer: String
+    /// The client's address without its port: what per-address limits count by.
+    let peerHost: String
 
-    init(service: LeaseService, peer: String, requestTimeout: Duration) {
+    init(service: LeaseService, peer: SocketAddress, requestTimeout: Duration) {
         self.service = service
-        self.peer = peer
+        self.peer = peer.description
+        peerHost = peer.host
         self.requestTimeout = requestTimeout
     }
 
@@ -129,7 +132,9 @@ final class LeaseSession: WebSocketHandler, @unchecked Sendable {
         socket.close(code: 1011, reason: reason)
     }
 
-    func deliver(_ effect: Effect, granted: [LeaseProtocol.GrantedResource]) {
+    /// `queueWasFull`: the request came while the queue was at its limits (total, per address),
+    /// so it could only be granted at once.
+    func deliver(_ effect: Effect, granted: [LeaseProtocol.GrantedResource], queueWasFull: (Int, Int)? = nil) {
         guard let id = leaseID, id == effect.lease, let socket, socket.isOpen else { return }
         let text = LeaseService.format(id)
         defer { sendHeldBack() }
@@ -144,7 +149,11 @@ final class LeaseSession: WebSocketHandler, @unchecked Sendable {
             fail(.unsatisfiable, message)
         case .failed(_, .waitTimeout):
             state = .closed
-            fail(.waitTimeout, "not granted within the requested wait")
+            if let (total, perAddress) = queueWasFull {
+                fail(.waitTimeout, "the queue is full (at most \(total) waiters, \(perAddress) from one address) and the request cannot be granted now; try again later")
+            } else {
+                fail(.waitTimeout, "not granted within the requested wait")
+            }
         case .revoked(_, let reason):
             state = .closed
             send(.revoked(lease: text, reason: reason))

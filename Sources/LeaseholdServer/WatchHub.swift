@@ -70,13 +70,22 @@ final class WatchSession: WebSocketHandler, @unchecked Sendable {
     private var latest: String?
     private var retryScheduled = false
     static let backlogLimit = 256 * 1024
+    private let slots: ConnectionLimit
+    /// The watcher slot this stream holds, by its address; nil when it holds none.
+    private var slotAddress: String?
 
-    init(hub: WatchHub, hubQueue: DispatchQueue) {
+    init(hub: WatchHub, hubQueue: DispatchQueue, slots: ConnectionLimit) {
         self.hub = hub
         self.hubQueue = hubQueue
+        self.slots = slots
     }
 
     func webSocketDidOpen(_ socket: WebSocketConnection) {
+        if slots.tryAcquire(address: socket.peer.host) != nil {
+            socket.close(code: 1013, reason: "too many watchers (at most \(slots.maximum)); try again later")
+            return
+        }
+        slotAddress = socket.peer.host
         self.socket = socket
         loop = socket.loop
         hubQueue.async { [hub, self] in hub.add(self) }
@@ -88,6 +97,9 @@ final class WatchSession: WebSocketHandler, @unchecked Sendable {
 
     func webSocketDidClose(_ socket: WebSocketConnection, code: UInt16, reason: String) {
         latest = nil
+        guard let address = slotAddress else { return }
+        slotAddress = nil
+        slots.release(address: address)
         hubQueue.async { [hub, self] in hub.remove(self) }
     }
 

@@ -368,7 +368,7 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
         readSource = nil
         writeSource = nil
         Glibc.close(fd)
-        limit?.release()
+        limit?.release(address: peer.host)
         limit = nil
         loop.connections[ObjectIdentifier(self)] = nil
     }

@@ -25,6 +25,8 @@ public struct HTTPServerConfiguration: Sendable {
     /// A peer that lets more than this pile up unread is disconnected.
     public var maxOutputBytes = 8 << 20
     public var maxConnections = 100_000
+    /// Connections from one client address at most; past it, new ones get 429.
+    public var maxConnectionsPerAddress = Int.max
     public var backlog: Int32 = 4096
     public var webSocket = WebSocketConfiguration()
 
@@ -92,7 +94,8 @@ public final class HTTPServer: @unchecked Sendable {
         let descriptors = Posix.raiseDescriptorLimit()
         // Keep a few descriptors for listeners, files and logs.
         let byDescriptors = descriptors > 64 ? descriptors - 32 : descriptors
-        limit = ConnectionLimit(maximum: min(configuration.maxConnections, byDescriptors))
+        limit = ConnectionLimit(maximum: min(configuration.maxConnections, byDescriptors),
+                                perAddress: configuration.maxConnectionsPerAddress)
     }
 
     public var openConnections: Int { limit.current }
@@ -111,9 +114,18 @@ public final class HTTPServer: @unchecked Sendable {
     private func accepted(_ fd: Int32, peer: SocketAddress) {
         // The head timeout runs from here, before the connection counts as open or reaches its loop.
         let acceptedAt = group.clock.now()
-        guard limit.tryAcquire() else {
-            onError("connection limit \(limit.maximum) reached: refusing \(peer)")
-            Posix.setLingerZero(fd)
+        if let refusal = limit.tryAcquire(address: peer.host) {
+            let response: HTTPResponse
+            switch refusal {
+            case .total(let maximum):
+                onError("connection limit \(maximum) reached: refusing \(peer)")
+                response = .text(503, "the server is at its limit of \(maximum) connections; try again later\n")
+            case .perAddress(let address, let maximum):
+                onError("connection limit per address \(maximum) reached: refusing \(peer)")
+                response = .text(429, "\(address) has \(maximum) connections open, the most one address may have\n")
+            }
+            // A fresh socket's send buffer is empty: the short answer goes out at once, or not at all.
+            Posix.sendOnce(fd, response.serialized(keepAlive: false))
             Posix.close(fd)
             return
         }

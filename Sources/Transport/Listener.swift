@@ -4,25 +4,57 @@ import Synchronization
 import Glibc
 #endif
 
-/// Counts open connections across all loops so a server can refuse new ones past its limit.
+/// Counts open connections (or any other slots) across all loops, in all and per client
+/// address, so that a server refuses new ones past its limits and one address cannot take them all.
 public final class ConnectionLimit: Sendable {
     public let maximum: Int
+    /// At most this many from one address (`Int.max`: no such limit).
+    public let perAddress: Int
     private let open = Atomic<Int>(0)
+    private let byAddress = Locked<[String: Int]>([:])
 
-    public init(maximum: Int) { self.maximum = maximum }
+    public enum Refusal: Sendable, Equatable {
+        case total(Int)
+        case perAddress(String, Int)
+    }
+
+    public init(maximum: Int, perAddress: Int = .max) {
+        self.maximum = maximum
+        self.perAddress = perAddress
+    }
 
     public var current: Int { open.load(ordering: .relaxed) }
 
-    func tryAcquire() -> Bool {
+    /// Takes a slot for `address` (a host, without port), or says which limit is full.
+    public func tryAcquire(address: String) -> Refusal? {
         let now = open.wrappingAdd(1, ordering: .relaxed).newValue
         if now > maximum {
             open.wrappingSubtract(1, ordering: .relaxed)
-            return false
+            return .total(maximum)
         }
-        return true
+        guard perAddress != .max else { return nil }
+        let admitted = byAddress.withLock { counts -> Bool in
+            let count = counts[address, default: 0]
+            guard count < perAddress else { return false }
+            counts[address] = count + 1
+            return true
+        }
+        if !admitted {
+            open.wrappingSubtract(1, ordering: .relaxed)
+            return .perAddress(address, perAddress)
+        }
+        return nil
     }
 
-    func release() { open.wrappingSubtract(1, ordering: .relaxed) }
+    /// Gives back a slot that `tryAcquire(address:)` took.
+    public func release(address: String) {
+        open.wrappingSubtract(1, ordering: .relaxed)
+        guard perAddress != .max else { return }
+        byAddress.withLock { counts in
+            let count = counts[address, default: 1] - 1
+            counts[address] = count > 0 ? count : nil
+        }
+    }
 }
 
 /// A non-blocking listening socket whose accepts are handed to `onAccept`, a bounded number per

@@ -272,6 +272,11 @@ enum Posix {
         _ = Glibc.close(fd)
     }
 
+    /// One non-blocking attempt to send `bytes` (a refusal on a socket about to be closed).
+    static func sendOnce(_ fd: Int32, _ bytes: [UInt8]) {
+        _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+    }
+
     /// Raises the soft descriptor limit to the hard one; a server with many leases needs it.
     @discardableResult
     static func raiseDescriptorLimit() -> Int {

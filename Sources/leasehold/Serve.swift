@@ -33,6 +33,21 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "Largest WebSocket message accepted, in bytes.")
     var maxMessageSize: Int = 64 * 1024
 
+    @Option(name: .long, help: "Open connections at most; beyond, new ones get 503 (bounded by the descriptor limit too).")
+    var maxConnections: Int = 100_000
+
+    @Option(name: .long, help: "Open connections from one client address at most; beyond, 429. Raise it behind a proxy.")
+    var maxConnectionsPerAddress: Int = 4096
+
+    @Option(name: .long, help: "Open /v1/watch streams at most; beyond, a new one closes with 1013.")
+    var maxWatchers: Int = 1000
+
+    @Option(name: .long, help: "Waiters at most; beyond, a request that cannot be granted at once fails with wait_timeout (4408).")
+    var maxWaiters: Int = 10_000
+
+    @Option(name: .long, help: "Waiters from one client address at most (as --max-waiters).")
+    var maxWaitersPerAddress: Int = 2_000
+
     @Option(name: .long, help: "File holding the admin bearer token (or set LEASEHOLD_ADMIN_TOKEN). Without one, admin calls answer 403.")
     var adminTokenFile: String?
 
@@ -68,6 +83,10 @@ struct Serve: ParsableCommand {
             throw ValidationError("--max-message-size must be \(Self.maxMessageSizeRange.lowerBound)-\(Self.maxMessageSizeRange.upperBound) bytes")
         }
         guard (1...64).contains(loops) else { throw ValidationError("--loops must be 1-64") }
+        for (value, flag) in [(maxConnections, "--max-connections"), (maxConnectionsPerAddress, "--max-connections-per-address"),
+                              (maxWatchers, "--max-watchers"), (maxWaiters, "--max-waiters"), (maxWaitersPerAddress, "--max-waiters-per-address")] {
+            guard (1...10_000_000).contains(value) else { throw ValidationError("\(flag) must be 1-10000000 (got \(value))") }
+        }
     }
 
     static let pingIntervalRange: ClosedRange<Double> = 0.5...3600
@@ -103,6 +122,11 @@ struct Serve: ParsableCommand {
         options.deadAfter = .milliseconds(Int64(deadAfter * 1000))
         options.requestTimeout = .milliseconds(Int64(requestTimeout * 1000))
         options.maxMessageSize = maxMessageSize
+        options.maxConnections = maxConnections
+        options.maxConnectionsPerAddress = maxConnectionsPerAddress
+        options.maxWatchers = maxWatchers
+        options.maxWaiters = maxWaiters
+        options.maxWaitersPerAddress = maxWaitersPerAddress
         options.allowedOrigins = allowOrigin
         options.allowedHosts = allowHost
         options.loops = loops

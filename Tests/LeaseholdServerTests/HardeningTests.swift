@@ -209,4 +209,71 @@ import Testing
         #expect(try await server.http("GET", "/v1/resources/switch-01/free").status == 405)
         await server.stop()
     }
+
+    // MARK: limits
+
+    @Test func connectionsPastTheLimitsAreRefusedBeforeAnyUpgradeAndOthersGoOn() async throws {
+        let server = try TestServer { $0.maxConnectionsPerAddress = 2 }
+        let (first, _) = try await server.hold(#"[{"name":"switch-01"}]"#)
+        let (second, _) = try await server.queue(#"[{"name":"switch-01"}]"#)
+        let refused = try RawSocket(port: server.port)
+        let head = try #require(await blocking { refused.readHead() }, "no answer past the per-address limit")
+        #expect(head.hasPrefix("HTTP/1.1 429"), "\(head)")
+        refused.close()
+        // The two connections are as they were: the lease hands on.
+        first.close()
+        try await nextGrant(second)
+        second.close()
+        await server.stop()
+
+        let small = try TestServer { $0.maxConnections = 1 }
+        let (only, _) = try await small.hold(#"[{"name":"switch-01"}]"#)
+        let over = try RawSocket(port: small.port)
+        let overHead = try #require(await blocking { over.readHead() })
+        #expect(overHead.hasPrefix("HTTP/1.1 503"), "\(overHead)")
+        over.close()
+        only.close()
+        await small.stop()
+    }
+
+    @Test func watchersPastTheirLimitCloseWith1013() async throws {
+        let server = try TestServer { $0.maxWatchers = 1 }
+        let first = try await server.watch()
+        try await first.expectEvent("snapshot")
+        let second = try await server.watch()
+        let close = try await second.expectClose()
+        #expect(close.code == 1013)
+        #expect(close.reason.contains("too many watchers"))
+        first.close()
+        _ = try await first.expectClose()
+        let deadline = Date().addingTimeInterval(liveness)
+        var admitted = false
+        while !admitted, Date() < deadline {  // the first one's slot is given back as it closes
+            let next = try await server.watch()
+            if case .text = try await next.next() { admitted = true }
+            next.close()
+        }
+        #expect(admitted)
+        await server.stop()
+    }
+
+    @Test func waitersPastTheirLimitFailAtOnceSayingTheQueueIsFull() async throws {
+        let server = try TestServer { $0.maxWaiters = 1 }
+        let (holder, _) = try await server.hold(#"[{"name":"switch-01"}]"#)
+        let (waiter, _) = try await server.queue(#"[{"name":"switch-01"}]"#)
+        let refused = try await server.acquire(#"[{"name":"switch-01"}]"#)
+        let message = try await refused.expectError("wait_timeout")
+        #expect(message.contains("queue is full"), "\(message)")
+        #expect(try await refused.expectClose().code == 4408)
+        // What can be granted at once still is.
+        let (other, _) = try await server.hold(#"[{"name":"switch-02"}]"#)
+        other.close()
+        // A place frees when the waiter is granted.
+        holder.close()
+        try await nextGrant(waiter)
+        let (next, _) = try await server.queue(#"[{"name":"switch-01"}]"#)
+        next.close()
+        waiter.close()
+        await server.stop()
+    }
 }

@@ -11,14 +11,14 @@ import Glibc
 extension TransportIntegration {
     @Suite("Edge cases")
     struct EdgeCaseTests {
-        @Test("connections over maxConnections are refused with a reset; a freed slot is reused")
+        @Test("connections over maxConnections get 503 and are closed; a freed slot is reused")
         func connectionLimit() async throws {
             try await withServer(configure: { $0.maxConnections = 2 }) { server in
                 let first = try await RawWebSocket(port: server.port)
                 let second = try await RawWebSocket(port: server.port)
                 #expect(await eventually { server.openConnections == 2 })
                 let refused = try await TestSocket(port: server.port)  // the kernel completes the TCP handshake
-                #expect(try await refused.readUntilEnd() == .reset)
+                #expect(try await refused.readHTTPResponse().status == 503)
                 #expect(server.openConnections == 2)
                 try await first.closeHandshake()
                 #expect(await eventually { server.openConnections == 1 })
@@ -27,6 +27,23 @@ extension TransportIntegration {
                 #expect(try await third.nextMessage().textValue == "in")
                 try await third.closeHandshake()
                 try await second.closeHandshake()
+            }
+        }
+
+        @Test("one address past maxConnectionsPerAddress gets 429; the others' connections go on")
+        func perAddressLimit() async throws {
+            try await withServer(configure: { $0.maxConnectionsPerAddress = 1 }) { server in
+                let first = try await RawWebSocket(port: server.port)
+                #expect(await eventually { server.openConnections == 1 })
+                let refused = try await TestSocket(port: server.port)
+                let answer = try await refused.readHTTPResponse()
+                #expect(answer.status == 429)
+                try await first.send(text: "still here")
+                #expect(try await first.nextMessage().textValue == "still here")
+                try await first.closeHandshake()
+                #expect(await eventually { server.openConnections == 0 })
+                let next = try await RawWebSocket(port: server.port)  // the address's slot came back
+                try await next.closeHandshake()
             }
         }
 
