@@ -7,10 +7,11 @@ let package = Package(
     name: "leasehold-fuzz",
     dependencies: [.package(name: "leasehold", path: "../..")],
     targets: [
-        .executableTarget(name: "FuzzFrames", dependencies: [.product(name: "WebSocketCodec", package: "leasehold")]),
-        .executableTarget(name: "FuzzHTTP", dependencies: [.product(name: "HTTPCodec", package: "leasehold")]),
-        .executableTarget(name: "FuzzAcquire", dependencies: [.product(name: "LeaseProtocol", package: "leasehold")]),
-        .executableTarget(name: "FuzzInventory", dependencies: [.product(name: "LeaseholdServer", package: "leasehold")]),
+        .target(name: "CFuzzer"),
+        .executableTarget(name: "FuzzFrames", dependencies: ["CFuzzer", .product(name: "WebSocketCodec", package: "leasehold")]),
+        .executableTarget(name: "FuzzHTTP", dependencies: ["CFuzzer", .product(name: "HTTPCodec", package: "leasehold")]),
+        .executableTarget(name: "FuzzAcquire", dependencies: ["CFuzzer", .product(name: "LeaseProtocol", package: "leasehold")]),
+        .executableTarget(name: "FuzzInventory", dependencies: ["CFuzzer", .product(name: "LeaseholdServer", package: "leasehold")]),
     ],
     swiftLanguageModes: [.v6]
 )

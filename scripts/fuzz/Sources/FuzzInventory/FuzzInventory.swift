@@ -1,3 +1,4 @@
+import CFuzzer
 import LeaseholdServer
 
 /// The inventory loader, as reload runs it on a file an admin wrote: an entry list or an error
@@ -7,4 +8,12 @@ public func fuzzInventory(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let text = String(decoding: UnsafeBufferPointer(start: data, count: size), as: UTF8.self)
     _ = try? InventoryFile.parse(text)
     return 0
+}
+
+/// SwiftPM links an executable's entry point as `FuzzInventory_main`; hand over to libFuzzer's driver.
+@_cdecl("FuzzInventory_main")
+public func fuzzInventoryMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>) -> CInt {
+    var argc = argc
+    var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = argv
+    return LLVMFuzzerRunDriver(&argc, &argv) { data, size in data.map { fuzzInventory($0, size) } ?? 0 }
 }

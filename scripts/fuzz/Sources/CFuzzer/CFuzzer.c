@@ -1,0 +1,1 @@
+// Only the header matters: the driver comes from -sanitize=fuzzer.
