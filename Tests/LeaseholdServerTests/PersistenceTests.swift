@@ -9,6 +9,19 @@ struct PersistenceTests {
         NSTemporaryDirectory() + "leasehold-\(name)-\(UUID().uuidString)"
     }
 
+    /// The journal's lines once it has `count` (it is written on a queue of its own).
+    func journalLines(_ path: String, atLeast count: Int) async throws -> [JSONValue] {
+        var lines: [JSONValue] = []
+        let deadline = Date().addingTimeInterval(liveness)
+        while Date() < deadline {
+            let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+            lines = text.split(separator: "\n").compactMap { try? JSONValue.parse(String($0)) }
+            if lines.count >= count { break }
+            try await Task.sleep(nanoseconds: 50_000_000)
+        }
+        return lines
+    }
+
     func epoch(of event: JSONValue) -> Int64? {
         guard case .array(let resources)? = event["resources"], case .int(let epoch)? = resources.first?["epoch"] else { return nil }
         return epoch
@@ -91,14 +104,7 @@ struct PersistenceTests {
         #expect(try await server.admin("disable", "switch-01").status == 200)
         await server.stop()
 
-        var lines: [JSONValue] = []
-        let deadline = Date().addingTimeInterval(5)
-        while Date() < deadline {
-            let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
-            lines = text.split(separator: "\n").compactMap { try? JSONValue.parse(String($0)) }
-            if lines.count >= 4 { break }
-            try await Task.sleep(nanoseconds: 50_000_000)
-        }
+        let lines = try await journalLines(path, atLeast: 4)
         let events = lines.compactMap { $0["event"]?.stringValue }
         #expect(events == ["granted", "revoked", "admin", "admin"], "journal: \(lines.map { $0.serialized() })")
         #expect(lines.first?["meta"]?["job"]?.stringValue == "J-7")
@@ -126,14 +132,7 @@ struct PersistenceTests {
         try await server.waitUntilFree("switch-01")
         await server.stop()
 
-        var lines: [JSONValue] = []
-        let deadline = Date().addingTimeInterval(5)
-        while Date() < deadline {
-            let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
-            lines = text.split(separator: "\n").compactMap { try? JSONValue.parse(String($0)) }
-            if lines.count >= 5 { break }
-            try await Task.sleep(nanoseconds: 50_000_000)
-        }
+        let lines = try await journalLines(path, atLeast: 5)
         let ends = lines.map { "\($0["event"]?.stringValue ?? "?") \($0["holder"]?.stringValue ?? "?") \($0["code"]?.stringValue ?? $0["reason"]?.stringValue ?? "")" }
         #expect(ends == ["granted holder ", "failed lost unsatisfiable", "failed impatient wait_timeout",
                          "left_queue leaver release", "released holder release"], "journal: \(ends)")

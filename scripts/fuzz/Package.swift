@@ -8,10 +8,11 @@ let package = Package(
     dependencies: [.package(name: "leasehold", path: "../..")],
     targets: [
         .target(name: "CFuzzer"),
-        .executableTarget(name: "FuzzFrames", dependencies: ["CFuzzer", .product(name: "WebSocketCodec", package: "leasehold")]),
-        .executableTarget(name: "FuzzHTTP", dependencies: ["CFuzzer", .product(name: "HTTPCodec", package: "leasehold")]),
-        .executableTarget(name: "FuzzAcquire", dependencies: ["CFuzzer", .product(name: "LeaseProtocol", package: "leasehold")]),
-        .executableTarget(name: "FuzzInventory", dependencies: ["CFuzzer", .product(name: "LeaseholdServer", package: "leasehold")]),
+        .target(name: "FuzzDriver", dependencies: ["CFuzzer"]),
+        .executableTarget(name: "FuzzFrames", dependencies: ["FuzzDriver", .product(name: "WebSocketCodec", package: "leasehold")]),
+        .executableTarget(name: "FuzzHTTP", dependencies: ["FuzzDriver", .product(name: "HTTPCodec", package: "leasehold")]),
+        .executableTarget(name: "FuzzAcquire", dependencies: ["FuzzDriver", .product(name: "LeaseProtocol", package: "leasehold")]),
+        .executableTarget(name: "FuzzInventory", dependencies: ["FuzzDriver", .product(name: "LeaseholdServer", package: "leasehold")]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,4 +1,4 @@
-import CFuzzer
+import FuzzDriver
 import LeaseProtocol
 
 /// A client message as the server reads it: JSON, then the acquire/release decoding. Whatever
@@ -15,10 +15,7 @@ public func fuzzAcquire(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     return 0
 }
 
-/// SwiftPM links an executable's entry point as `FuzzAcquire_main`; hand over to libFuzzer's driver.
 @_cdecl("FuzzAcquire_main")
-public func fuzzAcquireMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>) -> CInt {
-    var argc = argc
-    var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = argv
-    return LLVMFuzzerRunDriver(&argc, &argv) { data, size in data.map { fuzzAcquire($0, size) } ?? 0 }
+public func entryPoint(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>) -> CInt {
+    runLibFuzzer(argc, argv) { data, size in data.map { fuzzAcquire($0, size) } ?? 0 }
 }

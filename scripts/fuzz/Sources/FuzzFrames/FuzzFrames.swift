@@ -1,4 +1,4 @@
-import CFuzzer
+import FuzzDriver
 import WebSocketCodec
 
 /// The frame decoder (server role, the protocol's limits), fed in the pieces the first byte
@@ -24,10 +24,7 @@ public func fuzzFrames(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     return 0
 }
 
-/// SwiftPM links an executable's entry point as `FuzzFrames_main`; hand over to libFuzzer's driver.
 @_cdecl("FuzzFrames_main")
-public func fuzzFramesMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>) -> CInt {
-    var argc = argc
-    var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = argv
-    return LLVMFuzzerRunDriver(&argc, &argv) { data, size in data.map { fuzzFrames($0, size) } ?? 0 }
+public func entryPoint(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>) -> CInt {
+    runLibFuzzer(argc, argv) { data, size in data.map { fuzzFrames($0, size) } ?? 0 }
 }

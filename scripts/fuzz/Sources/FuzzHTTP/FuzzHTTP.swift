@@ -1,4 +1,4 @@
-import CFuzzer
+import FuzzDriver
 import HTTPCodec
 
 /// The HTTP/1.1 request parser with the server's limits, fed in pieces the first byte chooses;
@@ -23,10 +23,7 @@ public func fuzzHTTP(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     return 0
 }
 
-/// SwiftPM links an executable's entry point as `FuzzHTTP_main`; hand over to libFuzzer's driver.
 @_cdecl("FuzzHTTP_main")
-public func fuzzHTTPMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>) -> CInt {
-    var argc = argc
-    var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = argv
-    return LLVMFuzzerRunDriver(&argc, &argv) { data, size in data.map { fuzzHTTP($0, size) } ?? 0 }
+public func entryPoint(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>) -> CInt {
+    runLibFuzzer(argc, argv) { data, size in data.map { fuzzHTTP($0, size) } ?? 0 }
 }

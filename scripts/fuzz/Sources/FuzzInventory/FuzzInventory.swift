@@ -1,4 +1,4 @@
-import CFuzzer
+import FuzzDriver
 import LeaseholdServer
 
 /// The inventory loader, as reload runs it on a file an admin wrote: an entry list or an error
@@ -10,10 +10,7 @@ public func fuzzInventory(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     return 0
 }
 
-/// SwiftPM links an executable's entry point as `FuzzInventory_main`; hand over to libFuzzer's driver.
 @_cdecl("FuzzInventory_main")
-public func fuzzInventoryMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>) -> CInt {
-    var argc = argc
-    var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = argv
-    return LLVMFuzzerRunDriver(&argc, &argv) { data, size in data.map { fuzzInventory($0, size) } ?? 0 }
+public func entryPoint(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>) -> CInt {
+    runLibFuzzer(argc, argv) { data, size in data.map { fuzzInventory($0, size) } ?? 0 }
 }
