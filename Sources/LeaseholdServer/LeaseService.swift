@@ -87,6 +87,14 @@ final class LeaseService: @unchecked Sendable {
         watch.render = { [unowned self] in self.snapshotJSON() }
     }
 
+    /// The table and the sessions are this queue's alone (checked in debug builds).
+    @inline(__always)
+    private func assertOnQueue() {
+        #if DEBUG
+        dispatchPrecondition(condition: .onQueue(queue))
+        #endif
+    }
+
     static func format(_ id: LeaseID) -> String {
         "L" + String(id.raw, radix: 36)
     }
@@ -176,6 +184,7 @@ final class LeaseService: @unchecked Sendable {
     // MARK: effects
 
     private func apply(_ effects: [Effect], now: Tick) {
+        assertOnQueue()
         for effect in effects {
             let id = effect.lease
             guard var entry = sessions[id] else { continue }
@@ -276,6 +285,7 @@ final class LeaseService: @unchecked Sendable {
     /// session and does nothing. Returns the entry that ended.
     @discardableResult
     private func end(_ id: LeaseID, _ ending: Ending, now: Tick) -> SessionEntry? {
+        assertOnQueue()
         guard let entry = sessions.removeValue(forKey: id) else { return nil }
         if entry.queued { countWaiting(entry, -1) }
         func log(_ level: Logger.Level, _ message: Logger.Message, _ metadata: Logger.Metadata) {
@@ -340,7 +350,8 @@ final class LeaseService: @unchecked Sendable {
 
     /// The status document (same as a watch snapshot). Call on `queue`.
     func snapshotJSON() -> String {
-        StatusDocument.render(table.snapshot(), clock: clock)
+        assertOnQueue()
+        return StatusDocument.render(table.snapshot(), clock: clock)
     }
 
     /// Call on `queue`.
@@ -348,6 +359,7 @@ final class LeaseService: @unchecked Sendable {
 
     /// Prometheus text; gauges are read from the table now. Call on `queue`.
     func metricsText(connections: Int) -> String {
+        assertOnQueue()
         metrics.leases = table.grantedLeaseCount
         metrics.waiters = table.waiterCount
         var counts: [Metrics.ResourceCountKey: Int] = [:]

@@ -22,6 +22,9 @@ final class WatchHub: @unchecked Sendable {
 
     /// Call on the service queue.
     func add(_ watcher: WatchSession) {
+        #if DEBUG
+        dispatchPrecondition(condition: .onQueue(queue))
+        #endif
         watchers[ObjectIdentifier(watcher)] = watcher
         let text = render()
         watcher.loop?.execute { watcher.offer(text) }
@@ -33,6 +36,9 @@ final class WatchHub: @unchecked Sendable {
 
     /// The table changed. Call on the service queue.
     func changed() {
+        #if DEBUG
+        dispatchPrecondition(condition: .onQueue(queue))
+        #endif
         guard !watchers.isEmpty, !broadcastScheduled else { return }
         broadcastScheduled = true
         let now = clock.source.now()

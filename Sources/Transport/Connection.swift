@@ -167,6 +167,7 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
     /// Queues bytes for the peer. Writes at once when nothing is queued; a peer that lets more than
     /// `maxOutputBytes` pile up is cut off.
     func write(_ bytes: [UInt8]) {
+        loop.assertOnLoop()
         guard state == .open || state == .connecting, !bytes.isEmpty else { return }
         bytesAccepted &+= UInt64(bytes.count)
         if output.isEmpty, !corked, state == .open {
@@ -283,6 +284,7 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
     /// Ends the connection. Graceful: queued bytes are sent, then FIN, then reads are drained until
     /// the peer's FIN (so unread input cannot turn our close into a reset). Abort: RST at once.
     func close(_ mode: CloseMode) {
+        loop.assertOnLoop()
         switch mode {
         case .abort:
             terminate(.closedByUs, abortive: true)

@@ -71,6 +71,7 @@ public final class EventLoop: @unchecked Sendable {
 
     /// Files `owner.deadline` with the loop's timer. Call on the loop's queue after changing it.
     public func watchDeadline(_ owner: DeadlineOwner) {
+        assertOnLoop()
         let deadline = owner.deadline
         guard deadline != .max, deadline < owner.filedDeadline else { return }
         owner.filedDeadline = deadline

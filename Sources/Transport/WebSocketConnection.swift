@@ -121,6 +121,7 @@ public final class WebSocketConnection: ConnectionDelegate, @unchecked Sendable 
     }
 
     private func send(_ opcode: WebSocketOpcode, _ payload: UnsafeRawBufferPointer) {
+        loop.assertOnLoop()
         guard state == .open else { return }
         var frame: [UInt8] = []
         frame.reserveCapacity(payload.count + 14)
@@ -139,6 +140,7 @@ public final class WebSocketConnection: ConnectionDelegate, @unchecked Sendable 
     /// Starts the close handshake. The handler hears `webSocketDidClose` with `code` at once: for
     /// the application the socket is closed from now on.
     public func close(code: UInt16, reason: String = "") {
+        loop.assertOnLoop()
         guard state == .open else { return }
         sendClose(code: code, reason: reason)
         state = .closeSent
