@@ -1,4 +1,5 @@
 import Dispatch
+import Synchronization
 import HTTPCodec
 import LeaseCore
 import LeaseProtocol
@@ -74,7 +75,7 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         let journal = try options.auditFile.map { path throws(StartupError) in try AuditJournal(path: path, clock: clock) }
         do {
             service = try LeaseService(inventory: inventory, epochFile: epochFile, journal: journal, clock: clock,
-                                       logger: logger, metrics: Metrics(),
+                                       logger: logger, metrics: Metrics(), shutdown: shuttingDown,
                                        waiterLimits: .init(total: options.maxWaiters, perAddress: options.maxWaitersPerAddress))
         } catch {
             throw StartupError(message: "inventory \(options.inventoryPath): \(error)")
@@ -115,7 +116,6 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
     public func shutdown(completion: @escaping @Sendable () -> Void) {
         shuttingDown.set()
         http.stopAccepting()
-        service.beginShutdown()
         http.closeAllConnections(code: CloseCode.goingAway, reason: "server shutting down", timeout: .seconds(5)) {
             completion()
         }
@@ -366,11 +366,12 @@ public struct StartupError: Error, Sendable, CustomStringConvertible {
     public var description: String { message }
 }
 
-final class ShutdownFlag: @unchecked Sendable {
-    private let lock = DispatchQueue(label: "leasehold.shutdown-flag")
-    private var value = false
-    var isSet: Bool { lock.sync { value } }
-    func set() { lock.sync { value = true } }
+/// Whether the server is stopping: the one place that fact is kept, read by routes on the loops
+/// and by the lease service (a lease that ends from then on ends because the server stops).
+final class ShutdownFlag: Sendable {
+    private let value = Atomic<Bool>(false)
+    var isSet: Bool { value.load(ordering: .acquiring) }
+    func set() { value.store(true, ordering: .releasing) }
 }
 
 extension HTTPResponse {

@@ -19,7 +19,7 @@ final class LeaseService: @unchecked Sendable {
     private let timer: LoopTimer
     private var timerArmedFor: Tick?
     private var nextRawID: UInt64
-    private var shuttingDown = false
+    private let shutdown: ShutdownFlag
     private let idLock = DispatchQueue(label: "leasehold.lease-ids")
 
     let watch: WatchHub
@@ -69,7 +69,8 @@ final class LeaseService: @unchecked Sendable {
     let journal: AuditJournal?
 
     init(inventory: Inventory, epochFile: EpochFile?, journal: AuditJournal?, clock: ServerClock, logger: Logger,
-         metrics: Metrics, waiterLimits: WaiterLimits = WaiterLimits()) throws(LeaseCore.InventoryError) {
+         metrics: Metrics, shutdown: ShutdownFlag, waiterLimits: WaiterLimits = WaiterLimits()) throws(LeaseCore.InventoryError) {
+        self.shutdown = shutdown
         self.waiterLimits = waiterLimits
         self.journal = journal
         self.clock = clock
@@ -138,7 +139,7 @@ final class LeaseService: @unchecked Sendable {
     func release(_ id: LeaseID, reason: ReleaseReason) {
         queue.async { [self] in
             let now = clock.now()
-            guard end(id, .released(shuttingDown ? .shutdown : reason), now: now) != nil else { return }
+            guard end(id, .released(shutdown.isSet ? .shutdown : reason), now: now) != nil else { return }
             let effects = table.release(id, now: now)
             apply(effects, now: now)
             // The table changed even when nobody was waiting for what was freed (no effects).
@@ -191,6 +192,16 @@ final class LeaseService: @unchecked Sendable {
             var resources: [LeaseProtocol.GrantedResource] = []
             switch effect {
             case .granted(_, let granted):
+                if shutdown.isSet {
+                    // Every connection is closing: a grant now would reach nobody (and count a
+                    // grant and an epoch for it). The waiter leaves instead; what it would have
+                    // had stays free.
+                    end(id, .released(.shutdown), now: now)
+                    var freed: [Effect] = []
+                    table.release(id, now: now, into: &freed)
+                    apply(freed, now: now)
+                    continue
+                }
                 if entry.queued {
                     entry.queued = false
                     countWaiting(entry, -1)
@@ -374,10 +385,6 @@ final class LeaseService: @unchecked Sendable {
         return metrics.render(connections: connections)
     }
 
-    /// From now on, leases that end do so because the server stops.
-    func beginShutdown() {
-        queue.sync { shuttingDown = true }
-    }
 
     // MARK: conversions
 

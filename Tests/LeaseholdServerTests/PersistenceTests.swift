@@ -137,4 +137,18 @@ struct PersistenceTests {
         #expect(ends == ["granted holder ", "failed lost unsatisfiable", "failed impatient wait_timeout",
                          "left_queue leaver release", "released holder release"], "journal: \(ends)")
     }
+
+    @Test func leasesEndedByAShutdownAreJournalledAsShutdown() async throws {
+        let path = temporaryPath("audit")
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let server = try TestServer { $0.auditFile = path }
+        let (holder, _) = try await server.hold(#"[{"name": "switch-01"}]"#, holder: "holder")
+        let (waiter, _) = try await server.queue(#"[{"name": "switch-01"}]"#, holder: "waiter")
+        await server.stop()
+        #expect(try await holder.expectClose().code == 1001)
+        #expect(try await waiter.expectClose().code == 1001)
+        let lines = try await journalLines(path, atLeast: 3)
+        let ends = lines.dropFirst().map { "\($0["event"]?.stringValue ?? "?") \($0["holder"]?.stringValue ?? "?") \($0["reason"]?.stringValue ?? "")" }
+        #expect(Set(ends) == ["released holder shutdown", "left_queue waiter shutdown"], "journal: \(ends)")
+    }
 }
