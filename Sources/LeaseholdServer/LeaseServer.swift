@@ -93,6 +93,9 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
                           onError: { logger.warning("\($0)") })
     }
 
+    /// The most connections this server takes (see `HTTPServer.connectionCapacity`).
+    public var connectionCapacity: Int { http.connectionCapacity }
+
     /// Bytes read from clients and processed so far (see `EventLoopGroup.bytesRead`).
     public var bytesReceived: UInt64 { group.bytesRead }
 

@@ -99,6 +99,9 @@ public final class HTTPServer: @unchecked Sendable {
     }
 
     public var openConnections: Int { limit.current }
+    /// The most connections this server takes: its configuration, bounded by the descriptor limit
+    /// (raised to the hard limit at start).
+    public var connectionCapacity: Int { limit.maximum }
 
     /// Starts listening on `address`; returns the bound address (with the real port for port 0).
     @discardableResult
@@ -129,6 +132,7 @@ public final class HTTPServer: @unchecked Sendable {
             Posix.close(fd)
             return
         }
+        if let deadAfter = configuration.webSocket.deadAfter { Posix.setDeadPeerTimeouts(fd, deadAfter: deadAfter) }
         let loop = group.next()
         let configuration = configuration
         loop.execute { [self] in

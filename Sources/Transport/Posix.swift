@@ -228,6 +228,23 @@ enum Posix {
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
     }
 
+    /// Lets the kernel end a connection whose peer is gone while we are not talking to it
+    /// (keepalive probes after a third of `deadAfter`) or while our data sits unacknowledged
+    /// (TCP_USER_TIMEOUT = `deadAfter`): a cut link then fails the socket even if pings are off.
+    static func setDeadPeerTimeouts(_ fd: Int32, deadAfter: Duration) {
+        let milliseconds = max(1000, min(Int64(Int32.max), deadAfter.saturatedNanoseconds / 1_000_000))
+        func set(_ level: Int32, _ name: Int32, _ value: Int32) {
+            var value = value
+            setsockopt(fd, level, name, &value, socklen_t(MemoryLayout<Int32>.size))
+        }
+        let seconds = Int32(milliseconds / 1000)
+        set(SOL_SOCKET, SO_KEEPALIVE, 1)
+        set(Int32(IPPROTO_TCP), TCP_KEEPIDLE, max(1, seconds / 3))
+        set(Int32(IPPROTO_TCP), TCP_KEEPINTVL, max(1, seconds / 9))
+        set(Int32(IPPROTO_TCP), TCP_KEEPCNT, 3)
+        set(Int32(IPPROTO_TCP), TCP_USER_TIMEOUT, Int32(milliseconds))
+    }
+
     /// Makes the next close send RST instead of FIN (abortive close).
     static func setLingerZero(_ fd: Int32) {
         var option = linger(l_onoff: 1, l_linger: 0)

@@ -148,6 +148,8 @@ struct Serve: ParsableCommand {
         logger.info("serving", metadata: [
             "inventory": .string(inventory), "listen": .string(addresses.joined(separator: " ")),
             "admin": .string(options.adminToken == nil ? "disabled" : "enabled"),
+            // The descriptor limit is raised to its hard limit at start; this is what it allows.
+            "connections.max": .stringConvertible(server.connectionCapacity),
         ])
         installSignalHandlers(server: server, logger: logger)
         dispatchMain()

@@ -2,7 +2,6 @@
 import TransportTesting
 import Testing
 import Transport
-import Transport
 import WebSocketCodec
 #if canImport(Glibc)
 import Glibc
@@ -45,6 +44,47 @@ extension TransportIntegration {
                 let next = try await RawWebSocket(port: server.port)  // the address's slot came back
                 try await next.closeHandshake()
             }
+        }
+
+        @Test("accepted sockets carry keepalive and TCP_USER_TIMEOUT from deadAfter, so a cut link fails them")
+        func deadPeerSocketOptions() async throws {
+            try await withServer(configure: { $0.webSocket.deadAfter = .seconds(9) }) { server in
+                let client = try await TestSocket(port: server.port)
+                #expect(await eventually { server.openConnections == 1 })
+                // The server's end of this connection: the socket in this process whose peer is our local port.
+                var local = sockaddr_in()
+                var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+                _ = withUnsafeMutablePointer(to: &local) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(client.fd, $0, &length) } }
+                let serverFD = try #require(Self.socket(where: { fd in
+                    var peer = sockaddr_in()
+                    var peerLength = socklen_t(MemoryLayout<sockaddr_in>.size)
+                    let found = withUnsafeMutablePointer(to: &peer) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &peerLength) } }
+                    return found == 0 && peer.sin_port == local.sin_port && fd != client.fd
+                }), "no server-side socket found")
+                func option(_ level: Int32, _ name: Int32) -> Int32 {
+                    var value: Int32 = -1
+                    var size = socklen_t(MemoryLayout<Int32>.size)
+                    getsockopt(serverFD, level, name, &value, &size)
+                    return value
+                }
+                #expect(option(SOL_SOCKET, SO_KEEPALIVE) == 1)
+                #expect(option(Int32(IPPROTO_TCP), TCP_USER_TIMEOUT) == 9000)
+                #expect(option(Int32(IPPROTO_TCP), TCP_KEEPIDLE) == 3)
+                #expect(option(Int32(IPPROTO_TCP), TCP_KEEPINTVL) == 1)
+                #expect(option(Int32(IPPROTO_TCP), TCP_KEEPCNT) == 3)
+                client.closeNow()
+            }
+        }
+
+        /// The first descriptor of this process (from /proc/self/fd) for which `matches` holds.
+        static func socket(where matches: (Int32) -> Bool) -> Int32? {
+            guard let directory = opendir("/proc/self/fd") else { return nil }
+            defer { closedir(directory) }
+            while let entry = readdir(directory) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+                if let fd = Int32(name), matches(fd) { return fd }
+            }
+            return nil
         }
 
         @Test("a head trickled in, byte by byte, for longer than requestHeadTimeout gets 408")
