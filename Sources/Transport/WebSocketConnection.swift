@@ -41,11 +41,10 @@ public enum WebSocketEnd: Sendable, Equatable {
     case aborted
 }
 
-/// One RFC 6455 connection (server or client role) over a `Connection`: decodes frames, answers
-/// pings, runs the close handshake, pings a quiet peer and drops a dead one.
+/// One RFC 6455 connection (server or client role) over a `Connection`: carries out what its
+/// `WebSocketStateMachine` decides (answer pings, run the close handshake, ping a quiet peer, drop
+/// a dead one) and hands messages to the handler.
 public final class WebSocketConnection: ConnectionDelegate, @unchecked Sendable {
-    private enum State { case open, closeSent, closed }
-
     public let loop: EventLoop
     public let role: WebSocketRole
     public let subprotocol: String?
@@ -53,23 +52,17 @@ public final class WebSocketConnection: ConnectionDelegate, @unchecked Sendable 
 
     private let connection: Connection
     private var handler: WebSocketHandler?
-    private var decoder: WebSocketDecoder
-    private var state = State.open
+    private var machine: WebSocketStateMachine
+
     /// How the socket ended for the application; nil while it is open.
-    public private(set) var end: WebSocketEnd?
-    private let configuration: WebSocketConfiguration
-    private let pingInterval: UInt64
-    private let deadAfter: UInt64
-    private var lastHeardAt: UInt64
-    private var lastPingAt: UInt64
-    /// `connection.bytesAcknowledged` when last looked at. While we still hold a backlog for the
-    /// peer, its acknowledging our output is a sign of life too: a watcher on a slow link may be
-    /// busy reading snapshots, with our ping queued behind them.
-    private var acknowledgedAtLastLook: UInt64 = 0
-    private var closeDeadline: UInt64 = .max
+    public var end: WebSocketEnd? { machine.end }
     /// An application timer (e.g. "acquire within N seconds"); `.max` = none.
-    public var applicationDeadline: UInt64 = .max {
-        didSet { updateDeadline() }
+    public var applicationDeadline: UInt64 {
+        get { machine.applicationDeadline }
+        set {
+            machine.applicationDeadline = newValue
+            updateDeadline()
+        }
     }
 
     init(connection: Connection, role: WebSocketRole, handler: WebSocketHandler,
@@ -78,14 +71,8 @@ public final class WebSocketConnection: ConnectionDelegate, @unchecked Sendable 
         self.loop = connection.loop
         self.role = role
         self.handler = handler
-        self.configuration = configuration
         self.subprotocol = subprotocol
-        decoder = WebSocketDecoder(role: role, maxMessageSize: configuration.maxMessageSize)
-        pingInterval = configuration.pingInterval.map { UInt64(max(1, $0.saturatedNanoseconds)) } ?? .max
-        deadAfter = configuration.deadAfter.map { UInt64(max(1, $0.saturatedNanoseconds)) } ?? .max
-        let now = connection.loop.now()
-        lastHeardAt = now
-        lastPingAt = now
+        machine = WebSocketStateMachine(role: role, configuration: configuration, now: connection.loop.now())
     }
 
     func start(leftover: [UInt8]) {
@@ -96,7 +83,7 @@ public final class WebSocketConnection: ConnectionDelegate, @unchecked Sendable 
         }
     }
 
-    public var isOpen: Bool { state == .open }
+    public var isOpen: Bool { machine.isOpen }
 
     /// Bytes queued for the peer and not yet written (a slow reader's backlog).
     public var pendingOutputBytes: Int { connection.pendingOutputBytes }
@@ -122,178 +109,74 @@ public final class WebSocketConnection: ConnectionDelegate, @unchecked Sendable 
 
     private func send(_ opcode: WebSocketOpcode, _ payload: UnsafeRawBufferPointer) {
         loop.assertOnLoop()
-        guard state == .open else { return }
-        var frame: [UInt8] = []
-        frame.reserveCapacity(payload.count + 14)
-        WebSocketEncoder.appendFrame(opcode: opcode, payload: payload, maskingKey: maskingKey(), into: &frame)
-        connection.write(frame)
+        guard machine.isOpen else { return }
+        write(opcode, payload)
     }
 
-    private func maskingKey() -> (UInt8, UInt8, UInt8, UInt8)? {
-        guard role == .client else { return nil }
-        var generator = SystemRandomNumberGenerator()
-        let key = generator.next() as UInt32
-        return (UInt8(truncatingIfNeeded: key), UInt8(truncatingIfNeeded: key >> 8),
-                UInt8(truncatingIfNeeded: key >> 16), UInt8(truncatingIfNeeded: key >> 24))
+    private func write(_ opcode: WebSocketOpcode, _ payload: UnsafeRawBufferPointer) {
+        var frame: [UInt8] = []
+        frame.reserveCapacity(payload.count + WebSocketEncoder.maximumHeaderLength)
+        let maskingKey = role == .client ? WebSocketEncoder.makeMaskingKey() : nil
+        WebSocketEncoder.appendFrame(opcode: opcode, payload: payload, maskingKey: maskingKey, into: &frame)
+        connection.write(frame)
     }
 
     /// Starts the close handshake. The handler hears `webSocketDidClose` with `code` at once: for
     /// the application the socket is closed from now on.
     public func close(code: UInt16, reason: String = "") {
         loop.assertOnLoop()
-        guard state == .open else { return }
-        sendClose(code: code, reason: reason)
-        state = .closeSent
-        closeDeadline = loop.clock.deadline(after: configuration.closeTimeout)
+        perform(machine.close(code: code, reason: reason, now: loop.now()))
         updateDeadline()
-        finish(.closedByUs, code: code, reason: reason)
     }
 
     /// Closes the TCP connection at once with a reset, without a close frame.
     public func abort() {
-        state = .closed
-        connection.close(.abort)
-        finish(.aborted, code: 1006, reason: "aborted")
+        perform(machine.abort())
     }
 
-    private func sendClose(code: UInt16?, reason: String) {
-        let payload = code.map { WebSocketEncoder.closePayload(code: $0, reason: reason) } ?? []
-        var frame: [UInt8] = []
-        WebSocketEncoder.appendFrame(opcode: .close, payload: payload, maskingKey: maskingKey(), into: &frame)
-        connection.write(frame)
-    }
-
-    // MARK: receiving
+    // MARK: what the connection reports
 
     func connectionDidRead(_ bytes: UnsafeRawBufferPointer) {
-        lastHeardAt = loop.now()
-        decoder.feed(bytes)
-        while state != .closed {
-            let event: WebSocketEvent
-            do {
-                guard let next = try decoder.nextEvent() else { break }
-                event = next
-            } catch {
-                fail(error)
-                return
-            }
-            handle(event)
-        }
-        if decoder.isIdle { decoder.releaseIdleBuffers() }
-    }
-
-    private func handle(_ event: WebSocketEvent) {
-        switch event {
-        case .text(let bytes):
-            if state == .open { handler?.webSocket(self, didReceiveText: bytes) }
-        case .binary(let bytes):
-            if state == .open { handler?.webSocket(self, didReceiveBinary: bytes) }
-        case .ping(let payload):
-            if state == .open {
-                var frame: [UInt8] = []
-                WebSocketEncoder.appendFrame(opcode: .pong, payload: payload, maskingKey: maskingKey(), into: &frame)
-                connection.write(frame)
-            }
-        case .pong:
-            break
-        case .close(let code, let reason):
-            if state == .open {
-                // Echo the peer's code, as RFC 6455 §5.5.1 asks.
-                sendClose(code: code, reason: "")
-                state = .closed
-                closeTransport()
-                finish(.closedByPeer, code: code ?? 1005, reason: reason)
-            } else {
-                state = .closed
-                closeTransport()
-            }
-        }
-    }
-
-    /// A protocol violation by the peer: close with the error's code and drop the connection.
-    private func fail(_ error: WebSocketError) {
-        if state == .open { sendClose(code: error.closeCode, reason: error.reason) }
-        state = .closed
-        closeTransport()
-        finish(.protocolViolation, code: error.closeCode, reason: error.reason)
-    }
-
-    private func closeTransport() {
-        // The server closes TCP first after the close handshake (RFC 6455 §7.1.1); a client waits
-        // for the server to do so, within the drain timeout.
-        connection.close(.graceful)
-    }
-
-    // MARK: timers
-
-    private func updateDeadline() {
-        var next = applicationDeadline
-        switch state {
-        case .open:
-            if pingInterval != .max { next = min(next, max(lastHeardAt, lastPingAt) &+ pingInterval) }
-            if deadAfter != .max { next = min(next, lastHeardAt &+ deadAfter) }
-        case .closeSent:
-            next = min(next, closeDeadline)
-        case .closed:
-            return
-        }
-        connection.deadline = next
-        loop.watchDeadline(connection)
+        machine.received(bytes, now: loop.now())
+        while let actions = machine.nextEvent() { perform(actions) }
     }
 
     func connectionDeadlineReached(now: UInt64) {
-        if state == .closeSent, now >= closeDeadline {
-            state = .closed
-            closeTransport()
-            return
-        }
-        if state == .open, deadAfter != .max, now &- lastHeardAt >= deadAfter {
-            // Only while a backlog of ours is still on its way: a stopped process's kernel still
-            // acknowledges our pings, and that must not keep a silent peer alive.
-            let acknowledged = connection.bytesAcknowledged
-            if connection.outputBacklog > 0, acknowledged > acknowledgedAtLastLook {
-                acknowledgedAtLastLook = acknowledged
-                lastHeardAt = now
-                updateDeadline()
-                return
-            }
-            state = .closed
-            connection.close(.abort)
-            finish(.deadPeer, code: 1006, reason: "peer did not answer pings for \(deadAfter / 1_000_000_000) s")
-            return
-        }
-        if state == .open, pingInterval != .max, now >= max(lastHeardAt, lastPingAt) &+ pingInterval {
-            lastPingAt = now
-            acknowledgedAtLastLook = connection.bytesAcknowledged
-            sendPing()
-        }
-        if applicationDeadline <= now {
-            applicationDeadline = .max
-            handler?.webSocketDeadlineReached(self)
-        }
+        let connection = self.connection
+        perform(machine.deadlineReached(now: now) {
+            .init(backlog: connection.outputBacklog, acknowledged: connection.bytesAcknowledged)
+        })
         updateDeadline()
     }
 
     func connectionDidClose(_ reason: Connection.CloseReason) {
-        state = .closed
-        switch reason {
-        case .outputOverflow:
-            finish(.slowReader, code: 1006, reason: "peer did not read its messages")
-        case .reset(let errno):
-            finish(.connectionLost, code: 1006, reason: "connection reset (errno \(errno))")
-        default:
-            finish(.connectionLost, code: 1006, reason: "connection closed without a close frame")
-        }
+        perform(machine.transportClosed(reason))
     }
 
     func connectionDidConnect() {}
 
-    /// Tells the handler once, at a safe point of the loop's turn.
-    private func finish(_ cause: WebSocketEnd, code: UInt16, reason: String) {
-        guard end == nil else { return }
-        end = cause
-        guard let handler else { return }
-        self.handler = nil
-        loop.execute { handler.webSocketDidClose(self, code: code, reason: reason) }
+    // MARK: carrying out
+
+    private func perform(_ actions: WebSocketStateMachine.Actions) {
+        if let frame = actions.send {
+            frame.payload.withUnsafeBytes { write(frame.opcode, $0) }
+        }
+        // The server closes TCP first after the close handshake (RFC 6455 §7.1.1); a client waits
+        // for the server to do so, within the drain timeout.
+        if let mode = actions.closeTransport { connection.close(mode) }
+        if let end = actions.end, let handler {
+            // Told at a safe point of the loop's turn, never from inside another callback.
+            self.handler = nil
+            loop.execute { handler.webSocketDidClose(self, code: end.code, reason: end.reason) }
+        }
+        if case .text(let bytes)? = actions.deliver { handler?.webSocket(self, didReceiveText: bytes) }
+        if case .binary(let bytes)? = actions.deliver { handler?.webSocket(self, didReceiveBinary: bytes) }
+        if actions.applicationDeadlineReached { handler?.webSocketDeadlineReached(self) }
+    }
+
+    private func updateDeadline() {
+        guard machine.state != .closed else { return }
+        connection.deadline = machine.nextDeadline
+        loop.watchDeadline(connection)
     }
 }
