@@ -674,7 +674,7 @@ extension LeaseTable {
     }
 
     mutating func removeWaiter(_ w: Int, _ t: Tick, failure: FailureReason?, _ out: inout [Effect]) {
-        if let f = failure { out.append(.failed(leases[w].id, f)) }
+        if let f = failure { out.append(.failed(leases[w].id, f, facts(w))) }
         dequeue(w, t)
         unhunger(w)
         if leases[w].deadline != .max { deadlineLive -= 1 }

@@ -208,7 +208,7 @@ public struct LeaseTable: Sendable {
         defer { finish() }
         guard leaseIndex[id] == nil else { return }
         if let message = resolve(request) {
-            out.append(.failed(id, .unsatisfiable(message)))
+            out.append(.failed(id, .unsatisfiable(message), LeaseFacts(holder: request.holder, arrivedAt: t, grantedAt: nil)))
             return
         }
         let w = newLease(id, request, t)
@@ -226,7 +226,7 @@ public struct LeaseTable: Sendable {
                 res[r].since = t
                 setFree(r)
             }
-            out.append(.failed(id, .waitTimeout))
+            out.append(.failed(id, .waitTimeout, LeaseFacts(holder: request.holder, arrivedAt: t, grantedAt: nil)))
             dropLease(w)
             return
         }
@@ -272,7 +272,7 @@ public struct LeaseTable: Sendable {
         let r = Int(s)
         guard res[r].owner >= 0, res[r].held else { return .notHeld }
         let w = Int(res[r].owner)
-        out.append(.revoked(leases[w].id, reason: reason))
+        out.append(.revoked(leases[w].id, reason: reason, facts(w)))
         releaseGranted(w, t, &out)
         return .ok
     }

@@ -131,7 +131,7 @@ extension LeaseTable {
             for k in reserved where !augment(w, Int(k)) { unown(Int(k), t) }
         }
         for (w, m) in failures {
-            out.append(.failed(leases[w].id, .unsatisfiable(m)))
+            out.append(.failed(leases[w].id, .unsatisfiable(m), facts(w)))
             dequeue(w, t)
             if leases[w].deadline != .max { deadlineLive -= 1 }
             dropLease(w)

@@ -240,6 +240,20 @@ public enum FailureReason: Sendable, Equatable {
     case waitTimeout
 }
 
+/// What the table knew of a lease it ended, for whoever records the ending.
+public struct LeaseFacts: Sendable, Equatable {
+    public var holder: String
+    public var arrivedAt: Tick
+    /// nil for a waiter.
+    public var grantedAt: Tick?
+
+    public init(holder: String, arrivedAt: Tick, grantedAt: Tick?) {
+        self.holder = holder
+        self.arrivedAt = arrivedAt
+        self.grantedAt = grantedAt
+    }
+}
+
 /// What the server must tell clients. Effects come out in the order the state changed.
 public enum Effect: Sendable, Equatable {
     /// Resources in the order of the want groups; a count-N group gives N consecutive entries.
@@ -249,14 +263,14 @@ public enum Effect: Sendable, Equatable {
     /// A later position update (at most one a second per waiter; positions only go down).
     case positionChanged(LeaseID, position: Int)
     /// The lease attempt is over and gone from the table.
-    case failed(LeaseID, FailureReason)
+    case failed(LeaseID, FailureReason, LeaseFacts)
     /// An admin freed one of the lease's resources; the lease is gone from the table.
-    case revoked(LeaseID, reason: String)
+    case revoked(LeaseID, reason: String, LeaseFacts)
 
     public var lease: LeaseID {
         switch self {
         case .granted(let l, _), .queued(let l, _), .positionChanged(let l, _),
-             .failed(let l, _), .revoked(let l, _):
+             .failed(let l, _, _), .revoked(let l, _, _):
             return l
         }
     }

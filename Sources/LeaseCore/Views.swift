@@ -135,6 +135,16 @@ extension LeaseTable {
         return .granted(resources: names(leases[w].slots))
     }
 
+    /// Holder and times of a live lease or waiter; nil when unknown.
+    public func facts(of id: LeaseID) -> LeaseFacts? {
+        leaseIndex[id].map { facts(Int($0)) }
+    }
+
+    func facts(_ w: Int) -> LeaseFacts {
+        LeaseFacts(holder: leases[w].request.holder, arrivedAt: leases[w].arrivedAt,
+                   grantedAt: leases[w].waiting ? nil : leases[w].grantedAt)
+    }
+
     /// The granted lease holding `name` (nil if the resource is not held or unknown).
     public func holder(ofResource name: String) -> LeaseID? {
         guard let s = nameToSlot[name] else { return nil }

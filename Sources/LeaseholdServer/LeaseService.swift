@@ -24,16 +24,15 @@ final class LeaseService: @unchecked Sendable {
 
     let watch: WatchHub
 
+    /// The I/O side of a lease: where its effects go. Holder, arrival and grant time are the
+    /// table's (`LeaseFacts`).
     private struct SessionEntry {
         let session: LeaseSession
         let loop: EventLoop
-        let arrival: Tick
-        let holder: String
-        /// Kept only when there is an audit journal to write it to.
+        /// In the order the client sent it (the table keeps a dictionary); kept only when there is
+        /// an audit journal to write it to.
         let meta: [(String, String)]
-        var granted = false
-        var grantedAt = Tick.zero
-        /// In the queue (counted in `waiting`).
+        /// In the queue (counted in `waitingTotal` and `waitingByAddress`).
         var queued = false
         /// Asked while the queue was full: it could only be granted at once.
         var queueWasFull = false
@@ -57,10 +56,10 @@ final class LeaseService: @unchecked Sendable {
 
     /// A logger whose lines carry the lease id, holder and peer (built only when logging, so a
     /// held lease does not keep a metadata dictionary around).
-    private func leaseLogger(_ id: LeaseID, _ entry: SessionEntry) -> Logger {
+    private func leaseLogger(_ id: LeaseID, _ entry: SessionEntry, holder: String) -> Logger {
         var leaseLogger = logger
         leaseLogger[metadataKey: "lease.id"] = .string(Self.format(id))
-        leaseLogger[metadataKey: "lease.holder"] = .string(entry.holder)
+        leaseLogger[metadataKey: "lease.holder"] = .string(holder)
         leaseLogger[metadataKey: "connection.peer"] = .string(entry.session.peer)
         return leaseLogger
     }
@@ -121,15 +120,14 @@ final class LeaseService: @unchecked Sendable {
         queue.async { [self] in
             var coreRequest = asked
             let now = clock.now()
-            var entry = SessionEntry(session: session, loop: loop, arrival: now, holder: coreRequest.holder,
-                                     meta: journal == nil ? [] : request.meta)
+            var entry = SessionEntry(session: session, loop: loop, meta: journal == nil ? [] : request.meta)
             if waitingTotal >= waiterLimits.total || waitingByAddress[session.peerHost, default: 0] >= waiterLimits.perAddress {
                 coreRequest.wait = .zero
                 entry.queueWasFull = true
             }
             sessions[id] = entry
             if logger.logLevel <= .info {
-                leaseLogger(id, entry).info("acquire", metadata: ["want": .string(request.want.map { $0.json.serialized() }.joined(separator: ","))])
+                leaseLogger(id, entry, holder: coreRequest.holder).info("acquire", metadata: ["want": .string(request.want.map { $0.json.serialized() }.joined(separator: ","))])
             }
             let effects = table.acquire(id, coreRequest, now: now)
             apply(effects, now: now)
@@ -139,7 +137,8 @@ final class LeaseService: @unchecked Sendable {
     func release(_ id: LeaseID, reason: ReleaseReason) {
         queue.async { [self] in
             let now = clock.now()
-            guard end(id, .released(shutdown.isSet ? .shutdown : reason), now: now) != nil else { return }
+            guard let facts = table.facts(of: id),
+                  end(id, .released(shutdown.isSet ? .shutdown : reason), facts, now: now) != nil else { return }
             let effects = table.release(id, now: now)
             apply(effects, now: now)
             // The table changed even when nobody was waiting for what was freed (no effects).
@@ -196,7 +195,8 @@ final class LeaseService: @unchecked Sendable {
                     // Every connection is closing: a grant now would reach nobody (and count a
                     // grant and an epoch for it). The waiter leaves instead; what it would have
                     // had stays free.
-                    end(id, .released(.shutdown), now: now)
+                    let facts = table.facts(of: id).map { LeaseFacts(holder: $0.holder, arrivedAt: $0.arrivedAt, grantedAt: nil) }
+                    if let facts { end(id, .released(.shutdown), facts, now: now) }
                     var freed: [Effect] = []
                     table.release(id, now: now, into: &freed)
                     apply(freed, now: now)
@@ -207,31 +207,29 @@ final class LeaseService: @unchecked Sendable {
                     countWaiting(entry, -1)
                     sessions[id] = entry
                 }
-                let unsaved = reserveEpochs(granted, for: id, entry)
+                guard let facts = table.facts(of: id) else { continue }
+                let unsaved = reserveEpochs(granted, for: id, entry, holder: facts.holder)
                 if !unsaved.isEmpty {
-                    withhold(id, entry, unsaved: unsaved, now: now)
+                    withhold(id, entry, facts, unsaved: unsaved, now: now)
                     continue
                 }
-                entry.granted = true
-                entry.grantedAt = now
-                sessions[id] = entry
                 journal?.record([
-                    ("event", .string("granted")), ("lease", .string(Self.format(id))), ("holder", .string(entry.holder)),
+                    ("event", .string("granted")), ("lease", .string(Self.format(id))), ("holder", .string(facts.holder)),
                     ("peer", .string(entry.session.peer)),
                     ("resources", .array(granted.map { .object([("name", .string($0.name)), ("epoch", .int(Int64(clamping: $0.epoch)))]) })),
                     ("meta", .object(entry.meta.map { ($0.0, .string($0.1)) })),
-                    ("waited_seconds", .double(Self.seconds(now.duration(since: entry.arrival)))),
+                    ("waited_seconds", .double(Self.seconds(now.duration(since: facts.arrivedAt)))),
                 ])
                 resources = granted.map(Self.wireResource)
                 metrics.grants += 1
-                metrics.grantWait.observe(Double(now.duration(since: entry.arrival).saturatedNanoseconds) / 1e9)
-                if logger.logLevel <= .info { leaseLogger(id, entry).info("granted", metadata: [
+                metrics.grantWait.observe(Self.seconds(now.duration(since: facts.arrivedAt)))
+                if logger.logLevel <= .info { leaseLogger(id, entry, holder: facts.holder).info("granted", metadata: [
                     "resources": .string(granted.map { "\($0.name)#\($0.epoch)" }.joined(separator: ",")),
                 ]) }
-            case .revoked(_, let reason):
-                end(id, .revoked(reason), now: now)
-            case .failed(_, let why):
-                end(id, .failed(why), now: now)
+            case .revoked(_, let reason, let facts):
+                end(id, .revoked(reason), facts, now: now)
+            case .failed(_, let why, let facts):
+                end(id, .failed(why), facts, now: now)
             case .queued:
                 entry.queued = true
                 countWaiting(entry, 1)
@@ -250,14 +248,15 @@ final class LeaseService: @unchecked Sendable {
 
     /// Makes the grant's epochs durable before it is sent; returns the names whose epoch could
     /// not be (with why). A fencing token that can repeat after a crash is worse than none.
-    private func reserveEpochs(_ granted: [LeaseCore.GrantedResource], for id: LeaseID, _ entry: SessionEntry) -> [(name: String, failure: String)] {
+    private func reserveEpochs(_ granted: [LeaseCore.GrantedResource], for id: LeaseID, _ entry: SessionEntry,
+                               holder: String) -> [(name: String, failure: String)] {
         guard let epochFile else { return [] }
         var unsaved: [(name: String, failure: String)] = []
         for resource in granted {
             let (safe, failure) = epochFile.reserve(name: resource.name, epoch: resource.epoch)
             guard let failure else { continue }
             if safe {
-                leaseLogger(id, entry).critical("fencing epochs cannot be saved; the next grant of this resource will be withheld", metadata: [
+                leaseLogger(id, entry, holder: holder).critical("fencing epochs cannot be saved; the next grant of this resource will be withheld", metadata: [
                     "resource": .string(resource.name), "error": .string(failure),
                 ])
             } else {
@@ -270,8 +269,9 @@ final class LeaseService: @unchecked Sendable {
     /// A grant whose epochs cannot be made durable is not sent: the resources that need the
     /// write are disabled (so nobody cycles through them), the rest of the lease is freed, and
     /// the connection closes with 1011.
-    private func withhold(_ id: LeaseID, _ entry: SessionEntry, unsaved: [(name: String, failure: String)], now: Tick) {
-        end(id, .withheld(names: unsaved.map(\.name), error: unsaved.map(\.failure).first ?? ""), now: now)
+    private func withhold(_ id: LeaseID, _ entry: SessionEntry, _ facts: LeaseFacts,
+                          unsaved: [(name: String, failure: String)], now: Tick) {
+        end(id, .withheld(names: unsaved.map(\.name), error: unsaved.map(\.failure).first ?? ""), facts, now: now)
         var effects: [Effect] = []
         for (name, _) in unsaved { _ = table.disable(resource: name, now: now, into: &effects) }
         table.release(id, now: now, into: &effects)
@@ -295,19 +295,19 @@ final class LeaseService: @unchecked Sendable {
     /// line, the journal line and the metrics, once. A second end of the same lease finds no
     /// session and does nothing. Returns the entry that ended.
     @discardableResult
-    private func end(_ id: LeaseID, _ ending: Ending, now: Tick) -> SessionEntry? {
+    private func end(_ id: LeaseID, _ ending: Ending, _ facts: LeaseFacts, now: Tick) -> SessionEntry? {
         assertOnQueue()
         guard let entry = sessions.removeValue(forKey: id) else { return nil }
         if entry.queued { countWaiting(entry, -1) }
         func log(_ level: Logger.Level, _ message: Logger.Message, _ metadata: Logger.Metadata) {
             guard logger.logLevel <= level else { return }  // no lease logger built for nothing
-            leaseLogger(id, entry).log(level: level, message, metadata: metadata)
+            leaseLogger(id, entry, holder: facts.holder).log(level: level, message, metadata: metadata)
         }
-        var line: [(String, JSONValue)] = [("lease", .string(Self.format(id))), ("holder", .string(entry.holder))]
-        let held = ("held_seconds", JSONValue.double(Self.seconds(now.duration(since: entry.grantedAt))))
-        let waited = ("waited_seconds", JSONValue.double(Self.seconds(now.duration(since: entry.arrival))))
+        var line: [(String, JSONValue)] = [("lease", .string(Self.format(id))), ("holder", .string(facts.holder))]
+        let held = ("held_seconds", JSONValue.double(Self.seconds(now.duration(since: facts.grantedAt ?? now))))
+        let waited = ("waited_seconds", JSONValue.double(Self.seconds(now.duration(since: facts.arrivedAt))))
         switch ending {
-        case .released(let reason) where entry.granted:
+        case .released(let reason) where facts.grantedAt != nil:
             metrics.releases[reason, default: 0] += 1
             log(.info, "released", ["reason": .string(reason.rawValue)])
             line = [("event", .string("released"))] + line + [("reason", .string(reason.rawValue)), held]

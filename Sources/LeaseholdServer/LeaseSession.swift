@@ -5,11 +5,12 @@ import Transport
 /// One `/v1/lease` WebSocket: reads the client's messages, forwards them to the lease service,
 /// and carries out the service's effects on the socket. Lives on the socket's loop.
 final class LeaseSession: WebSocketHandler, @unchecked Sendable {
+    /// Only what the connection itself decides; whether the lease waits or is granted is the
+    /// lease table's to know.
     private enum State {
         case awaitingAcquire
-        /// Acquire sent to the service; queued or waiting for the first answer.
-        case waiting(LeaseID)
-        case granted(LeaseID)
+        /// The acquire went to the service: from now on the connection is lease `id`.
+        case leased(LeaseID)
         case closed
     }
 
@@ -37,7 +38,7 @@ final class LeaseSession: WebSocketHandler, @unchecked Sendable {
 
     var leaseID: LeaseID? {
         switch state {
-        case .waiting(let id), .granted(let id): return id
+        case .leased(let id): return id
         case .awaitingAcquire, .closed: return nil
         }
     }
@@ -61,14 +62,14 @@ final class LeaseSession: WebSocketHandler, @unchecked Sendable {
             case .success(.acquire(let request)):
                 socket.applicationDeadline = .max
                 let id = service.newLeaseID()
-                state = .waiting(id)
+                state = .leased(id)
                 service.acquire(id, request, session: self)
             case .success(.release):
                 fail(.badRequest, "nothing to release: the first message must be an acquire request")
             case .failure(let error):
                 fail(error.code, error.message)
             }
-        case .waiting(let id), .granted(let id):
+        case .leased(let id):
             switch message {
             case .success(.release):
                 endReason = .release
@@ -140,21 +141,20 @@ final class LeaseSession: WebSocketHandler, @unchecked Sendable {
         defer { sendHeldBack() }
         switch effect {
         case .granted:
-            state = .granted(id)
             send(.granted(lease: text, resources: granted))
         case .queued(_, let position), .positionChanged(_, let position):
             send(.queued(lease: text, position: position))
-        case .failed(_, .unsatisfiable(let message)):
+        case .failed(_, .unsatisfiable(let message), _):
             state = .closed
             fail(.unsatisfiable, message)
-        case .failed(_, .waitTimeout):
+        case .failed(_, .waitTimeout, _):
             state = .closed
             if let (total, perAddress) = queueWasFull {
                 fail(.waitTimeout, "the queue is full (at most \(total) waiters, \(perAddress) from one address) and the request cannot be granted now; try again later")
             } else {
                 fail(.waitTimeout, "not granted within the requested wait")
             }
-        case .revoked(_, let reason):
+        case .revoked(_, let reason, _):
             state = .closed
             send(.revoked(lease: text, reason: reason))
             socket.close(code: CloseCode.revoked, reason: "revoked")

@@ -9,7 +9,7 @@ import Testing
         let (w2, _) = h.acquire([.name("a")])
         let (r, e) = h.revoke("s", reason: "maintenance")
         #expect(r == .ok)
-        #expect(e.first == .revoked(l, reason: "maintenance"))
+        #expect(e.first == .revoked(l, reason: "maintenance", h.facts(l)))
         #expect(grantedIDs(e) == [w2, w1])  // lease order: a first, then s
         #expect(h.table.lease(l) == nil)
     }
@@ -31,7 +31,7 @@ import Testing
         var h = Harness([res("a", "x"), res("b", "x")])
         let (l, _) = h.acquire([.name("a")])
         h.reload([res("b", "x")])
-        #expect(h.revoke("a") == (.ok, [.revoked(l, reason: "admin")]))
+        #expect(h.revoke("a") == (.ok, [.revoked(l, reason: "admin", h.facts(l))]))
         #expect(h.table.resource(named: "a") == nil)
         #expect(h.revoke("a").0 == .notFound)
     }

@@ -18,6 +18,8 @@ struct Harness {
     /// Every effect so far, in order.
     var log: [Effect] = []
     var lastEpoch: [String: UInt64] = [:]
+    /// What the table should report of each lease when it ends it: holder, arrival, grant time.
+    var expectedFacts: [LeaseID: LeaseFacts] = [:]
 
     init(_ specs: [ResourceSpec], epochs: [String: UInt64] = [:],
          sourceLocation: SourceLocation = #_sourceLocation) {
@@ -33,6 +35,14 @@ struct Harness {
     mutating func record(_ effects: [Effect], _ loc: SourceLocation) {
         log += effects
         for e in effects {
+            switch e {
+            case .failed(let id, _, let facts), .revoked(let id, _, let facts):
+                #expect(facts == expectedFacts[id], "facts of \(id)", sourceLocation: loc)
+            case .granted(let id, _):
+                expectedFacts[id]?.grantedAt = now
+            default:
+                break
+            }
             if case .granted(_, let rs) = e {
                 for r in rs {
                     #expect(r.epoch > lastEpoch[r.name, default: 0], "epoch of \(r.name) did not grow",
@@ -53,6 +63,7 @@ struct Harness {
         nextID += 1
         let req = Request(want: want, holder: holder.isEmpty ? "h\(id.raw)" : holder, meta: meta,
                           peer: "10.0.0.1:\(id.raw)", wait: wait.map { .nanoseconds(Int64($0 * 1e9)) })
+        expectedFacts[id] = LeaseFacts(holder: req.holder, arrivedAt: now, grantedAt: nil)
         let e = table.acquire(id, req, now: now)
         record(e, sourceLocation)
         return (id, e)
@@ -103,6 +114,11 @@ struct Harness {
     }
 
     func state(_ name: String) -> ResourceState? { table.resource(named: name)?.state }
+
+    /// The facts an ending of `id` carries.
+    func facts(_ id: LeaseID) -> LeaseFacts {
+        expectedFacts[id] ?? LeaseFacts(holder: "unknown lease", arrivedAt: .zero, grantedAt: nil)
+    }
 }
 
 /// Names granted to `id` in `effects`, nil when not granted there.
@@ -116,7 +132,7 @@ func grantedIDs(_ effects: [Effect]) -> [LeaseID] {
 }
 
 func failure(_ effects: [Effect], _ id: LeaseID) -> FailureReason? {
-    for e in effects { if case .failed(id, let f) = e { return f } }
+    for e in effects { if case .failed(id, let f, _) = e { return f } }
     return nil
 }
 

@@ -70,7 +70,7 @@ struct RandomRun {
                 waiting.insert(id)
             case .positionChanged(let id, _):
                 #expect(waiting.contains(id))
-            case .failed(let id, _), .revoked(let id, _):
+            case .failed(let id, _, _), .revoked(let id, _, _):
                 live.remove(id)
                 waiting.remove(id)
             }
