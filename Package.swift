@@ -33,10 +33,11 @@ let package = Package(
         // For tests, never shipped: a clock that moves only when a test says so, a TSan-visible lock.
         .target(name: "TransportTesting", dependencies: ["Transport"]),
 
-        // The lease table: a pure state machine, no I/O, no clock.
-        .target(name: "LeaseCore"),
         // Wire types of PROTOCOL.md, shared by server, clients and tests.
         .target(name: "LeaseProtocol"),
+        // The lease table: a pure state machine, no I/O, no clock. Resource attributes are the
+        // wire's JSON values, passed through untouched.
+        .target(name: "LeaseCore", dependencies: ["LeaseProtocol"]),
 
         .target(
             name: "LeaseholdServer",
@@ -62,7 +63,7 @@ let package = Package(
         .testTarget(name: "WebSocketCodecTests", dependencies: ["WebSocketCodec"]),
         .testTarget(name: "HTTPCodecTests", dependencies: ["HTTPCodec"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport", "TransportTesting"]),
-        .testTarget(name: "LeaseCoreTests", dependencies: ["LeaseCore"]),
+        .testTarget(name: "LeaseCoreTests", dependencies: ["LeaseCore", "LeaseProtocol"]),
         .testTarget(name: "LeaseProtocolTests", dependencies: ["LeaseProtocol"]),
         .testTarget(
             name: "LeaseholdServerTests",

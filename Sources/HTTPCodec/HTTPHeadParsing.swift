@@ -76,6 +76,71 @@ struct LineReader: Sendable {
     }
 }
 
+/// What both parsers read a message head with: lines within the head-size limit, header fields
+/// within the count limit, then the body's bytes from the same buffer.
+struct HeadReader: Sendable {
+    let maxHeadSize: Int
+    let maxHeaderCount: Int
+    /// "request" or "response", for the error messages.
+    let kind: String
+    private var lines = LineReader()
+    /// Bytes of the current head so far.
+    private(set) var headBytes = 0
+    private var fields = HTTPHeaders()
+
+    init(kind: String, maxHeadSize: Int, maxHeaderCount: Int) {
+        self.kind = kind
+        self.maxHeadSize = max(0, maxHeadSize)
+        self.maxHeaderCount = max(0, maxHeaderCount)
+    }
+
+    /// No byte of a new head has arrived.
+    var isAtStart: Bool { headBytes == 0 && lines.isEmpty }
+    /// Unconsumed bytes.
+    var count: Int { lines.count }
+
+    mutating func append(_ bytes: UnsafeRawBufferPointer) { lines.append(bytes) }
+
+    /// The next complete line of the head; nil until it has all arrived. Throws 431 as soon as the
+    /// head outgrows its limit.
+    mutating func nextLine() throws(HTTPParseError) -> ArraySlice<UInt8>? {
+        guard let line = lines.nextLine(limit: maxHeadSize - headBytes) else {
+            throw .headTooLarge("\(kind) head larger than \(maxHeadSize) bytes")
+        }
+        guard let (bytes, consumed) = line else { return nil }
+        headBytes += consumed
+        return bytes
+    }
+
+    mutating func addField(_ bytes: ArraySlice<UInt8>) throws(HTTPParseError) {
+        guard fields.count < maxHeaderCount else { throw .headTooLarge("more than \(maxHeaderCount) header fields") }
+        let (name, value) = try HeaderLine.parse(bytes)
+        fields.add(name: name, value: value)
+    }
+
+    /// The fields read since the last call.
+    mutating func takeFields() -> HTTPHeaders {
+        defer { fields = HTTPHeaders() }
+        return fields
+    }
+
+    /// The message is complete: the next line starts a new head.
+    mutating func startNextHead() {
+        headBytes = 0
+        fields = HTTPHeaders()
+    }
+
+    /// Moves up to `limit` body bytes to `destination`; returns how many.
+    mutating func takeBody(upTo limit: Int, into destination: inout [UInt8]) -> Int {
+        lines.take(upTo: limit, into: &destination)
+    }
+
+    /// Everything not consumed (what follows a protocol switch); the reader is left empty.
+    mutating func takeRest() -> [UInt8] { lines.takeRest() }
+
+    mutating func release() { lines.release() }
+}
+
 enum HeaderLine {
     /// `field-name ":" OWS field-value OWS` (RFC 9112 §5).
     static func parse(_ bytes: ArraySlice<UInt8>) throws(HTTPParseError) -> (name: String, value: String) {

@@ -84,19 +84,16 @@ public struct HTTPParseError: Error, Equatable, Sendable, CustomStringConvertibl
 }
 
 public struct HTTPRequestParser: Sendable {
-    public let maxHeadSize: Int
+    public var maxHeadSize: Int { reader.maxHeadSize }
     public let maxBodySize: Int
-    public let maxHeaderCount: Int
+    public var maxHeaderCount: Int { reader.maxHeaderCount }
 
-    private var reader = LineReader()
+    private var reader: HeadReader
 
     private var phase: Phase = .requestLine
-    /// Bytes of the current request's head consumed so far (request line and complete header lines).
-    private var headBytes = 0
     private var method = ""
     private var target = ""
     private var versionMinor = 1
-    private var headers = HTTPHeaders()
     private var head: HTTPRequestHead?
     private var body: [UInt8] = []
     private var bodyRemaining = 0
@@ -109,14 +106,13 @@ public struct HTTPRequestParser: Sendable {
     }
 
     public init(maxHeadSize: Int = 16 * 1024, maxBodySize: Int = 1 << 20, maxHeaderCount: Int = 100) {
-        self.maxHeadSize = max(0, maxHeadSize)
+        reader = HeadReader(kind: "request", maxHeadSize: maxHeadSize, maxHeaderCount: maxHeaderCount)
         self.maxBodySize = max(0, maxBodySize)
-        self.maxHeaderCount = max(0, maxHeaderCount)
     }
 
     /// True when no partial request is buffered.
     public var isIdle: Bool {
-        if case .requestLine = phase { return headBytes == 0 && reader.isEmpty }
+        if case .requestLine = phase { return reader.isAtStart }
         return false
     }
 
@@ -161,7 +157,7 @@ public struct HTTPRequestParser: Sendable {
             case .failed(let error):
                 throw error
             case .requestLine, .headerLines:
-                guard let line = try nextLine() else { return nil }
+                guard let line = try reader.nextLine() else { return nil }
                 if case .requestLine = phase {
                     // RFC 9112 §2.2: ignore empty lines before the request line.
                     if line.isEmpty { continue }
@@ -170,24 +166,14 @@ public struct HTTPRequestParser: Sendable {
                 } else if line.isEmpty {
                     if let request = try finishHead() { return request }
                 } else {
-                    try parseHeaderLine(line)
+                    try reader.addField(line)
                 }
             case .body:
-                bodyRemaining -= reader.take(upTo: bodyRemaining, into: &body)
+                bodyRemaining -= reader.takeBody(upTo: bodyRemaining, into: &body)
                 guard bodyRemaining == 0 else { return nil }
                 return completeRequest()
             }
         }
-    }
-
-    /// The next complete line, enforcing the head size limit as soon as it is exceeded.
-    private mutating func nextLine() throws(HTTPParseError) -> ArraySlice<UInt8>? {
-        guard let line = reader.nextLine(limit: maxHeadSize - headBytes) else {
-            throw .headTooLarge("request head larger than \(maxHeadSize) bytes")
-        }
-        guard let (bytes, consumed) = line else { return nil }
-        headBytes += consumed
-        return bytes
     }
 
     // MARK: Request line
@@ -204,7 +190,6 @@ public struct HTTPRequestParser: Sendable {
         versionMinor = try Self.parseVersion(versionBytes)
         method = String(decoding: methodBytes, as: UTF8.self)
         target = String(decoding: targetBytes, as: UTF8.self)
-        headers = HTTPHeaders()
     }
 
     static func parseVersion(_ bytes: ArraySlice<UInt8>) throws(HTTPParseError) -> Int {
@@ -222,17 +207,10 @@ public struct HTTPRequestParser: Sendable {
         byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9") ? Int(byte - UInt8(ascii: "0")) : nil
     }
 
-    // MARK: Header lines
-
-    private mutating func parseHeaderLine(_ bytes: ArraySlice<UInt8>) throws(HTTPParseError) {
-        guard headers.count < maxHeaderCount else { throw .headTooLarge("more than \(maxHeaderCount) header fields") }
-        let (name, value) = try HeaderLine.parse(bytes)
-        headers.add(name: name, value: value)
-    }
-
     // MARK: End of head
 
     private mutating func finishHead() throws(HTTPParseError) -> HTTPRequest? {
+        let headers = reader.takeFields()
         let hostCount = headers.values(for: "Host").count
         // RFC 9112 §3.2: exactly one Host in HTTP/1.1, at most one otherwise.
         guard hostCount <= 1, versionMinor == 0 || hostCount == 1 else {
@@ -246,7 +224,6 @@ public struct HTTPRequestParser: Sendable {
         }
         let contentLength = try contentLength(contentLengthValues)
         head = HTTPRequestHead(method: method, target: target, versionMinor: versionMinor, headers: headers)
-        headers = HTTPHeaders()
         bodyRemaining = contentLength
         body = []
         if contentLength > 0 {
@@ -268,7 +245,7 @@ public struct HTTPRequestParser: Sendable {
         let request = HTTPRequest(head: head, body: body)
         self.head = nil
         body = []
-        headBytes = 0
+        reader.startNextHead()
         phase = .requestLine
         return request
     }

@@ -20,15 +20,13 @@ public struct HTTPResponseMessage: Sendable {
 /// Errors use `HTTPParseError` with the same categories as requests (400 malformed, 413 body too
 /// large, 431 head too large, 501 Transfer-Encoding, 505 not HTTP/1.x).
 public struct HTTPResponseParser: Sendable {
-    public let maxHeadSize: Int
+    public var maxHeadSize: Int { reader.maxHeadSize }
     public let maxBodySize: Int
-    public let maxHeaderCount: Int
+    public var maxHeaderCount: Int { reader.maxHeaderCount }
 
-    private var reader = LineReader()
+    private var reader: HeadReader
     private var phase: Phase = .statusLine
-    private var headBytes = 0
     private var head: HTTPResponseHead?
-    private var headers = HTTPHeaders()
     private var body: [UInt8] = []
     private var bodyRemaining = 0
 
@@ -41,9 +39,8 @@ public struct HTTPResponseParser: Sendable {
     }
 
     public init(maxHeadSize: Int = 16 * 1024, maxBodySize: Int = 1 << 20, maxHeaderCount: Int = 100) {
-        self.maxHeadSize = max(0, maxHeadSize)
+        reader = HeadReader(kind: "response", maxHeadSize: maxHeadSize, maxHeaderCount: maxHeaderCount)
         self.maxBodySize = max(0, maxBodySize)
-        self.maxHeaderCount = max(0, maxHeaderCount)
     }
 
     public mutating func feed(_ bytes: UnsafeRawBufferPointer) {
@@ -78,7 +75,7 @@ public struct HTTPResponseParser: Sendable {
         switch phase {
         case .bodyUntilClose:
             return complete()
-        case .statusLine where headBytes == 0 && reader.isEmpty:
+        case .statusLine where reader.isAtStart:
             return nil
         case .failed(let error):
             throw error
@@ -95,27 +92,21 @@ public struct HTTPResponseParser: Sendable {
             case .failed(let error):
                 throw error
             case .statusLine, .headerLines:
-                guard let line = reader.nextLine(limit: maxHeadSize - headBytes) else {
-                    throw .headTooLarge("response head larger than \(maxHeadSize) bytes")
-                }
-                guard let (bytes, consumed) = line else { return nil }
-                headBytes += consumed
+                guard let bytes = try reader.nextLine() else { return nil }
                 if case .statusLine = phase {
                     try parseStatusLine(bytes)
                     phase = .headerLines
                 } else if bytes.isEmpty {
                     if let response = try finishHead() { return response }
                 } else {
-                    guard headers.count < maxHeaderCount else { throw .headTooLarge("more than \(maxHeaderCount) header fields") }
-                    let (name, value) = try HeaderLine.parse(bytes)
-                    headers.add(name: name, value: value)
+                    try reader.addField(bytes)
                 }
             case .body:
-                bodyRemaining -= reader.take(upTo: bodyRemaining, into: &body)
+                bodyRemaining -= reader.takeBody(upTo: bodyRemaining, into: &body)
                 guard bodyRemaining == 0 else { return nil }
                 return complete()
             case .bodyUntilClose:
-                _ = reader.take(upTo: maxBodySize - body.count + 1, into: &body)
+                _ = reader.takeBody(upTo: maxBodySize - body.count + 1, into: &body)
                 guard body.count <= maxBodySize else {
                     throw HTTPParseError(status: 413, message: "body larger than \(maxBodySize) bytes")
                 }
@@ -136,20 +127,18 @@ public struct HTTPResponseParser: Sendable {
         }
         let reason = parts.count == 3 ? String(decoding: parts[2], as: UTF8.self) : ""
         head = HTTPResponseHead(status: status, reason: reason, versionMinor: versionMinor, headers: HTTPHeaders())
-        headers = HTTPHeaders()
     }
 
     private mutating func finishHead() throws(HTTPParseError) -> HTTPResponseMessage? {
         guard var head else { throw .malformed("missing status line") }
-        head.headers = headers
-        headers = HTTPHeaders()
+        head.headers = reader.takeFields()
         self.head = head
         body = []
         let status = head.status
         if status < 200 && status != 101 {
             // Interim response (100 Continue, 103 Early Hints): the real one follows.
             self.head = nil
-            headBytes = 0
+            reader.startNextHead()
             phase = .statusLine
             return nil
         }
@@ -175,7 +164,7 @@ public struct HTTPResponseParser: Sendable {
         let response = HTTPResponseMessage(head: head, body: body)
         self.head = nil
         body = []
-        headBytes = 0
+        reader.startNextHead()
         phase = .statusLine
         return response
     }

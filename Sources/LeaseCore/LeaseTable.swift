@@ -1,3 +1,5 @@
+import LeaseProtocol
+
 /// The lease table: inventory, granted leases and the fair queue, as a pure, deterministic state
 /// machine. The server owns one, calls it from one serial context, passes the time in, and
 /// carries out the returned effects in order.
@@ -52,7 +54,7 @@ public struct LeaseTable: Sendable {
         var name: String
         var type: String
         var labels: [String: String]
-        var attributes: AttributeValue
+        var attributes: JSONValue
         var epoch: UInt64
         var enabled = true
         /// false: removed by a reload while held ("retired"); it disappears on release.

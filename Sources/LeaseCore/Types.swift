@@ -1,5 +1,7 @@
 // Value types of the lease core: time, ids, inventory, requests, effects.
-// The core imports only the standard library: no Foundation, no clock, no JSON.
+// The core imports only the standard library and LeaseProtocol's JSONValue (resource attributes,
+// which it stores and hands back untouched): no Foundation, no clock, no I/O.
+import LeaseProtocol
 
 /// A point in time, as the server tells it to the core. The core never reads a clock: every
 /// mutating call takes `now`, and `LeaseTable.nextDeadline` says when the server must call
@@ -64,59 +66,15 @@ public struct LeaseID: Hashable, Comparable, Sendable, CustomStringConvertible {
     public var description: String { "L\(raw)" }
 }
 
-/// A JSON-like value for a resource's free-form `attributes`. The server fills it from YAML and
-/// renders it to JSON; object keys keep their order.
-public indirect enum AttributeValue: Sendable, Equatable, CustomStringConvertible {
-    case string(String)
-    case int(Int64)
-    case double(Double)
-    case bool(Bool)
-    case null
-    case array([AttributeValue])
-    case object([(key: String, value: AttributeValue)])
-
-    /// The empty object, the default for a resource without attributes.
-    public static let emptyObject = AttributeValue.object([])
-
-    public static func == (a: AttributeValue, b: AttributeValue) -> Bool {
-        switch (a, b) {
-        case let (.string(x), .string(y)): return x == y
-        case let (.int(x), .int(y)): return x == y
-        case let (.double(x), .double(y)): return x == y || (x.isNaN && y.isNaN)
-        case let (.bool(x), .bool(y)): return x == y
-        case (.null, .null): return true
-        case let (.array(x), .array(y)): return x == y
-        case let (.object(x), .object(y)):
-            guard x.count == y.count else { return false }
-            for i in x.indices where x[i].key != y[i].key || x[i].value != y[i].value { return false }
-            return true
-        default: return false
-        }
-    }
-
-    public var description: String {
-        switch self {
-        case .string(let s): return "\"\(s)\""
-        case .int(let i): return "\(i)"
-        case .double(let d): return "\(d)"
-        case .bool(let b): return "\(b)"
-        case .null: return "null"
-        case .array(let a): return "[" + a.map(\.description).joined(separator: ", ") + "]"
-        case .object(let o):
-            return "{" + o.map { "\"\($0.key)\": \($0.value)" }.joined(separator: ", ") + "}"
-        }
-    }
-}
-
 /// One resource of the inventory.
 public struct ResourceSpec: Sendable, Equatable {
     public var name: String
     public var type: String
     public var labels: [String: String]
-    public var attributes: AttributeValue
+    public var attributes: JSONValue
 
     public init(name: String, type: String, labels: [String: String] = [:],
-                attributes: AttributeValue = .emptyObject) {
+                attributes: JSONValue = .emptyObject) {
         self.name = name
         self.type = type
         self.labels = labels
@@ -227,7 +185,7 @@ public struct GrantedResource: Sendable, Equatable {
     public var name: String
     public var type: String
     public var labels: [String: String]
-    public var attributes: AttributeValue
+    public var attributes: JSONValue
     public var epoch: UInt64
 }
 

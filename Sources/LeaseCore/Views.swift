@@ -1,3 +1,5 @@
+import LeaseProtocol
+
 // Read-only views for the server: snapshots (O(table), for /v1/status and /v1/watch), lookups
 // (O(1) or O(log n)) and counts for metrics.
 
@@ -10,7 +12,7 @@ public struct ResourceView: Sendable, Equatable {
     public var name: String
     public var type: String
     public var labels: [String: String]
-    public var attributes: AttributeValue
+    public var attributes: JSONValue
     public var state: ResourceState
     /// Holder lease (`held`) or waiter (`reserved`); nil for free and disabled.
     public var lease: LeaseID?

@@ -24,6 +24,9 @@ public enum JSONValue: Equatable, Sendable {
         }
     }
 
+    /// The empty object (a resource without attributes).
+    public static let emptyObject = JSONValue.object([])
+
     /// The member named `key`, compared by Unicode scalars (the protocol counts scalars; Swift's
     /// `==` would make "é" and "e" + U+0301 one key).
     public subscript(key: String) -> JSONValue? {

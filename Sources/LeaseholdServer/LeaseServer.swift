@@ -160,7 +160,7 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
             throw StartupError(message: "invalid inventory \(path): \(error.description)")
         }
         return Inventory(resources: entries.map {
-            ResourceSpec(name: $0.name, type: $0.type, labels: $0.labels, attributes: AttributeValue($0.attributes))
+            ResourceSpec(name: $0.name, type: $0.type, labels: $0.labels, attributes: $0.attributes)
         })
     }
 
@@ -340,7 +340,7 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         var names = Set(allowed.map { $0.lowercased() })
         var buffer = [CChar](repeating: 0, count: 256)
         if gethostname(&buffer, buffer.count - 1) == 0 {
-            let machine = String(cString: buffer).lowercased()
+            let machine = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self).lowercased()
             names.insert(machine)
             if let dot = machine.firstIndex(of: ".") { names.insert(String(machine[..<dot])) }
         }

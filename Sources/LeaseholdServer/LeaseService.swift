@@ -408,35 +408,7 @@ final class LeaseService: @unchecked Sendable {
 
     static func wireResource(_ resource: LeaseCore.GrantedResource) -> LeaseProtocol.GrantedResource {
         LeaseProtocol.GrantedResource(name: resource.name, type: resource.type, labels: resource.labels,
-                                      attributes: JSONValue(resource.attributes), epoch: resource.epoch)
-    }
-}
-
-extension JSONValue {
-    init(_ value: AttributeValue) {
-        switch value {
-        case .string(let text): self = .string(text)
-        case .int(let number): self = .int(number)
-        case .double(let number): self = .double(number)
-        case .bool(let flag): self = .bool(flag)
-        case .null: self = .null
-        case .array(let elements): self = .array(elements.map(JSONValue.init))
-        case .object(let members): self = .object(members.map { ($0.key, JSONValue($0.value)) })
-        }
-    }
-}
-
-extension AttributeValue {
-    init(_ value: JSONValue) {
-        switch value {
-        case .string(let text): self = .string(text)
-        case .int(let number): self = .int(number)
-        case .double(let number): self = .double(number)
-        case .bool(let flag): self = .bool(flag)
-        case .null: self = .null
-        case .array(let elements): self = .array(elements.map(AttributeValue.init))
-        case .object(let members): self = .object(members.map { (key: $0.0, value: AttributeValue($0.1)) })
-        }
+                                      attributes: resource.attributes, epoch: resource.epoch)
     }
 }
 

@@ -11,7 +11,7 @@ enum StatusDocument {
                 ("name", .string(resource.name)),
                 ("type", .string(resource.type)),
                 ("labels", .labels(resource.labels)),
-                ("attributes", JSONValue(resource.attributes)),
+                ("attributes", resource.attributes),
                 ("state", .string(resource.state.rawValue)),
                 ("lease", showsLease ? resource.lease.map { .string(LeaseService.format($0)) } ?? .null : .null),
                 ("holder", showsLease ? resource.holder.map { .string($0) } ?? .null : .null),

@@ -1,8 +1,9 @@
+import LeaseProtocol
 import Testing
 @testable import LeaseCore
 
 func res(_ name: String, _ type: String, _ labels: [String: String] = [:],
-         attributes: AttributeValue = .emptyObject) -> ResourceSpec {
+         attributes: JSONValue = .emptyObject) -> ResourceSpec {
     ResourceSpec(name: name, type: type, labels: labels, attributes: attributes)
 }
 
