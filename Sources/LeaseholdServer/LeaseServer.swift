@@ -421,12 +421,13 @@ func percentDecode(_ text: String) -> String? {
     return String(validating: bytes, as: UTF8.self)
 }
 
-struct FileReadError: Error, CustomStringConvertible {
-    let description: String
+public struct FileReadError: Error, CustomStringConvertible {
+    public let description: String
 }
 
-/// Reads a whole text file (bounded: an inventory is not gigabytes).
-func readTextFile(_ path: String, limit: Int = 64 << 20) throws(FileReadError) -> String {
+/// Reads a whole UTF-8 text file, at most `limit` bytes (an inventory is not gigabytes, a token
+/// file is a line).
+public func readTextFile(_ path: String, limit: Int = 64 << 20) throws(FileReadError) -> String {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else { throw FileReadError(description: String(cString: strerror(errno))) }
     defer { close(fd) }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import LeaseholdClient
+import LeaseholdServer
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -110,18 +111,11 @@ func fail(_ error: LeaseholdError) -> Never {
 /// `--token-file`, else `LEASEHOLD_ADMIN_TOKEN`.
 func adminToken(file: String?) -> String? {
     if let file {
-        guard let handle = fopen(file, "r") else {
-            fail(.local("cannot read --token-file \(file): \(String(cString: strerror(errno))). Point it at the file holding the admin token."))
+        let text: String
+        do { text = try readTextFile(file, limit: 64 * 1024) } catch {
+            fail(.local("cannot read --token-file \(file): \(error.description). Point it at the file holding the admin token."))
         }
-        defer { fclose(handle) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 4096)
-        while bytes.count < 64 * 1024 {
-            let count = fread(&chunk, 1, chunk.count, handle)
-            if count == 0 { break }
-            bytes.append(contentsOf: chunk[0..<count])
-        }
-        let token = String(decoding: bytes, as: UTF8.self).filter { !$0.isWhitespace }
+        let token = text.filter { !$0.isWhitespace }
         guard !token.isEmpty else { fail(.local("--token-file \(file) is empty. Put the server's admin token in it.")) }
         return token
     }

@@ -164,8 +164,9 @@ struct Serve: ParsableCommand {
 
     private func adminToken() throws -> String? {
         if let path = adminTokenFile {
-            guard let text = readSmallFile(path) else {
-                throw ValidationError("cannot read --admin-token-file \(path)")
+            let text: String
+            do { text = try readTextFile(path, limit: 64 * 1024) } catch {
+                throw ValidationError("cannot read --admin-token-file \(path): \(error.description)")
             }
             let token = text.trimmingCharacters(in: " \t\r\n")
             guard !token.isEmpty else { throw ValidationError("--admin-token-file \(path) is empty") }
@@ -211,19 +212,6 @@ private func installSignalHandlers(server: LeaseServer, logger: Logger) {
 func writeStdout(_ text: String) {
     var text = text
     text.withUTF8 { buffer in _ = write(1, buffer.baseAddress, buffer.count) }
-}
-
-func readSmallFile(_ path: String) -> String? {
-    guard let file = fopen(path, "r") else { return nil }
-    defer { fclose(file) }
-    var bytes: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 4096)
-    while bytes.count < 1 << 20 {
-        let count = fread(&chunk, 1, chunk.count, file)
-        if count == 0 { break }
-        bytes.append(contentsOf: chunk[0..<count])
-    }
-    return String(validating: bytes, as: UTF8.self)
 }
 
 extension String {
