@@ -295,6 +295,33 @@ def test_page_shows_the_sample_lab_and_goes_live(page):
     assert severe_console_messages(page) == []  # no CSP violation, no script error
 
 
+PAGE_RULES = REPO / "Tests" / "Fixtures" / "page-rules.json"
+
+RULES_JS = """
+const [table] = arguments;
+const r = window.leaseholdRules;
+const got = {duration: [], labelPairs: [], wantsText: [], filter: []};
+for (const [ms] of table.duration) got.duration.push(r.duration(ms));
+for (const [labels] of table.labelPairs) got.labelPairs.push(r.labelPairs(labels));
+for (const [groups] of table.wantsText) got.wantsText.push(r.wantsText(groups));
+for (const c of table.filter) got.filter.push(r.matches(r.parseFilter(c.query), r.fields(c.fields)));
+return got;
+"""
+
+
+def test_the_script_follows_the_same_rule_table_as_the_server(page):
+    """The rules StatusPage.swift is tested with (Tests/Fixtures/page-rules.json), run in app.js."""
+    table = json.loads(PAGE_RULES.read_text())
+    got = page.execute_script(RULES_JS, table)
+    assert got["duration"] == [text for _, text in table["duration"]]
+    assert got["labelPairs"] == [pairs for _, pairs in table["labelPairs"]]
+    assert got["wantsText"] == [text for _, text in table["wantsText"]]
+    mismatches = [(c["query"], c["fields"]) for c, matched in zip(table["filter"], got["filter"])
+                  if matched != c["matches"]]
+    assert mismatches == []
+    assert len(got["filter"]) == len(table["filter"]) > 0
+
+
 def test_a_lease_appears_within_a_second_and_goes_when_its_socket_closes(page, leases):
     untouched = page.find_element("css selector", '#resources tr[data-key="array-06"]')
     ws, granted = leases.take("ci/nightly-1234", [{"type": "array", "labels": {"proto": "iscsi"}}, {"name": "switch-02"}])

@@ -274,7 +274,8 @@ enum StatusPage {
         }.joined(separator: ", ")
     }
 
-    /// `42s`, `12m 05s`, `3h 07m`, `2d 4h` (the same as `app.js`).
+    /// `42s`, `12m 05s`, `3h 07m`, `2d 4h` (the rule table `Tests/Fixtures/page-rules.json` holds
+    /// `app.js` to the same).
     static func duration(_ nanoseconds: Int64) -> String {
         let s = max(0, nanoseconds / 1_000_000_000)
         func pad(_ n: Int64) -> String { n < 10 ? "0\(n)" : "\(n)" }
@@ -288,7 +289,7 @@ enum StatusPage {
         "?q=" + escape(formEncode(query))
     }
 
-    // MARK: filter (the same rules as `app.js`)
+    // MARK: filter (`app.js` has the same rules; both are tested against `Tests/Fixtures/page-rules.json`)
 
     /// What a row can be found by. Plain words match any field; `field:word` one field.
     struct Fields {

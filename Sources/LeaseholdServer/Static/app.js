@@ -103,7 +103,7 @@
     }));
   }
 
-  // ---------------------------------------------------------------- filter (same rules as the server)
+  // ---------------------------------------------------------------- filter (same rules as the server: Tests/Fixtures/page-rules.json)
 
   function parseFilter(text) {
     const terms = [];
@@ -140,6 +140,10 @@
     }
     return true;
   }
+
+  // The rules above, for tests/test_status_page.py: it runs Tests/Fixtures/page-rules.json
+  // against them, the same table that StatusPage.swift is tested with.
+  window.leaseholdRules = Object.freeze({ duration, labelPairs, wantsText, parseFilter, fields, matches });
 
   // ---------------------------------------------------------------- keyed tables
 
