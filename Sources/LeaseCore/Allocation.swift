@@ -18,7 +18,7 @@ extension LeaseTable {
             let count: Int32
             switch g {
             case .name(let n):
-                guard let s = nameToSlot[n], res[Int(s)].inInventory else {
+                guard let s = nameToSlot[n], resources[Int(s)].inInventory else {
                     message = "unknown resource \"\(n)\""
                     break groups
                 }
@@ -42,7 +42,7 @@ extension LeaseTable {
                     break groups
                 }
                 sel = internType(t, labels)
-                let m = sels[Int(sel)].members.count
+                let m = selectors[Int(sel)].members.count
                 guard c <= m else {
                     message = "wants \(c) resources of type \"\(t)\" with labels \(Self.labelText(labels)); "
                         + "the inventory has \(m)"
@@ -86,14 +86,14 @@ extension LeaseTable {
 
     func selectorsMayOverlap(_ a: Int32, _ b: Int32) -> Bool {
         if a == b { return true }
-        switch (sels[Int(a)].key, sels[Int(b)].key) {
+        switch (selectors[Int(a)].key, selectors[Int(b)].key) {
         case (.name, .name):
             return false
         case (.name, .type):
-            guard let r = sels[Int(a)].members.first else { return false }
+            guard let r = selectors[Int(a)].members.first else { return false }
             return resHasSel(Int(r), b)
         case (.type, .name):
-            guard let r = sels[Int(b)].members.first else { return false }
+            guard let r = selectors[Int(b)].members.first else { return false }
             return resHasSel(Int(r), a)
         case let (.type(t1, l1), .type(t2, l2)):
             return t1 == t2 && Self.labelsConsistent(l1, l2)
@@ -143,12 +143,12 @@ extension LeaseTable {
             while m != 0 { list.append(m.trailingZeroBitCount); m &= m - 1 }
             let key = list.map { Int64(scratchResolved[$0].sel) << 32 | Int64(scratchResolved[$0].count) }
             let ok: Bool
-            if let cached = satCache[key] {
+            if let cached = satisfiableCache[key] {
                 ok = cached
             } else {
                 ok = hallHolds(list)
-                if satCache.count > 4096 { satCache.removeAll() }
-                satCache[key] = ok
+                if satisfiableCache.count > 4096 { satisfiableCache.removeAll() }
+                satisfiableCache[key] = ok
             }
             if !ok {
                 let names = list.map { request.want[$0].description }.joined(separator: " + ")
@@ -163,7 +163,7 @@ extension LeaseTable {
         let size = 1 << k
         var f = [Int](repeating: 0, count: size)
         for (i, g) in list.enumerated() {
-            for r in sels[Int(scratchResolved[g].sel)].members {
+            for r in selectors[Int(scratchResolved[g].sel)].members {
                 var mask = 0
                 for (j, g2) in list.enumerated() where resHasSel(Int(r), scratchResolved[g2].sel) {
                     mask |= 1 << j
@@ -190,7 +190,7 @@ extension LeaseTable {
 
     @inline(__always)
     func resHasSel(_ r: Int, _ s: Int32) -> Bool {
-        res[r].memberships.withUnsafeBufferPointer { ms in
+        resources[r].memberships.withUnsafeBufferPointer { ms in
             for m in ms where m.sel == s { return true }
             return false
         }
@@ -198,20 +198,20 @@ extension LeaseTable {
 
     mutating func newSelector(_ key: SelectorKey, _ members: [Int32]) -> Int32 {
         let s: Int32
-        if let reuse = freeSelSlots.popLast() { s = reuse } else { s = Int32(sels.count) }
+        if let reuse = freeSelectorSlots.popLast() { s = reuse } else { s = Int32(selectors.count) }
         var sel = Selector(key: key, members: members, free: HierBits(capacity: members.count))
         for (pos, r) in members.enumerated() {
-            res[Int(r)].memberships.append(Membership(sel: s, pos: Int32(pos)))
-            if res[Int(r)].isFree { sel.free.insert(pos) }
+            resources[Int(r)].memberships.append(Membership(sel: s, pos: Int32(pos)))
+            if resources[Int(r)].isFree { sel.free.insert(pos) }
         }
-        if Int(s) == sels.count { sels.append(sel) } else { sels[Int(s)] = sel }
+        if Int(s) == selectors.count { selectors.append(sel) } else { selectors[Int(s)] = sel }
         return s
     }
 
     mutating func internName(_ r: Int) -> Int32 {
-        if res[r].nameSel >= 0 { return res[r].nameSel }
-        let s = newSelector(.name(res[r].name), [Int32(r)])
-        res[r].nameSel = s
+        if resources[r].nameSel >= 0 { return resources[r].nameSel }
+        let s = newSelector(.name(resources[r].name), [Int32(r)])
+        resources[r].nameSel = s
         return s
     }
 
@@ -234,64 +234,64 @@ extension LeaseTable {
 
     mutating func internType(_ type: String, _ labels: [String: String]) -> Int32 {
         let key = SelectorKey.type(type, Self.flatten(labels))
-        if let s = selIndex[key] { return s }
+        if let s = selectorIndex[key] { return s }
         return createTypeSelector(key)
     }
 
     mutating func createTypeSelector(_ key: SelectorKey) -> Int32 {
         guard case let .type(type, flat) = key else { return -1 }
-        let members = (typeMembers[type] ?? []).filter { Self.matches(res[Int($0)].labels, flat) }
+        let members = (typeMembers[type] ?? []).filter { Self.matches(resources[Int($0)].labels, flat) }
         let s = newSelector(key, members)
-        selIndex[key] = s
+        selectorIndex[key] = s
         idleTypeSelectors += 1
         return s
     }
 
     mutating func takeRef(_ s: Int32) {
-        if sels[Int(s)].refs == 0, case .type = sels[Int(s)].key { idleTypeSelectors -= 1 }
-        sels[Int(s)].refs += 1
+        if selectors[Int(s)].refs == 0, case .type = selectors[Int(s)].key { idleTypeSelectors -= 1 }
+        selectors[Int(s)].refs += 1
     }
 
     mutating func dropRef(_ s: Int32) {
-        sels[Int(s)].refs -= 1
-        if sels[Int(s)].refs == 0, case .type = sels[Int(s)].key { idleTypeSelectors += 1 }
+        selectors[Int(s)].refs -= 1
+        if selectors[Int(s)].refs == 0, case .type = selectors[Int(s)].key { idleTypeSelectors += 1 }
     }
 
     mutating func killSelector(_ s: Int) {
-        for r in sels[s].members {
-            res[Int(r)].memberships.removeAll { $0.sel == Int32(s) }
-            if res[Int(r)].nameSel == Int32(s) { res[Int(r)].nameSel = -1 }
+        for r in selectors[s].members {
+            resources[Int(r)].memberships.removeAll { $0.sel == Int32(s) }
+            if resources[Int(r)].nameSel == Int32(s) { resources[Int(r)].nameSel = -1 }
         }
-        if case .type = sels[s].key { selIndex.removeValue(forKey: sels[s].key) }
-        sels[s] = Selector(key: .name(""), members: [], free: HierBits(capacity: 0), live: false)
-        freeSelSlots.append(Int32(s))
+        if case .type = selectors[s].key { selectorIndex.removeValue(forKey: selectors[s].key) }
+        selectors[s] = Selector(key: .name(""), members: [], free: HierBits(capacity: 0), live: false)
+        freeSelectorSlots.append(Int32(s))
     }
 
     /// Evicts cached type selectors no request uses, once there are too many of them.
     mutating func sweepIdleSelectors() {
         guard idleTypeSelectors > Self.idleSelectorCap else { return }
-        for s in sels.indices where sels[s].live && sels[s].refs == 0 {
-            if case .type = sels[s].key { killSelector(s) }
+        for s in selectors.indices where selectors[s].live && selectors[s].refs == 0 {
+            if case .type = selectors[s].key { killSelector(s) }
         }
         idleTypeSelectors = 0
-        satCache.removeAll()
+        satisfiableCache.removeAll()
     }
 
     @inline(__always)
     mutating func setFree(_ r: Int) {
-        let n = res[r].memberships.count
+        let n = resources[r].memberships.count
         for i in 0..<n {
-            let m = res[r].memberships[i]
-            sels[Int(m.sel)].free.insert(Int(m.pos))
+            let m = resources[r].memberships[i]
+            selectors[Int(m.sel)].free.insert(Int(m.pos))
         }
     }
 
     @inline(__always)
     mutating func clearFree(_ r: Int) {
-        let n = res[r].memberships.count
+        let n = resources[r].memberships.count
         for i in 0..<n {
-            let m = res[r].memberships[i]
-            sels[Int(m.sel)].free.remove(Int(m.pos))
+            let m = resources[r].memberships[i]
+            selectors[Int(m.sel)].free.remove(Int(m.pos))
         }
     }
 
@@ -322,8 +322,8 @@ extension LeaseTable {
             leases[w].slots.removeAll(keepingCapacity: true)
             leases[w].slots.append(contentsOf: repeatElement(-1, count: Int(total)))
             leases[w].anyOverlap = anyOverlap
-            leases[w].hungry = 0
-            leases[w].listed = 0
+            leases[w].usableGroups = 0
+            leases[w].inWaiterHeaps = 0
             leases[w].deadline = .max
             leases[w].queueIndex = -1
             leases[w].lastSentPos = 0
@@ -335,7 +335,7 @@ extension LeaseTable {
                 id: id, seq: seq, alive: true, waiting: false, request: request, arrivedAt: t,
                 grantedAt: t, grantedGeneration: 0, groups: scratchResolved,
                 slots: Array(repeating: -1, count: Int(total)), anyOverlap: anyOverlap,
-                hungry: 0, listed: 0, deadline: .max, queueIndex: -1, lastSentPos: 0,
+                usableGroups: 0, inWaiterHeaps: 0, deadline: .max, queueIndex: -1, lastSentPos: 0,
                 lastSentAt: .min, holdsSelectorRefs: true))
         }
         leaseIndex[id] = Int32(w)
@@ -465,8 +465,8 @@ extension LeaseTable {
                 leases[w].slots[k] = leases[w].slots[last]
                 leases[w].slots[last] = -1
                 leases[w].groups[g].filled -= 1
-                res[r].owner = -1
-                res[r].held = false
+                resources[r].owner = -1
+                resources[r].held = false
                 return
             }
         }
@@ -484,16 +484,16 @@ extension LeaseTable {
                 let g = m.trailingZeroBitCount
                 m &= m - 1
                 let s = Int(leases[w].groups[g].sel)
-                if let p = sels[s].free.first() { picked = Int(sels[s].members[p]); break }
+                if let p = selectors[s].free.first() { picked = Int(selectors[s].members[p]); break }
             }
             if picked < 0 { return false }
             clearFree(picked)
-            res[picked].owner = Int32(w)
-            res[picked].held = false
-            res[picked].since = t
+            resources[picked].owner = Int32(w)
+            resources[picked].held = false
+            resources[picked].since = t
             if !augment(w, picked) {
                 // Cannot happen (the resource matches a group that reaches a deficit).
-                res[picked].owner = -1
+                resources[picked].owner = -1
                 setFree(picked)
                 return false
             }
@@ -527,26 +527,26 @@ extension LeaseTable {
                 while m != 0 {
                     let g = m.trailingZeroBitCount
                     m &= m - 1
-                    for r32 in sels[Int(leases[w].groups[g].sel)].members {
-                        let o = Int(res[Int(r32)].owner)
-                        guard o >= 0, o != w, !res[Int(r32)].held else { continue }
+                    for r32 in selectors[Int(leases[w].groups[g].sel)].members {
+                        let o = Int(resources[Int(r32)].owner)
+                        guard o >= 0, o != w, !resources[Int(r32)].held else { continue }
                         let s = leases[o].seq
                         if s > mySeq && s > bestSeq { bestSeq = s; bestR = Int(r32) }
                     }
                 }
                 if bestR < 0 {
-                    updateHungry(w)
+                    updateUsableGroups(w)
                     break
                 }
-                let victim = Int(res[bestR].owner)
+                let victim = Int(resources[bestR].owner)
                 takeAway(victim, bestR)
-                res[bestR].owner = Int32(w)
-                res[bestR].since = t
+                resources[bestR].owner = Int32(w)
+                resources[bestR].since = t
                 if !augment(w, bestR) {
                     // Cannot happen; give it back.
-                    res[bestR].owner = Int32(victim)
+                    resources[bestR].owner = Int32(victim)
                     _ = augment(victim, bestR)
-                    updateHungry(w)
+                    updateUsableGroups(w)
                     break
                 }
                 if !work.contains(victim) { work.append(victim) }
@@ -564,7 +564,7 @@ extension LeaseTable {
         }
     }
 
-    mutating func updateHungry(_ w: Int) {
+    mutating func updateUsableGroups(_ w: Int) {
         let d = deficitReach(w)
         var h: UInt16 = 0
         var m = d
@@ -573,13 +573,13 @@ extension LeaseTable {
             m &= m - 1
             h |= 1 << UInt16(leases[w].groups[g].rep)
         }
-        let old = leases[w].hungry
+        let old = leases[w].usableGroups
         if h == old { return }
         var removed = old & ~h
         while removed != 0 {
             let g = removed.trailingZeroBitCount
             removed &= removed - 1
-            sels[Int(leases[w].groups[g].sel)].hungryLive -= 1
+            selectors[Int(leases[w].groups[g].sel)].usableWaiterCount -= 1
         }
         var added = h & ~old
         while added != 0 {
@@ -587,58 +587,58 @@ extension LeaseTable {
             added &= added - 1
             let bit: UInt16 = 1 << UInt16(g)
             let s = Int(leases[w].groups[g].sel)
-            sels[s].hungryLive += 1
-            if leases[w].listed & bit == 0 {
-                leases[w].listed |= bit
-                sels[s].hungry.push(WaiterRef(seq: leases[w].seq, slot: Int32(w)))
+            selectors[s].usableWaiterCount += 1
+            if leases[w].inWaiterHeaps & bit == 0 {
+                leases[w].inWaiterHeaps |= bit
+                selectors[s].waiters.push(WaiterRef(seq: leases[w].seq, slot: Int32(w)))
             }
         }
-        leases[w].hungry = h
+        leases[w].usableGroups = h
     }
 
-    mutating func unhunger(_ w: Int) {
-        var m = leases[w].hungry
+    mutating func clearUsableGroups(_ w: Int) {
+        var m = leases[w].usableGroups
         while m != 0 {
             let g = m.trailingZeroBitCount
             m &= m - 1
-            sels[Int(leases[w].groups[g].sel)].hungryLive -= 1
+            selectors[Int(leases[w].groups[g].sel)].usableWaiterCount -= 1
         }
-        leases[w].hungry = 0
-        leases[w].listed = 0
+        leases[w].usableGroups = 0
+        leases[w].inWaiterHeaps = 0
     }
 
     /// Heap entry still names a live waiter that can use resources of `s`.
-    func hungryValid(_ e: WaiterRef, _ s: Int32) -> Bool {
+    func isUsableWaiter(_ e: WaiterRef, _ s: Int32) -> Bool {
         let w = Int(e.slot)
         return leases[w].alive && leases[w].waiting && leases[w].seq == e.seq
-            && leases[w].hungry & repBit(w, s) != 0
+            && leases[w].usableGroups & repBit(w, s) != 0
     }
 
     /// The earliest waiter that can use a resource of selector `s`.
-    mutating func hungryTop(_ s: Int) -> WaiterRef? {
+    mutating func earliestUsableWaiter(_ s: Int) -> WaiterRef? {
         let sel = Int32(s)
-        if sels[s].hungry.count > 2 * sels[s].hungryLive + 16 {
-            var heap = sels[s].hungry
-            sels[s].hungry = MinHeap()
+        if selectors[s].waiters.count > 2 * selectors[s].usableWaiterCount + 16 {
+            var heap = selectors[s].waiters
+            selectors[s].waiters = MinHeap()
             heap.compact { e in
-                if hungryValid(e, sel) { return true }
-                clearListed(e, sel)
+                if isUsableWaiter(e, sel) { return true }
+                clearHeapEntry(e, sel)
                 return false
             }
-            sels[s].hungry = heap
+            selectors[s].waiters = heap
         }
-        while let top = sels[s].hungry.top {
-            if hungryValid(top, sel) { return top }
-            sels[s].hungry.pop()
-            clearListed(top, sel)
+        while let top = selectors[s].waiters.top {
+            if isUsableWaiter(top, sel) { return top }
+            selectors[s].waiters.pop()
+            clearHeapEntry(top, sel)
         }
         return nil
     }
 
-    private mutating func clearListed(_ e: WaiterRef, _ s: Int32) {
+    private mutating func clearHeapEntry(_ e: WaiterRef, _ s: Int32) {
         let w = Int(e.slot)
         if leases[w].alive && leases[w].waiting && leases[w].seq == e.seq {
-            leases[w].listed &= ~repBit(w, s)
+            leases[w].inWaiterHeaps &= ~repBit(w, s)
         }
     }
 
@@ -647,7 +647,7 @@ extension LeaseTable {
     mutating func grant(_ w: Int, _ t: Tick, _ out: inout [Effect]) {
         if leases[w].waiting {
             dequeue(w, t)
-            unhunger(w)
+            clearUsableGroups(w)
             if leases[w].deadline != .max { deadlineLive -= 1 }
             leases[w].waiting = false
         }
@@ -661,11 +661,11 @@ extension LeaseTable {
         list.reserveCapacity(leases[w].slots.count)
         for k in leases[w].slots.indices {
             let r = Int(leases[w].slots[k])
-            res[r].held = true
-            res[r].epoch += 1
-            res[r].since = t
-            list.append(GrantedResource(name: res[r].name, type: res[r].type, labels: res[r].labels,
-                                        attributes: res[r].attributes, epoch: res[r].epoch))
+            resources[r].held = true
+            resources[r].epoch += 1
+            resources[r].since = t
+            list.append(GrantedResource(name: resources[r].name, type: resources[r].type, labels: resources[r].labels,
+                                        attributes: resources[r].attributes, epoch: resources[r].epoch))
         }
         leases[w].grantedAt = t
         leases[w].grantedGeneration = inventoryGeneration
@@ -676,7 +676,7 @@ extension LeaseTable {
     mutating func removeWaiter(_ w: Int, _ t: Tick, failure: FailureReason?, _ out: inout [Effect]) {
         if let f = failure { out.append(.failed(leases[w].id, f, facts(w))) }
         dequeue(w, t)
-        unhunger(w)
+        clearUsableGroups(w)
         if leases[w].deadline != .max { deadlineLive -= 1 }
         var rel = scratchReleased
         scratchReleased = []
@@ -685,9 +685,9 @@ extension LeaseTable {
         dropLease(w)
         for k in rel {
             let r = Int(k)
-            res[r].owner = -1
-            res[r].held = false
-            res[r].since = t
+            resources[r].owner = -1
+            resources[r].held = false
+            resources[r].since = t
             handoff(r, t, &out)
         }
         scratchReleased = rel
@@ -702,12 +702,12 @@ extension LeaseTable {
         dropLease(w)
         for k in rel {
             let r = Int(k)
-            res[r].owner = -1
-            res[r].held = false
-            res[r].since = t
-            if !res[r].inInventory {
+            resources[r].owner = -1
+            resources[r].held = false
+            resources[r].since = t
+            if !resources[r].inInventory {
                 retire(r)
-            } else if res[r].enabled {
+            } else if resources[r].enabled {
                 handoff(r, t, &out)
             }
         }
@@ -716,9 +716,9 @@ extension LeaseTable {
 
     /// A resource removed by reload was released: it disappears.
     mutating func retire(_ r: Int) {
-        res[r].gone = true
-        nameToSlot.removeValue(forKey: res[r].name)
-        if res[r].epoch > 0 { epochStore[res[r].name] = res[r].epoch }
+        resources[r].gone = true
+        nameToSlot.removeValue(forKey: resources[r].name)
+        if resources[r].epoch > 0 { epochStore[resources[r].name] = resources[r].epoch }
     }
 
     /// `r` just became free (unowned, enabled, in the inventory): the earliest waiter that can
@@ -726,11 +726,11 @@ extension LeaseTable {
     mutating func handoff(_ r: Int, _ t: Tick, _ out: inout [Effect]) {
         var bestSeq = UInt64.max
         var best: Int32 = -1
-        let n = res[r].memberships.count
+        let n = resources[r].memberships.count
         for i in 0..<n {
-            let s = Int(res[r].memberships[i].sel)
-            if sels[s].hungryLive == 0 && sels[s].hungry.count == 0 { continue }
-            if let top = hungryTop(s), top.seq < bestSeq {
+            let s = Int(resources[r].memberships[i].sel)
+            if selectors[s].usableWaiterCount == 0 && selectors[s].waiters.count == 0 { continue }
+            if let top = earliestUsableWaiter(s), top.seq < bestSeq {
                 bestSeq = top.seq
                 best = top.slot
             }
@@ -740,16 +740,16 @@ extension LeaseTable {
             return
         }
         let w = Int(best)
-        res[r].owner = best
-        res[r].held = false
-        res[r].since = t
+        resources[r].owner = best
+        resources[r].held = false
+        resources[r].since = t
         guard augment(w, r) else {
-            // Cannot happen: a hungry waiter can use every resource of the selector.
-            res[r].owner = -1
+            // Cannot happen: a waiter listed for the selector can use every resource of the selector.
+            resources[r].owner = -1
             setFree(r)
             return
         }
-        if isComplete(w) { grant(w, t, &out) } else { updateHungry(w) }
+        if isComplete(w) { grant(w, t, &out) } else { updateUsableGroups(w) }
     }
 
     // MARK: Queue and positions

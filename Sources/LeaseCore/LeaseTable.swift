@@ -35,6 +35,11 @@ import LeaseProtocol
 /// are indexed per selector (type + labels, or name) in hierarchical bitsets, waiters per
 /// selector in heaps ordered by arrival, positions come from a Fenwick tree over the queue.
 /// `reload`, `snapshot()` and `resourceCounts()` are O(table).
+///
+/// ## Reading the code
+/// Slots are indices into the table's arrays and keep one letter each throughout: `r` a resource
+/// (`resources[r]`), `w` a lease or waiter (`leases[w]`), `s` a selector (`selectors[s]`), `g` a
+/// want group, `k` a slot of a lease's `slots`; `t` is the current time of the call.
 public struct LeaseTable: Sendable {
     // MARK: Tunables
     /// Per-waiter minimum spacing of `positionChanged` effects.
@@ -50,7 +55,7 @@ public struct LeaseTable: Sendable {
         var pos: Int32
     }
 
-    struct Res: Sendable {
+    struct ResourceRec: Sendable {
         var name: String
         var type: String
         var labels: [String: String]
@@ -71,7 +76,7 @@ public struct LeaseTable: Sendable {
         var isFree: Bool { owner < 0 && enabled && inInventory }
     }
 
-    var res: [Res] = []
+    var resources: [ResourceRec] = []
     var nameToSlot: [String: Int32] = [:]
     /// Inventory resources by type, in inventory order.
     var typeMembers: [String: [Int32]] = [:]
@@ -93,16 +98,16 @@ public struct LeaseTable: Sendable {
         var members: [Int32]
         var free: HierBits
         var refs = 0
-        var hungry = MinHeap<WaiterRef>()
-        var hungryLive = 0
+        var waiters = MinHeap<WaiterRef>()
+        var usableWaiterCount = 0
         var live = true
     }
 
-    var sels: [Selector] = []
-    var selIndex: [SelectorKey: Int32] = [:]
-    var freeSelSlots: [Int32] = []
+    var selectors: [Selector] = []
+    var selectorIndex: [SelectorKey: Int32] = [:]
+    var freeSelectorSlots: [Int32] = []
     var idleTypeSelectors = 0
-    var satCache: [[Int64]: Bool] = [:]
+    var satisfiableCache: [[Int64]: Bool] = [:]
 
     // MARK: Leases and waiters
     struct GroupRec: Sendable {
@@ -130,8 +135,8 @@ public struct LeaseTable: Sendable {
         /// After the grant this is the granted list, in want order.
         var slots: [Int32]
         var anyOverlap: Bool
-        var hungry: UInt16
-        var listed: UInt16
+        var usableGroups: UInt16
+        var inWaiterHeaps: UInt16
         var deadline: Int64
         var queueIndex: Int32
         var lastSentPos: Int32
@@ -190,13 +195,13 @@ public struct LeaseTable: Sendable {
     /// no longer in the inventory. Persist this to keep epochs growing across restarts.
     public var epochs: [String: UInt64] {
         var e = epochStore
-        for r in res where !r.gone && r.epoch > 0 { e[r.name] = r.epoch }
+        for r in resources where !r.gone && r.epoch > 0 { e[r.name] = r.epoch }
         return e
     }
 
     /// The epoch of one name (0 before its first grant).
     public func epoch(of name: String) -> UInt64 {
-        if let s = nameToSlot[name] { return res[Int(s)].epoch }
+        if let s = nameToSlot[name] { return resources[Int(s)].epoch }
         return epochStore[name] ?? 0
     }
 
@@ -224,8 +229,8 @@ public struct LeaseTable: Sendable {
             // Not grantable at once and may not queue: give back what it took.
             for k in leases[w].slots where k >= 0 {
                 let r = Int(k)
-                res[r].owner = -1
-                res[r].since = t
+                resources[r].owner = -1
+                resources[r].since = t
                 setFree(r)
             }
             out.append(.failed(id, .waitTimeout, LeaseFacts(holder: request.holder, arrivedAt: t, grantedAt: nil)))
@@ -245,7 +250,7 @@ public struct LeaseTable: Sendable {
             deadlines.push(DeadlineRef(deadline: deadline, seq: leases[w].seq, slot: Int32(w)))
             deadlineLive += 1
         }
-        updateHungry(w)
+        updateUsableGroups(w)
         out.append(.queued(id, position: Int(pos)))
     }
 
@@ -270,10 +275,10 @@ public struct LeaseTable: Sendable {
                                 into out: inout [Effect]) -> AdminResult {
         let t = begin(now, &out)
         defer { finish() }
-        guard let s = nameToSlot[name], !res[Int(s)].gone else { return .notFound }
+        guard let s = nameToSlot[name], !resources[Int(s)].gone else { return .notFound }
         let r = Int(s)
-        guard res[r].owner >= 0, res[r].held else { return .notHeld }
-        let w = Int(res[r].owner)
+        guard resources[r].owner >= 0, resources[r].held else { return .notHeld }
+        let w = Int(resources[r].owner)
         out.append(.revoked(leases[w].id, reason: reason, facts(w)))
         releaseGranted(w, t, &out)
         return .ok
@@ -285,21 +290,21 @@ public struct LeaseTable: Sendable {
     public mutating func disable(resource name: String, now: Tick, into out: inout [Effect]) -> AdminResult {
         let t = begin(now, &out)
         defer { finish() }
-        guard let s = nameToSlot[name], res[Int(s)].inInventory else { return .notFound }
+        guard let s = nameToSlot[name], resources[Int(s)].inInventory else { return .notFound }
         let r = Int(s)
-        guard res[r].enabled else { return .ok }
-        if res[r].owner < 0 {
+        guard resources[r].enabled else { return .ok }
+        if resources[r].owner < 0 {
             clearFree(r)
-            res[r].enabled = false
-            res[r].since = t
-        } else if !res[r].held {
-            let w = Int(res[r].owner)
-            res[r].enabled = false
+            resources[r].enabled = false
+            resources[r].since = t
+        } else if !resources[r].held {
+            let w = Int(resources[r].owner)
+            resources[r].enabled = false
             takeAway(w, r)
-            res[r].since = t
+            resources[r].since = t
             rebalance([w], t, &out)
         } else {
-            res[r].enabled = false
+            resources[r].enabled = false
         }
         return .ok
     }
@@ -308,12 +313,12 @@ public struct LeaseTable: Sendable {
     public mutating func enable(resource name: String, now: Tick, into out: inout [Effect]) -> AdminResult {
         let t = begin(now, &out)
         defer { finish() }
-        guard let s = nameToSlot[name], res[Int(s)].inInventory else { return .notFound }
+        guard let s = nameToSlot[name], resources[Int(s)].inInventory else { return .notFound }
         let r = Int(s)
-        guard !res[r].enabled else { return .ok }
-        res[r].enabled = true
-        if res[r].owner < 0 {
-            res[r].since = t
+        guard !resources[r].enabled else { return .ok }
+        resources[r].enabled = true
+        if resources[r].owner < 0 {
+            resources[r].since = t
             handoff(r, t, &out)
         }
         return .ok
@@ -388,8 +393,8 @@ public struct LeaseTable: Sendable {
     }
 
     func deadlineValid(_ d: DeadlineRef) -> Bool {
-        let L = leases[Int(d.slot)]
-        return L.alive && L.waiting && L.seq == d.seq && L.deadline == d.deadline
+        let lease = leases[Int(d.slot)]
+        return lease.alive && lease.waiting && lease.seq == d.seq && lease.deadline == d.deadline
     }
 
     mutating func expireDue(_ t: Int64, _ out: inout [Effect]) {

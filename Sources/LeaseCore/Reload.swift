@@ -21,46 +21,46 @@ extension LeaseTable {
         inventoryGeneration += 1
 
         // 1. New resource records, carrying state by name.
-        var newRes: [Res] = []
+        var newRes: [ResourceRec] = []
         newRes.reserveCapacity(inventory.resources.count)
         var newNames: [String: Int32] = [:]
         newNames.reserveCapacity(inventory.resources.count)
-        var remap = [Int32](repeating: -1, count: res.count)
+        var remap = [Int32](repeating: -1, count: resources.count)
         for (i, spec) in inventory.resources.enumerated() {
-            var rec = Res(name: spec.name, type: spec.type, labels: spec.labels,
+            var rec = ResourceRec(name: spec.name, type: spec.type, labels: spec.labels,
                           attributes: spec.attributes, epoch: 0, since: t)
-            if let os = nameToSlot[spec.name], !res[Int(os)].gone {
-                let o = res[Int(os)]
+            if let oldSlot = nameToSlot[spec.name], !resources[Int(oldSlot)].gone {
+                let o = resources[Int(oldSlot)]
                 rec.epoch = o.epoch
                 rec.enabled = o.enabled
                 rec.owner = o.owner
                 rec.held = o.held
                 rec.since = o.since
-                remap[Int(os)] = Int32(i)
+                remap[Int(oldSlot)] = Int32(i)
             } else {
                 rec.epoch = epochStore.removeValue(forKey: spec.name) ?? 0
             }
             newNames[spec.name] = Int32(i)
             newRes.append(rec)
         }
-        for os in res.indices where remap[os] < 0 && !res[os].gone {
-            var o = res[os]
+        for oldSlot in resources.indices where remap[oldSlot] < 0 && !resources[oldSlot].gone {
+            var o = resources[oldSlot]
             if o.owner >= 0 && o.held {
                 o.inInventory = false
                 o.memberships = []
                 o.nameSel = -1
-                remap[os] = Int32(newRes.count)
+                remap[oldSlot] = Int32(newRes.count)
                 newNames[o.name] = Int32(newRes.count)
                 newRes.append(o)
             } else if o.epoch > 0 {
                 epochStore[o.name] = o.epoch
             }
         }
-        res = newRes
+        resources = newRes
         nameToSlot = newNames
         typeMembers = [:]
         for i in 0..<inventory.resources.count {
-            typeMembers[res[i].type, default: []].append(Int32(i))
+            typeMembers[resources[i].type, default: []].append(Int32(i))
         }
 
         // 2. Remap lease resource slots (reserved ones of removed resources become -1).
@@ -68,39 +68,39 @@ extension LeaseTable {
             for k in leases[w].slots.indices where leases[w].slots[k] >= 0 {
                 leases[w].slots[k] = remap[Int(leases[w].slots[k])]
             }
-            leases[w].hungry = 0
-            leases[w].listed = 0
+            leases[w].usableGroups = 0
+            leases[w].inWaiterHeaps = 0
         }
 
         // 3. Selectors that waiters use are recomputed in place; idle ones are dropped.
-        selIndex.removeAll(keepingCapacity: true)
-        satCache.removeAll()
+        selectorIndex.removeAll(keepingCapacity: true)
+        satisfiableCache.removeAll()
         idleTypeSelectors = 0
-        for s in sels.indices where sels[s].live {
-            if sels[s].refs == 0 {
-                sels[s] = Selector(key: .name(""), members: [], free: HierBits(capacity: 0), live: false)
-                freeSelSlots.append(Int32(s))
+        for s in selectors.indices where selectors[s].live {
+            if selectors[s].refs == 0 {
+                selectors[s] = Selector(key: .name(""), members: [], free: HierBits(capacity: 0), live: false)
+                freeSelectorSlots.append(Int32(s))
                 continue
             }
             let members: [Int32]
-            switch sels[s].key {
+            switch selectors[s].key {
             case .name(let n):
-                if let r = nameToSlot[n], res[Int(r)].inInventory {
+                if let r = nameToSlot[n], resources[Int(r)].inInventory {
                     members = [r]
-                    res[Int(r)].nameSel = Int32(s)
+                    resources[Int(r)].nameSel = Int32(s)
                 } else {
                     members = []
                 }
             case .type(let type, let flat):
-                members = (typeMembers[type] ?? []).filter { Self.matches(res[Int($0)].labels, flat) }
-                selIndex[sels[s].key] = Int32(s)
+                members = (typeMembers[type] ?? []).filter { Self.matches(resources[Int($0)].labels, flat) }
+                selectorIndex[selectors[s].key] = Int32(s)
             }
-            sels[s].members = members
-            sels[s].free = HierBits(capacity: members.count)
-            sels[s].hungry = MinHeap()
-            sels[s].hungryLive = 0
+            selectors[s].members = members
+            selectors[s].free = HierBits(capacity: members.count)
+            selectors[s].waiters = MinHeap()
+            selectors[s].usableWaiterCount = 0
             for (pos, r) in members.enumerated() {
-                res[Int(r)].memberships.append(Membership(sel: Int32(s), pos: Int32(pos)))
+                resources[Int(r)].memberships.append(Membership(sel: Int32(s), pos: Int32(pos)))
             }
         }
 
@@ -138,8 +138,8 @@ extension LeaseTable {
         }
 
         // 5. Free sets from scratch.
-        for s in sels.indices where sels[s].live { sels[s].free.removeAll() }
-        for r in 0..<inventory.resources.count where res[r].isFree { setFree(r) }
+        for s in selectors.indices where selectors[s].live { selectors[s].free.removeAll() }
+        for r in 0..<inventory.resources.count where resources[r].isFree { setFree(r) }
 
         // 6. Re-run allocation in arrival order.
         rebalance(waiters.filter { leases[$0].alive && leases[$0].waiting }, t, &out)
@@ -148,9 +148,9 @@ extension LeaseTable {
 
     /// A reserved resource taken back by reload.
     private mutating func unown(_ r: Int, _ t: Tick) {
-        res[r].owner = -1
-        res[r].held = false
-        res[r].since = t
+        resources[r].owner = -1
+        resources[r].held = false
+        resources[r].since = t
     }
 
     /// `reload(_:now:into:)` returning its effects or its problems.

@@ -177,7 +177,7 @@ struct MinHeap<Element: HeapOrdered>: Sendable {
     }
 }
 
-/// Entry of a selector's "hungry waiters" heap, ordered by arrival.
+/// Entry of a selector's heap of waiters that can use its resources, ordered by arrival.
 struct WaiterRef: HeapOrdered {
     var seq: UInt64
     var slot: Int32
@@ -191,18 +191,5 @@ struct DeadlineRef: HeapOrdered {
     var slot: Int32
     @inline(__always) func before(_ o: DeadlineRef) -> Bool {
         deadline != o.deadline ? deadline < o.deadline : seq < o.seq
-    }
-}
-
-/// Seeded PRNG usable by tests and benchmarks (SplitMix64). Deterministic across platforms.
-public struct SplitMix64: RandomNumberGenerator, Sendable {
-    private var state: UInt64
-    public init(seed: UInt64) { state = seed }
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

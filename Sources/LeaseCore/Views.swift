@@ -78,13 +78,13 @@ public struct ResourceCount: Sendable, Hashable {
 
 extension LeaseTable {
     func state(_ r: Int) -> ResourceState {
-        let x = res[r]
+        let x = resources[r]
         if x.owner >= 0 { return x.held ? .held : .reserved }
         return x.enabled ? .free : .disabled
     }
 
     func view(_ r: Int) -> ResourceView {
-        let x = res[r]
+        let x = resources[r]
         let owner: Int? = x.owner >= 0 ? Int(x.owner) : nil
         return ResourceView(
             name: x.name, type: x.type, labels: x.labels, attributes: x.attributes, state: state(r),
@@ -93,20 +93,20 @@ extension LeaseTable {
     }
 
     func names(_ slots: [Int32]) -> [String] {
-        slots.compactMap { $0 >= 0 ? res[Int($0)].name : nil }
+        slots.compactMap { $0 >= 0 ? resources[Int($0)].name : nil }
     }
 
     /// Builds the status document's contents. O(table).
     public func snapshot() -> Snapshot {
-        var resources: [ResourceView] = []
-        resources.reserveCapacity(res.count)
-        for r in res.indices where !res[r].gone { resources.append(view(r)) }
+        var views: [ResourceView] = []
+        views.reserveCapacity(resources.count)
+        for r in resources.indices where !resources[r].gone { views.append(view(r)) }
         var granted: [(UInt64, LeaseView)] = []
         for w in leases.indices where leases[w].alive && !leases[w].waiting {
-            let L = leases[w]
-            granted.append((L.seq, LeaseView(
-                id: L.id, holder: L.request.holder, peer: L.request.peer, resources: names(L.slots),
-                meta: L.request.meta, want: L.request.want, since: L.grantedAt, arrivedAt: L.arrivedAt)))
+            let lease = leases[w]
+            granted.append((lease.seq, LeaseView(
+                id: lease.id, holder: lease.request.holder, peer: lease.request.peer, resources: names(lease.slots),
+                meta: lease.request.meta, want: lease.request.want, since: lease.grantedAt, arrivedAt: lease.arrivedAt)))
         }
         granted.sort { $0.0 < $1.0 }
         var waiting: [WaiterView] = []
@@ -116,15 +116,15 @@ extension LeaseTable {
             pos += 1
             waiting.append(waiterView(Int(s), position: pos))
         }
-        return Snapshot(resources: resources, leases: granted.map(\.1), queue: waiting)
+        return Snapshot(resources: views, leases: granted.map(\.1), queue: waiting)
     }
 
     func waiterView(_ w: Int, position: Int) -> WaiterView {
-        let L = leases[w]
+        let lease = leases[w]
         return WaiterView(
-            id: L.id, holder: L.request.holder, peer: L.request.peer, position: position,
-            want: L.request.want, meta: L.request.meta, since: L.arrivedAt,
-            deadline: L.deadline == .max ? nil : Tick(nanoseconds: L.deadline), reserved: names(L.slots))
+            id: lease.id, holder: lease.request.holder, peer: lease.request.peer, position: position,
+            want: lease.request.want, meta: lease.request.meta, since: lease.arrivedAt,
+            deadline: lease.deadline == .max ? nil : Tick(nanoseconds: lease.deadline), reserved: names(lease.slots))
     }
 
     /// Where lease `id` stands; nil when unknown (never seen, or gone).
@@ -150,14 +150,14 @@ extension LeaseTable {
     /// The granted lease holding `name` (nil if the resource is not held or unknown).
     public func holder(ofResource name: String) -> LeaseID? {
         guard let s = nameToSlot[name] else { return nil }
-        let r = res[Int(s)]
+        let r = resources[Int(s)]
         guard r.owner >= 0, r.held else { return nil }
         return leases[Int(r.owner)].id
     }
 
     /// One resource (also a removed-but-held one); nil if unknown.
     public func resource(named name: String) -> ResourceView? {
-        guard let s = nameToSlot[name], !res[Int(s)].gone else { return nil }
+        guard let s = nameToSlot[name], !resources[Int(s)].gone else { return nil }
         return view(Int(s))
     }
 
@@ -165,10 +165,10 @@ extension LeaseTable {
     /// entries. O(table). Removed-but-held resources count as held.
     public func resourceCounts() -> [ResourceCount] {
         var counts: [String: [Int]] = [:]
-        for r in res.indices where !res[r].gone {
+        for r in resources.indices where !resources[r].gone {
             let st = state(r)
             let idx = ResourceState.allCases.firstIndex(of: st) ?? 0
-            counts[res[r].type, default: [0, 0, 0, 0]][idx] += 1
+            counts[resources[r].type, default: [0, 0, 0, 0]][idx] += 1
         }
         var out: [ResourceCount] = []
         for (type, c) in counts.sorted(by: { $0.key < $1.key }) {
