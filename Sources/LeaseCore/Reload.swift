@@ -20,7 +20,21 @@ extension LeaseTable {
         defer { finish() }
         inventoryGeneration += 1
 
-        // 1. New resource records, carrying state by name.
+        let remap = replaceResources(inventory, t)
+        remapLeaseSlots(remap)
+        rebuildSelectors()
+        let waiters = reresolveWaiters(t, &out)
+        // Free sets from scratch.
+        for s in selectors.indices where selectors[s].live { selectors[s].free.removeAll() }
+        for r in 0..<inventory.resources.count where resources[r].isFree { setFree(r) }
+        // Allocation again, in arrival order.
+        rebalance(waiters.filter { leases[$0].alive && leases[$0].waiting }, t, &out)
+        return []
+    }
+
+    /// New resource records in inventory order, carrying state by name; a removed resource that
+    /// is held stays, after them, until released. Returns old slot → new slot (-1: gone).
+    private mutating func replaceResources(_ inventory: Inventory, _ t: Tick) -> [Int32] {
         var newRes: [ResourceRec] = []
         newRes.reserveCapacity(inventory.resources.count)
         var newNames: [String: Int32] = [:]
@@ -62,8 +76,11 @@ extension LeaseTable {
         for i in 0..<inventory.resources.count {
             typeMembers[resources[i].type, default: []].append(Int32(i))
         }
+        return remap
+    }
 
-        // 2. Remap lease resource slots (reserved ones of removed resources become -1).
+    /// Lease slots follow their resources (reserved ones of removed resources become -1).
+    private mutating func remapLeaseSlots(_ remap: [Int32]) {
         for w in leases.indices where leases[w].alive {
             for k in leases[w].slots.indices where leases[w].slots[k] >= 0 {
                 leases[w].slots[k] = remap[Int(leases[w].slots[k])]
@@ -71,8 +88,10 @@ extension LeaseTable {
             leases[w].usableGroups = 0
             leases[w].inWaiterHeaps = 0
         }
+    }
 
-        // 3. Selectors that waiters use are recomputed in place; idle ones are dropped.
+    /// Selectors that waiters use are recomputed in place; idle ones are dropped.
+    private mutating func rebuildSelectors() {
         selectorIndex.removeAll(keepingCapacity: true)
         satisfiableCache.removeAll()
         idleTypeSelectors = 0
@@ -103,8 +122,11 @@ extension LeaseTable {
                 resources[Int(r)].memberships.append(Membership(sel: Int32(s), pos: Int32(pos)))
             }
         }
+    }
 
-        // 4. Waiters in arrival order: re-resolve against the new inventory, rebuild matchings.
+    /// Waiters in arrival order are resolved against the new inventory and their matchings
+    /// rebuilt; the ones it cannot satisfy fail. Returns the waiters as they were queued.
+    private mutating func reresolveWaiters(_ t: Tick, _ out: inout [Effect]) -> [Int] {
         let waiters = queue.filter { $0 >= 0 }.map { Int($0) }
         var failures: [(Int, String)] = []
         for w in waiters {
@@ -136,14 +158,7 @@ extension LeaseTable {
             if leases[w].deadline != .max { deadlineLive -= 1 }
             dropLease(w)
         }
-
-        // 5. Free sets from scratch.
-        for s in selectors.indices where selectors[s].live { selectors[s].free.removeAll() }
-        for r in 0..<inventory.resources.count where resources[r].isFree { setFree(r) }
-
-        // 6. Re-run allocation in arrival order.
-        rebalance(waiters.filter { leases[$0].alive && leases[$0].waiting }, t, &out)
-        return []
+        return waiters
     }
 
     /// A reserved resource taken back by reload.
