@@ -104,7 +104,26 @@ enum StatusPage {
 
             """
 
-        // Summary per type, in inventory order.
+        html += summary(snapshot)
+        html += filterForm(text)
+        html += resourcesSection(snapshot, filter, now: now, clock: clock)
+        html += queueSection(snapshot, filter, byName, now: now, clock: clock)
+        html += leasesSection(snapshot, filter, byName, now: now, clock: clock)
+        html += """
+            </main>
+            <footer class="footer">leasehold · <a href="/v1/status">/v1/status</a> (JSON) · <code>/v1/watch</code> (live) · <a href="/metrics">/metrics</a></footer>
+            </body>
+            </html>
+
+            """
+        return html
+    }
+
+    // MARK: sections
+
+    /// Counts per type, in inventory order, and overall.
+    private static func summary(_ snapshot: Snapshot) -> String {
+        var html = ""
         var types: [String] = []
         var counts: [String: [ResourceState: Int]] = [:]
         for resource in snapshot.resources {
@@ -129,8 +148,12 @@ enum StatusPage {
         html += "<span class=\"n-reserved\">\(overall[.reserved] ?? 0)</span> reserved, <span class=\"n-disabled\">\(overall[.disabled] ?? 0)</span> disabled · "
         html += "<a href=\"#queue-section\">waiting: <span class=\"n-waiting\">\(snapshot.queue.count)</span></a> · "
         html += "<a href=\"#leases-section\">leases: <span class=\"n-leases\">\(snapshot.leases.count)</span></a></p>\n</section>\n"
+        return html
+    }
 
-        // Filter: a plain GET form, so it works without the script too.
+    /// A plain GET form, so the filter works without the script too.
+    private static func filterForm(_ text: String) -> String {
+        var html = ""
         html += """
             <form class="filter" method="get" action="/" role="search">
             <label for="filter">Filter</label>
@@ -140,8 +163,12 @@ enum StatusPage {
             </form>
 
             """
+        return html
+    }
 
-        // Resources.
+    /// Every resource, in inventory order.
+    private static func resourcesSection(_ snapshot: Snapshot, _ filter: Filter, now: Tick, clock: ServerClock) -> String {
+        var html = ""
         let shownResources = snapshot.resources.filter { filter.matches(resourceFields($0)) }
         html += section("resources", "Resources", shown: shownResources.count, total: snapshot.resources.count)
         html += "<table id=\"resources\" class=\"grid\"><thead><tr>"
@@ -164,8 +191,12 @@ enum StatusPage {
         }
         html += "</tbody></table>\n"
         html += "<p class=\"empty\" id=\"resources-empty\"\(shownResources.isEmpty ? "" : " hidden")>\(snapshot.resources.isEmpty ? "The inventory is empty." : "No resource matches the filter.")</p>\n</section>\n"
+        return html
+    }
 
-        // Queue.
+    /// The waiters, first in line first.
+    private static func queueSection(_ snapshot: Snapshot, _ filter: Filter, _ byName: [String: ResourceView], now: Tick, clock: ServerClock) -> String {
+        var html = ""
         let shownQueue = snapshot.queue.filter { filter.matches(waiterFields($0, byName)) }
         html += section("queue", "Queue", shown: shownQueue.count, total: snapshot.queue.count)
         html += "<table id=\"queue\" class=\"grid\"><thead><tr>"
@@ -184,8 +215,12 @@ enum StatusPage {
         }
         html += "</tbody></table>\n"
         html += "<p class=\"empty\" id=\"queue-empty\"\(shownQueue.isEmpty ? "" : " hidden")>\(snapshot.queue.isEmpty ? "Nobody is waiting." : "No waiter matches the filter.")</p>\n</section>\n"
+        return html
+    }
 
-        // Leases.
+    /// The granted leases, in the order their requests came.
+    private static func leasesSection(_ snapshot: Snapshot, _ filter: Filter, _ byName: [String: ResourceView], now: Tick, clock: ServerClock) -> String {
+        var html = ""
         let shownLeases = snapshot.leases.filter { filter.matches(leaseFields($0, byName)) }
         html += section("leases", "Leases", shown: shownLeases.count, total: snapshot.leases.count)
         html += "<table id=\"leases\" class=\"grid\"><thead><tr>"
@@ -203,14 +238,6 @@ enum StatusPage {
         }
         html += "</tbody></table>\n"
         html += "<p class=\"empty\" id=\"leases-empty\"\(shownLeases.isEmpty ? "" : " hidden")>\(snapshot.leases.isEmpty ? "No leases: nothing is held." : "No lease matches the filter.")</p>\n</section>\n"
-
-        html += """
-            </main>
-            <footer class="footer">leasehold · <a href="/v1/status">/v1/status</a> (JSON) · <code>/v1/watch</code> (live) · <a href="/metrics">/metrics</a></footer>
-            </body>
-            </html>
-
-            """
         return html
     }
 
