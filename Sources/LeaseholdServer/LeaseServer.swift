@@ -90,7 +90,17 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         configuration.webSocket.deadAfter = options.deadAfter
         let logger = logger
         http = HTTPServer(group: group, configuration: configuration, handler: self,
-                          onError: { logger.warning("\($0)") })
+                          onProblem: { problem in
+                              switch problem {
+                              case .acceptFailed(let error):
+                                  logger.warning("accept failed", metadata: ["error": .string("\(error)")])
+                              case .refused(let peer, let status, let limit):
+                                  logger.notice("connection refused at its limit", metadata: [
+                                      "connection.peer": .string(peer.description), "http.status": .stringConvertible(status),
+                                      "limit": .stringConvertible(limit),
+                                  ])
+                              }
+                          })
     }
 
     /// The most connections this server takes (see `HTTPServer.connectionCapacity`).
@@ -276,8 +286,8 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         service.admin(coreAction, resource: resource) { [logger, reason, service] result in
             switch result {
             case .ok:
-                logger.notice("admin \(action)", metadata: [
-                    "resource.name": .string(resource), "reason": .string(reason), "connection.peer": .string(peer),
+                logger.notice("admin action", metadata: [
+                    "action": .string(action), "resource.name": .string(resource), "reason": .string(reason), "connection.peer": .string(peer),
                 ])
                 service.journal?.record([
                     ("event", .string("admin")), ("action", .string(action)), ("resource", .string(resource)),

@@ -15,6 +15,23 @@ public struct WebSocketConfiguration: Sendable {
     public init() {}
 }
 
+/// What the server could not do, for the operator's log.
+public enum HTTPServerProblem: Sendable, CustomStringConvertible {
+    /// accept(2) failed (out of descriptors, say); the listener goes on.
+    case acceptFailed(SocketError)
+    /// A connection was answered with `status` and closed: `limit` connections in all (503) or
+    /// from its address (429) are open.
+    case refused(peer: SocketAddress, status: Int, limit: Int)
+
+    public var description: String {
+        switch self {
+        case .acceptFailed(let error): return "accept failed: \(error)"
+        case .refused(let peer, let status, let limit):
+            return "refused \(peer) with \(status): \(status == 503 ? "connection limit" : "connection limit per address") \(limit) reached"
+        }
+    }
+}
+
 public struct HTTPServerConfiguration: Sendable {
     public var maxHeadSize = 16 * 1024
     public var maxBodySize = 1 << 20
@@ -83,14 +100,14 @@ public final class HTTPServer: @unchecked Sendable {
     let limit: ConnectionLimit
     private let acceptQueue = DispatchQueue(label: "leasehold.accept")
     private var listeners: [Listener] = []
-    private let onError: @Sendable (String) -> Void
+    private let onProblem: @Sendable (HTTPServerProblem) -> Void
 
     public init(group: EventLoopGroup, configuration: HTTPServerConfiguration, handler: HTTPRequestHandler,
-                onError: @escaping @Sendable (String) -> Void = { _ in }) {
+                onProblem: @escaping @Sendable (HTTPServerProblem) -> Void = { _ in }) {
         self.group = group
         self.configuration = configuration
         self.handler = handler
-        self.onError = onError
+        self.onProblem = onProblem
         let descriptors = Posix.raiseDescriptorLimit()
         // Keep a few descriptors for listeners, files and logs.
         let byDescriptors = descriptors > 64 ? descriptors - 32 : descriptors
@@ -109,7 +126,7 @@ public final class HTTPServer: @unchecked Sendable {
         let listener = try Listener(
             address: address, backlog: configuration.backlog, queue: acceptQueue,
             onAccept: { [unowned self] fd, peer in self.accepted(fd, peer: peer) },
-            onError: { [onError] error in onError("accept failed: \(error)") })
+            onError: { [onProblem] error in onProblem(.acceptFailed(error)) })
         acceptQueue.sync { listeners.append(listener) }
         return listener.address
     }
@@ -121,10 +138,10 @@ public final class HTTPServer: @unchecked Sendable {
             let response: HTTPResponse
             switch refusal {
             case .total(let maximum):
-                onError("connection limit \(maximum) reached: refusing \(peer)")
+                onProblem(.refused(peer: peer, status: 503, limit: maximum))
                 response = .text(503, "the server is at its limit of \(maximum) connections; try again later\n")
             case .perAddress(let address, let maximum):
-                onError("connection limit per address \(maximum) reached: refusing \(peer)")
+                onProblem(.refused(peer: peer, status: 429, limit: maximum))
                 response = .text(429, "\(address) has \(maximum) connections open, the most one address may have\n")
             }
             // A fresh socket's send buffer is empty: the short answer goes out at once, or not at all.

@@ -70,7 +70,7 @@ signal(SIGPIPE, SIG_IGN)  // a closed stdout must not stop the server; sockets u
 let group = EventLoopGroup(count: loops, label: "echo.loop")
 let echo = Echo()
 let server = HTTPServer(group: group, configuration: configuration, handler: echo,
-                        onError: { FileHandleStderr.write("leasehold-echo: \($0)\n") })
+                        onProblem: { FileHandleStderr.write("leasehold-echo: \($0)\n") })
 for text in listen {
     do {
         let address = try SocketAddress(parsing: text)

@@ -195,12 +195,14 @@ private func installSignalHandlers(server: LeaseServer, logger: Logger) {
             if number == SIGHUP {
                 server.reload { result in
                     switch result {
-                    case .success(let message): logger.notice("SIGHUP: \(message)")
-                    case .failure(let error): logger.error("SIGHUP: reload refused, nothing changed: \(error.message)")
+                    case .success(let message):
+                        logger.notice("reload on SIGHUP", metadata: ["result": .string(message)])
+                    case .failure(let error):
+                        logger.error("reload on SIGHUP refused; nothing changed", metadata: ["reason": .string(error.message)])
                     }
                 }
             } else {
-                logger.notice("shutting down: closing every connection with 1001")
+                logger.notice("shutting down", metadata: ["signal": .stringConvertible(number), "close.code": "1001"])
                 server.shutdown { exit(0) }
             }
         }

@@ -56,8 +56,9 @@ final class TestServer: @unchecked Sendable {
     /// Starts a server; `configure` may shorten timeouts or drop the admin token.
     /// `clock`: a `ManualClock` makes every timeout, ping and wait of the server move only when
     /// the test advances it.
+    /// `logger`: where the server logs (by default nowhere below critical).
     init(inventory: String = TestServer.smallInventory, token: String? = "secret", clock: LoopClock = .system,
-         configure: (inout ServerOptions) -> Void = { _ in }) throws {
+         logger: Logger? = nil, configure: (inout ServerOptions) -> Void = { _ in }) throws {
         let path = NSTemporaryDirectory() + "leasehold-test-\(UUID().uuidString).yaml"
         try inventory.write(toFile: path, atomically: true, encoding: .utf8)
         var options = ServerOptions()
@@ -66,9 +67,9 @@ final class TestServer: @unchecked Sendable {
         options.adminToken = token
         options.loops = 2
         configure(&options)
-        var logger = Logger(label: "leasehold-test")
-        logger.logLevel = .critical
-        server = try LeaseServer(options: options, logger: logger, clock: clock)
+        var quiet = Logger(label: "leasehold-test")
+        quiet.logLevel = .critical
+        server = try LeaseServer(options: options, logger: logger ?? quiet, clock: clock)
         self.clock = clock
         port = try server.start()[0].port
         inventoryPath = path
