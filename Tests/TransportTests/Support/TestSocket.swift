@@ -74,6 +74,14 @@ final class TestSocket {
         }
     }
 
+    /// Takes over a connected socket (one end of a socketpair, say).
+    init(connectedFD fd: Int32, timeout: Double = 5) {
+        self.fd = fd
+        var time = timeval(tv_sec: Int(timeout), tv_usec: Int((timeout - Double(Int(timeout))) * 1_000_000))
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &time, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &time, socklen_t(MemoryLayout<timeval>.size))
+    }
+
     deinit { closeNow() }
 
     // MARK: writing
