@@ -42,8 +42,10 @@ let package = Package(
         .target(
             name: "LeaseholdServer",
             dependencies: [
-                "Transport", "LeaseCore", "LeaseProtocol",
+                "Transport", "HTTPCodec", "LeaseCore", "LeaseProtocol",
                 .product(name: "Logging", package: "swift-log"),
+                // InventoryFile also imports Yams' CYaml (libyaml's events show anchors and aliases,
+                // which Yams' tree hides); Yams exports no product for it.
                 .product(name: "Yams", package: "Yams"),
             ],
             resources: [.embedInCode("Static/app.js"), .embedInCode("Static/app.css"), .embedInCode("Static/favicon.svg")]
@@ -58,7 +60,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        .executableTarget(name: "leasehold-echo", dependencies: ["Transport"]),
+        .executableTarget(name: "leasehold-echo", dependencies: ["Transport", "HTTPCodec"]),
 
         .testTarget(name: "WebSocketCodecTests", dependencies: ["WebSocketCodec"]),
         .testTarget(name: "HTTPCodecTests", dependencies: ["HTTPCodec"]),
