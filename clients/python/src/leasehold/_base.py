@@ -1,15 +1,27 @@
-"""State and event handling shared by :class:`~leasehold.Lease` and
-:class:`~leasehold.AsyncLease`. The subclasses add the I/O."""
+"""The sans-I/O core shared by :class:`~leasehold.Lease` and
+:class:`~leasehold.AsyncLease`.
+
+Every protocol decision lives here: the messages sent, what each server event
+and close code means, the lease's state (waiting, granted, ended), which
+exception a failure becomes, and the checks on the options. The conversation
+with the server is written once, as generators ("steps") that yield a request
+for each piece of I/O they need: :class:`Send`, :class:`Receive`,
+:class:`Call` and :data:`ENDED`. client.py and aio.py run the steps, doing
+that I/O blocking or with asyncio, and hand back each outcome: a result with
+``send()``, a failure (``ConnectionClosed``, a timeout, a callback's
+exception) with ``throw()``, so that the steps handle it where they asked.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import threading
-from typing import Any, Callable, Mapping, Sequence
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Generator, Mapping, Sequence, Union
 
-import websockets
-from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from .errors import (
     ConnectionLost,
@@ -18,7 +30,9 @@ from .errors import (
     LeaseEnded,
     LeaseholdError,
     ProtocolError,
+    RequestError,
     Revoked,
+    WaitTimeout,
     error_for_close,
     error_for_code,
 )
@@ -28,6 +42,7 @@ from .model import (
     WaitSeconds,
     acquire_message,
     build_want,
+    decode_event,
     default_holder,
     describe_want,
     lease_url,
@@ -41,6 +56,59 @@ log = logging.getLogger("leasehold")
 WAIT_GRACE = 10.0
 
 RELEASE_MESSAGE = '{"op": "release"}'
+
+
+# ---------------------------------------------- what the steps ask of the I/O
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send one text message to the server."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Receive:
+    """Receive one message (``str`` or ``bytes``), waiting ``timeout``
+    seconds at most (``None``: as long as it takes)."""
+
+    timeout: float | None
+
+
+@dataclass(frozen=True)
+class Call:
+    """Call a user callback with the lease; under asyncio, await what it
+    returns if that is awaitable."""
+
+    callback: Callable[[Any], Any]
+
+
+class _Ended:
+    """See :data:`ENDED`."""
+
+
+#: The lease has ended: wake whoever waits for that (``wait_lost()``, ``release()``).
+ENDED = _Ended()
+
+Request = Union[Send, Receive, Call, _Ended]
+
+#: A conversation with the server: yields requests, is sent their results.
+Steps = Generator[Request, Any, None]
+
+
+def next_request(steps: Steps, result: Any, failure: BaseException | None) -> Request | None:
+    """Hand ``steps`` the outcome of its last request (``failure`` if it
+    raised, else ``result``); return its next request, or None when it is done.
+
+    Exceptions the steps do not handle propagate to the caller.
+    """
+    try:
+        if failure is not None:
+            return steps.throw(failure)
+        return steps.send(result)
+    except StopIteration:
+        return None
 
 
 def close_description(code: int | None, reason: str | None) -> str:
@@ -144,6 +212,8 @@ class LeaseBase:
         self._revoke_reason: str | None = None
         self._error: LeaseEnded | None = None
         self._state_lock = threading.Lock()
+        # The connection once it is open; the subclass owns it and its I/O.
+        self._ws: Any = None
 
     # ----------------------------------------------------------- public state
 
@@ -216,17 +286,80 @@ class LeaseBase:
         held = f" {self.names}" if self.resources else ""
         return f"<{type(self).__name__} {self.id or '-'} {state}{held} want={self.describe()!r}>"
 
-    # -------------------------------------------------------- event handling
+    # --------------------------------------------- the conversation, as steps
 
-    def _acquire_message(self) -> str:
-        return acquire_message(self.want, holder=self.holder, meta=self.meta, wait=self.wait)
+    def _waiting_steps(self) -> Steps:
+        """Ask, then wait until granted: returns once granted, raises what
+        the server's answer (or its silence) means otherwise."""
+        yield Send(acquire_message(self.want, holder=self.holder, meta=self.meta, wait=self.wait))
+        # Past `wait` (and a grace) the client gives up by itself; the
+        # server is meant to answer wait_timeout first.
+        deadline = None if self.wait is None else time.monotonic() + float(self.wait) + WAIT_GRACE
+        while True:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                data = yield Receive(timeout)
+            except (TimeoutError, asyncio.TimeoutError):
+                raise WaitTimeout(
+                    f"no grant within wait={self.wait}s and the server did not say so; "
+                    "giving up",
+                    close_code=None,
+                ) from None
+            except ConnectionClosed as exc:
+                raise self._waiting_close_error(*close_info(exc)) from None
+            queued_before = self.position
+            try:
+                granted = self._handle_waiting_event(decode_event(data))
+            except RequestError as err:
+                # The server closes right after an error event; record the
+                # close code it actually used.
+                try:
+                    yield Receive(self.close_timeout)
+                except ConnectionClosed as exc:
+                    code, _ = close_info(exc)
+                    if code is not None:
+                        err.close_code = code
+                except Exception:
+                    pass
+                raise
+            if granted:
+                log.debug("leasehold: granted %s: %s", self.id, self.names)
+                return
+            if self.on_queued is not None and self.position != queued_before:
+                yield Call(self.on_queued)
 
-    def _recv_timeout(self) -> float | None:
-        return None if self.wait is None else float(self.wait) + WAIT_GRACE
+    def _holding_steps(self) -> Steps:
+        """Read the server's events while the lease is held, until the
+        connection closes; then record how the lease ended, wake the waiters
+        and call ``on_lost`` if it ended early."""
+        code: int | None = None
+        reason: str | None = None
+        try:
+            while True:
+                data = yield Receive(None)
+                try:
+                    event = decode_event(data)
+                except LeaseholdError as exc:
+                    log.warning("leasehold: %s", exc)
+                    continue
+                self._handle_held_event(event)
+        except ConnectionClosed as exc:
+            code, reason = close_info(exc)
+        except Exception as exc:  # pragma: no cover - defensive
+            log.exception("leasehold: watcher failed")
+            reason = str(exc)
+        ended_early = self._mark_ended(code, reason)
+        yield ENDED
+        if ended_early and self.on_lost is not None:
+            try:
+                yield Call(self.on_lost)
+            except Exception:
+                log.exception("leasehold: on_lost callback failed")
+
+    # ------------------------------------------------ the decisions they make
 
     def _handle_waiting_event(self, event: Mapping[str, Any]) -> bool:
-        """Handle one event before the grant. True when granted; raises on error.
-        Calls ``on_queued`` for queue events (from the caller's thread/task)."""
+        """Handle one event before the grant. True when granted; raises on error."""
         kind = event.get("event")
         if kind == "queued":
             self.id = event.get("lease") or self.id
@@ -283,8 +416,8 @@ class LeaseBase:
     def _mark_ended(self, code: int | None, reason: str | None) -> bool:
         """Record that the connection of a granted lease closed.
 
-        Returns True when the lease ended early (the caller then fires
-        ``on_lost``), False when it was released as asked.
+        Returns True when the lease ended early (``on_lost`` is due), False
+        when it was released as asked or had ended already.
         """
         with self._state_lock:
             if self._ended:
@@ -310,8 +443,30 @@ class LeaseBase:
         log.warning("leasehold: %s", self._error)
         return True
 
+    # ------------------------------------------------ rules the drivers apply
 
-def close_info(exc: websockets.ConnectionClosed) -> tuple[int | None, str | None]:
+    def _check_unused(self) -> None:
+        """A lease object serves one acquire: its connection is the lease."""
+        if self._ws is not None:
+            raise RuntimeError("this lease was acquired already; make a new one")
+
+    def _begin_release(self) -> bool:
+        """Note that the holder is releasing the lease; False if it did so
+        already. From now on the server's close is the release, not a loss."""
+        with self._state_lock:
+            if self._releasing:
+                return False
+            self._releasing = True
+            return True
+
+    def _raise_if_lost_on_exit(self, exc_type: type[BaseException] | None) -> None:
+        """Leaving ``with``: raise :attr:`error` if the lease ended early and
+        the block itself raised nothing (unless ``raise_if_lost=False``)."""
+        if exc_type is None and self.raise_if_lost and self._error is not None:
+            raise self._error
+
+
+def close_info(exc: ConnectionClosed) -> tuple[int | None, str | None]:
     """(code, reason) the peer closed with, or (None, None) if it sent no close."""
     if exc.rcvd is None:
         return None, None

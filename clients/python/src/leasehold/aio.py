@@ -10,9 +10,18 @@ from typing import Any, Callable, Mapping, Sequence
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from ._base import RELEASE_MESSAGE, LeaseBase, close_info, connect_error, log
-from .errors import LeaseholdError, RequestError, WaitTimeout
-from .model import Want, WaitSeconds, decode_event
+from ._base import (
+    RELEASE_MESSAGE,
+    Call,
+    LeaseBase,
+    Receive,
+    Request,
+    Send,
+    Steps,
+    connect_error,
+    next_request,
+)
+from .model import Want, WaitSeconds
 
 __all__ = ["AsyncLease", "alease"]
 
@@ -40,8 +49,7 @@ class AsyncLease(LeaseBase):
 
     async def acquire(self) -> "AsyncLease":
         """Connect, ask, and wait until granted. Returns the lease itself."""
-        if self._ws is not None:
-            raise RuntimeError("this lease was acquired already; make a new one")
+        self._check_unused()
         self._done = asyncio.Event()
         try:
             ws = await connect(
@@ -54,89 +62,54 @@ class AsyncLease(LeaseBase):
             raise connect_error(self.url, exc) from exc
         self._ws = ws
         try:
-            await ws.send(self._acquire_message())
-            limit = self._recv_timeout()
-            loop = asyncio.get_running_loop()
-            deadline = None if limit is None else loop.time() + limit
-            while True:
-                timeout = None if deadline is None else max(0.0, deadline - loop.time())
-                try:
-                    data = await asyncio.wait_for(ws.recv(), timeout)
-                except asyncio.TimeoutError:
-                    raise WaitTimeout(
-                        f"no grant within wait={self.wait}s and the server did not say so; "
-                        "giving up",
-                        close_code=None,
-                    ) from None
-                except ConnectionClosed as exc:
-                    raise self._waiting_close_error(*close_info(exc)) from None
-                queued_before = self.position
-                try:
-                    granted = self._handle_waiting_event(decode_event(data))
-                except RequestError as err:
-                    # The server closes right after an error event; record
-                    # the close code it actually used.
-                    try:
-                        await asyncio.wait_for(ws.recv(), self.close_timeout)
-                    except ConnectionClosed as exc:
-                        code, _ = close_info(exc)
-                        if code is not None:
-                            err.close_code = code
-                    except Exception:
-                        pass
-                    raise
-                if granted:
-                    break
-                if self.on_queued is not None and self.position != queued_before:
-                    await _call(self.on_queued, self)
+            await self._run(self._waiting_steps())
         except BaseException:
+            # Closing the socket is how a waiter leaves the queue.
             await self._close_quietly()
             raise
         self._task = asyncio.create_task(self._watch(), name=f"leasehold-{self.id}")
-        log.debug("leasehold: granted %s: %s", self.id, self.names)
         return self
 
     async def _watch(self) -> None:
-        ws = self._ws
-        assert ws is not None and self._done is not None
-        code: int | None = None
-        reason: str | None = None
+        """The background task: the holding steps, until the lease ends."""
         try:
-            while True:
-                data = await ws.recv()
-                try:
-                    event = decode_event(data)
-                except LeaseholdError as exc:
-                    log.warning("leasehold: %s", exc)
-                    continue
-                self._handle_held_event(event)
-        except ConnectionClosed as exc:
-            code, reason = close_info(exc)
+            await self._run(self._holding_steps())
         except asyncio.CancelledError:
             # Cancelled by release() when the server never closed.
             self._mark_ended(None, None)
+            assert self._done is not None
             self._done.set()
             raise
-        except Exception as exc:  # pragma: no cover - defensive
-            log.exception("leasehold: watcher failed")
-            reason = str(exc)
-        ended_early = self._mark_ended(code, reason)
-        self._done.set()
-        if ended_early and self.on_lost is not None:
+
+    async def _run(self, steps: Steps) -> None:
+        """Do the I/O that ``steps`` asks for, with asyncio, until they are done."""
+        result: Any = None
+        failure: BaseException | None = None
+        while (request := next_request(steps, result, failure)) is not None:
+            result, failure = None, None
             try:
-                await _call(self.on_lost, self)
-            except Exception:
-                log.exception("leasehold: on_lost callback failed")
+                result = await self._perform(request)
+            except BaseException as exc:  # handed to the steps, which decide
+                failure = exc
+
+    async def _perform(self, request: Request) -> Any:
+        ws = self._ws
+        assert ws is not None and self._done is not None
+        if isinstance(request, Receive):
+            return await asyncio.wait_for(ws.recv(), request.timeout)
+        if isinstance(request, Send):
+            await ws.send(request.text)
+        elif isinstance(request, Call):
+            await _call(request.callback, self)
+        else:  # ENDED
+            self._done.set()
+        return None
 
     async def release(self) -> None:
         """Release the lease (tell the server, wait for its close). Idempotent."""
         ws = self._ws
-        if ws is None:
+        if ws is None or not self._begin_release():
             return
-        with self._state_lock:
-            if self._releasing:
-                return
-            self._releasing = True
         if self._task is not None and self._done is not None and not self._done.is_set():
             try:
                 await ws.send(RELEASE_MESSAGE)
@@ -186,8 +159,7 @@ class AsyncLease(LeaseBase):
         tb: TracebackType | None,
     ) -> None:
         await self.release()
-        if exc_type is None and self.raise_if_lost and self._error is not None:
-            raise self._error
+        self._raise_if_lost_on_exit(exc_type)
 
 
 def alease(

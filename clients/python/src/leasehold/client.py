@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import threading
-import time
 from types import TracebackType
 from typing import Any, Callable, Mapping, Sequence
 
@@ -16,9 +15,18 @@ from websockets.sync.client import ClientConnection, connect
 # versions do that without the flag (and do not know it).
 _DIRECT = {"legacy": True} if "legacy" in inspect.signature(connect).parameters else {}
 
-from ._base import RELEASE_MESSAGE, LeaseBase, close_info, connect_error, log
-from .errors import LeaseholdError, RequestError, WaitTimeout
-from .model import Want, WaitSeconds, decode_event
+from ._base import (
+    RELEASE_MESSAGE,
+    Call,
+    LeaseBase,
+    Receive,
+    Request,
+    Send,
+    Steps,
+    connect_error,
+    next_request,
+)
+from .model import Want, WaitSeconds
 
 __all__ = ["Lease", "lease"]
 
@@ -57,8 +65,7 @@ class Lease(LeaseBase):
 
     def acquire(self) -> "Lease":
         """Connect, ask, and wait until granted. Returns the lease itself."""
-        if self._ws is not None:
-            raise RuntimeError("this lease was acquired already; make a new one")
+        self._check_unused()
         try:
             ws = connect(
                 self.url,
@@ -70,89 +77,51 @@ class Lease(LeaseBase):
             raise connect_error(self.url, exc) from exc
         self._ws = ws
         try:
-            ws.send(self._acquire_message())
-            limit = self._recv_timeout()
-            deadline = None if limit is None else time.monotonic() + limit
-            while True:
-                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-                try:
-                    data = ws.recv(timeout=timeout)
-                except TimeoutError:
-                    raise WaitTimeout(
-                        f"no grant within wait={self.wait}s and the server did not say so; "
-                        "giving up",
-                        close_code=None,
-                    ) from None
-                except ConnectionClosed as exc:
-                    raise self._waiting_close_error(*close_info(exc)) from None
-                queued_before = self.position
-                try:
-                    granted = self._handle_waiting_event(decode_event(data))
-                except RequestError as err:
-                    # The server closes right after an error event; record
-                    # the close code it actually used.
-                    try:
-                        ws.recv(timeout=self.close_timeout)
-                    except ConnectionClosed as exc:
-                        code, _ = close_info(exc)
-                        if code is not None:
-                            err.close_code = code
-                    except Exception:
-                        pass
-                    raise
-                if granted:
-                    break
-                if self.on_queued is not None and self.position != queued_before:
-                    self.on_queued(self)
+            self._run(self._waiting_steps())
         except BaseException:
             # Leaving the queue (error, timeout, Ctrl-C, a failing callback):
             # closing the socket is how a waiter leaves.
             self._close_quietly()
             raise
         self._thread = threading.Thread(
-            target=self._watch, name=f"leasehold-{self.id}", daemon=True
+            target=self._run,
+            args=(self._holding_steps(),),
+            name=f"leasehold-{self.id}",
+            daemon=True,
         )
         self._thread.start()
-        log.debug("leasehold: granted %s: %s", self.id, self.names)
         return self
 
-    def _watch(self) -> None:
+    def _run(self, steps: Steps) -> None:
+        """Do the I/O that ``steps`` asks for, blocking, until they are done."""
+        result: Any = None
+        failure: BaseException | None = None
+        while (request := next_request(steps, result, failure)) is not None:
+            result, failure = None, None
+            try:
+                result = self._perform(request)
+            except BaseException as exc:  # handed to the steps, which decide
+                failure = exc
+
+    def _perform(self, request: Request) -> Any:
         ws = self._ws
         assert ws is not None
-        code: int | None = None
-        reason: str | None = None
-        try:
-            while True:
-                data = ws.recv()
-                try:
-                    event = decode_event(data)
-                except LeaseholdError as exc:
-                    log.warning("leasehold: %s", exc)
-                    continue
-                self._handle_held_event(event)
-        except ConnectionClosed as exc:
-            code, reason = close_info(exc)
-        except Exception as exc:  # pragma: no cover - defensive
-            log.exception("leasehold: watcher failed")
-            reason = str(exc)
-        ended_early = self._mark_ended(code, reason)
-        self._done.set()
-        if ended_early and self.on_lost is not None:
-            try:
-                self.on_lost(self)
-            except Exception:
-                log.exception("leasehold: on_lost callback failed")
+        if isinstance(request, Receive):
+            return ws.recv(timeout=request.timeout)
+        if isinstance(request, Send):
+            ws.send(request.text)
+        elif isinstance(request, Call):
+            request.callback(self)
+        else:  # ENDED
+            self._done.set()
+        return None
 
     def release(self) -> None:
         """Release the lease (tell the server, wait for its close). Idempotent;
         a no-op for a lease that already ended."""
         ws = self._ws
-        if ws is None:
+        if ws is None or not self._begin_release():
             return
-        with self._state_lock:
-            if self._releasing:
-                return
-            self._releasing = True
         if self._thread is not None and not self._done.is_set():
             try:
                 ws.send(RELEASE_MESSAGE)
@@ -197,8 +166,7 @@ class Lease(LeaseBase):
         tb: TracebackType | None,
     ) -> None:
         self.release()
-        if exc_type is None and self.raise_if_lost and self._error is not None:
-            raise self._error
+        self._raise_if_lost_on_exit(exc_type)
 
 
 def lease(
