@@ -300,11 +300,12 @@ class LeaseBase:
             try:
                 data = yield Receive(timeout)
             except (TimeoutError, asyncio.TimeoutError):
-                raise WaitTimeout(
+                gave_up = WaitTimeout(
                     f"no grant within wait={self.wait}s and the server did not say so; "
-                    "giving up",
-                    close_code=None,
-                ) from None
+                    "giving up"
+                )
+                gave_up.close_code = None  # the client decided: no close code came
+                raise gave_up from None
             except ConnectionClosed as exc:
                 raise self._waiting_close_error(*close_info(exc)) from None
             queued_before = self.position
