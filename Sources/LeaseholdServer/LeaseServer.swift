@@ -16,6 +16,8 @@ public struct ServerOptions: Sendable {
     public var deadAfter: Duration = .seconds(45)
     public var requestTimeout: Duration = .seconds(30)
     public var maxMessageSize: Int = 64 * 1024
+    /// Pings a client may send a second; past it its connection closes with 1008.
+    public var maxPingsPerSecond = 20
     /// Open connections in all (beyond: 503 before any upgrade) and from one address (429).
     public var maxConnections = 100_000
     public var maxConnectionsPerAddress = 4096
@@ -83,6 +85,7 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         group = EventLoopGroup(count: max(1, options.loops), label: "leasehold.loop", clock: clock.source)
         var configuration = HTTPServerConfiguration()
         configuration.webSocket.maxMessageSize = options.maxMessageSize
+        configuration.webSocket.maxPingsPerSecond = options.maxPingsPerSecond
         configuration.maxConnections = options.maxConnections
         configuration.maxConnectionsPerAddress = options.maxConnectionsPerAddress
         watchers = ConnectionLimit(maximum: options.maxWatchers)

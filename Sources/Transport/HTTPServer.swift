@@ -11,6 +11,9 @@ public struct WebSocketConfiguration: Sendable {
     public var deadAfter: Duration? = .seconds(45)
     /// How long to wait for the peer's close frame after sending ours.
     public var closeTimeout: Duration = .seconds(5)
+    /// Pings the peer may send a second (a burst of as many is allowed); past it the connection
+    /// closes with 1008. Every ping costs a pong: this bounds what one peer can make us write.
+    public var maxPingsPerSecond: Int = 20
 
     public init() {}
 }

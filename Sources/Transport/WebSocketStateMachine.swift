@@ -59,12 +59,23 @@ struct WebSocketStateMachine {
     /// the peer, its acknowledging our output is a sign of life too: a watcher on a slow link may
     /// be busy reading snapshots, with our ping queued behind them.
     private var acknowledgedAtLastLook: UInt64 = 0
+    /// Token bucket for the peer's pings: `pingAllowance` pings may come now, one more each
+    /// `1 s / maxPingsPerSecond`, up to `maxPingsPerSecond`.
+    private let maxPingsPerSecond: Int
+    private var pingAllowance: Double
+    private var pingAllowanceAt: UInt64
+    /// When the bytes being decoded arrived.
+    private var receivedAt: UInt64
 
     init(role: WebSocketRole, configuration: WebSocketConfiguration, now: UInt64) {
         decoder = WebSocketDecoder(role: role, maxMessageSize: configuration.maxMessageSize)
         pingInterval = configuration.pingInterval.map { UInt64(max(1, $0.saturatedNanoseconds)) } ?? .max
         deadAfter = configuration.deadAfter.map { UInt64(max(1, $0.saturatedNanoseconds)) } ?? .max
         closeTimeout = configuration.closeTimeout
+        maxPingsPerSecond = max(1, configuration.maxPingsPerSecond)
+        pingAllowance = Double(maxPingsPerSecond)
+        pingAllowanceAt = now
+        receivedAt = now
         lastHeardAt = now
         lastPingAt = now
     }
@@ -92,6 +103,7 @@ struct WebSocketStateMachine {
     /// Bytes from the peer; take the events they complete with `nextEvent()`.
     mutating func received(_ bytes: UnsafeRawBufferPointer, now: UInt64) {
         lastHeardAt = now
+        receivedAt = now
         decoder.feed(bytes)
     }
 
@@ -114,7 +126,12 @@ struct WebSocketStateMachine {
         case .text, .binary:
             return state == .open ? Actions(deliver: event) : Actions.none
         case .ping(let payload):
-            return state == .open ? Actions(send: Frame(opcode: .pong, payload: payload)) : Actions.none
+            guard state == .open else { return Actions.none }
+            guard takePingAllowance() else {
+                return fail(WebSocketError(closeCode: WebSocketCloseCodes.policyViolation,
+                                           reason: "more than \(maxPingsPerSecond) pings a second"))
+            }
+            return Actions(send: Frame(opcode: .pong, payload: payload))
         case .pong:
             return Actions.none
         case .close(let code, let reason):
@@ -203,6 +220,15 @@ struct WebSocketStateMachine {
     }
 
     // MARK: helpers
+
+    private mutating func takePingAllowance() -> Bool {
+        let elapsed = Double(receivedAt &- pingAllowanceAt) / 1e9
+        pingAllowance = min(Double(maxPingsPerSecond), pingAllowance + elapsed * Double(maxPingsPerSecond))
+        pingAllowanceAt = receivedAt
+        guard pingAllowance >= 1 else { return false }
+        pingAllowance -= 1
+        return true
+    }
 
     private func closeFrame(code: UInt16?, reason: String) -> Frame {
         Frame(opcode: .close, payload: code.map { WebSocketEncoder.closePayload(code: $0, reason: reason) } ?? [])

@@ -33,6 +33,9 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "Largest WebSocket message accepted, in bytes.")
     var maxMessageSize: Int = 64 * 1024
 
+    @Option(name: .long, help: "Pings one client may send a second; beyond, its connection closes with 1008.")
+    var maxPingsPerSecond: Int = 20
+
     @Option(name: .long, help: "Open connections at most; beyond, new ones get 503 (bounded by the descriptor limit too).")
     var maxConnections: Int = 100_000
 
@@ -83,6 +86,9 @@ struct Serve: ParsableCommand {
             throw ValidationError("--max-message-size must be \(Self.maxMessageSizeRange.lowerBound)-\(Self.maxMessageSizeRange.upperBound) bytes")
         }
         guard (1...64).contains(loops) else { throw ValidationError("--loops must be 1-64") }
+        guard (1...10_000).contains(maxPingsPerSecond) else {
+            throw ValidationError("--max-pings-per-second must be 1-10000 (got \(maxPingsPerSecond))")
+        }
         for (value, flag) in [(maxConnections, "--max-connections"), (maxConnectionsPerAddress, "--max-connections-per-address"),
                               (maxWatchers, "--max-watchers"), (maxWaiters, "--max-waiters"), (maxWaitersPerAddress, "--max-waiters-per-address")] {
             guard (1...10_000_000).contains(value) else { throw ValidationError("\(flag) must be 1-10000000 (got \(value))") }
@@ -122,6 +128,7 @@ struct Serve: ParsableCommand {
         options.deadAfter = .milliseconds(Int64(deadAfter * 1000))
         options.requestTimeout = .milliseconds(Int64(requestTimeout * 1000))
         options.maxMessageSize = maxMessageSize
+        options.maxPingsPerSecond = maxPingsPerSecond
         options.maxConnections = maxConnections
         options.maxConnectionsPerAddress = maxConnectionsPerAddress
         options.maxWatchers = maxWatchers

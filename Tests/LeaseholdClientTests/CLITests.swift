@@ -316,6 +316,7 @@ final class CLIServer: @unchecked Sendable {
         (["serve", "--ping-interval", "1e-300", "--dead-after", "1e300"], "--ping-interval"),
         (["serve", "--ping-interval", "nan"], "--ping-interval"),
         (["serve", "--max-message-size", "9223372036854775807"], "--max-message-size"),
+        (["serve", "--max-pings-per-second", "0"], "--max-pings-per-second"),
         (["hold", "--wait", "99999999999", "--name", "array-01", "--", "true"], "--wait"),
         (["hold", "--grace", "1e300", "--name", "array-01", "--", "true"], "--grace"),
         (["hold", "--dead-after", "inf", "--name", "array-01", "--", "true"], "--dead-after"),

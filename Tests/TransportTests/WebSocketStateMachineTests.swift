@@ -129,6 +129,22 @@ struct WebSocketStateMachineTests {
         #expect(machine.deadlineReached(now: 30 * Self.second, output: { progress }).end?.cause == .deadPeer)
     }
 
+    @Test("a peer may ping in bursts up to the rate; past it the connection closes with 1008")
+    func pingRate() {
+        var configuration = WebSocketConfiguration()
+        configuration.maxPingsPerSecond = 3
+        var machine = Machine(role: .server, configuration: configuration, now: 0)
+        let ping = Self.clientFrame(.ping, [])
+        // A burst of three is answered; a fourth in the same instant is one too many.
+        let burst = Self.receive(&machine, ping + ping + ping, at: Self.second)
+        #expect(burst.map { $0.send?.opcode } == [.pong, .pong, .pong])
+        // A third of a second later one more is allowed again.
+        #expect(Self.receive(&machine, ping, at: Self.second + Self.second / 3 + 1).first?.send?.opcode == .pong)
+        let flood = Self.receive(&machine, ping, at: Self.second + Self.second / 3 + 2)
+        #expect(flood.first?.end == .init(cause: .protocolViolation, code: 1008, reason: "more than 3 pings a second"))
+        #expect(flood.first?.send?.opcode == .close)
+    }
+
     @Test("a protocol violation closes with the decoder's code and reason")
     func protocolViolation() {
         var machine = Self.machine()
