@@ -16,6 +16,9 @@ public struct ClientConfiguration: Sendable {
     public var waitSlack: Duration = .seconds(10)
     /// Largest message accepted from the server.
     public var maxMessageSize: Int = 16 << 20
+    /// Sent as `Authorization: Bearer` to a server that leases only to token holders
+    /// (`serve --lease-token-file`).
+    public var leaseToken: String?
 
     public init() {}
 }
@@ -65,6 +68,7 @@ public final class LeaseSession: WebSocketHandler, @unchecked Sendable {
             return
         }
         WebSocketClient.connect(host: server.host, port: server.port, path: server.path("/v1/lease"),
+                                headers: configuration.leaseToken.map { [("Authorization", "Bearer \($0)")] } ?? [],
                                 loop: loop, configuration: configuration.webSocket,
                                 handshakeTimeout: configuration.connectTimeout, handler: session) { result in
             switch result {

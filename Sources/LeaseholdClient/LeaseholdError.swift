@@ -38,6 +38,8 @@ public enum LeaseholdError: Error, Sendable, Equatable, CustomStringConvertible 
             return "\(url): TLS (wss://) is not supported yet. Use a ws:// address, e.g. through a TLS-terminating tunnel."
         case .connectionRefused(let url, let detail):
             return "cannot connect to \(url): \(detail). Is `leasehold serve` running there? Check --server or LEASEHOLD_URL."
+        case .handshakeRejected(let url, 401, let body):
+            return "\(url) leases only to holders of a lease token (HTTP 401: \(body.split(separator: "\n").first.map(String.init) ?? "")). Set LEASEHOLD_LEASE_TOKEN."
         case .handshakeRejected(let url, let status, let body):
             let what = status > 0 ? "HTTP \(status)" : "an invalid answer"
             return "\(url) refused the WebSocket connection with \(what)\(body.isEmpty ? "" : ": \(body)"). Is this a leasehold server (protocol v1)?"

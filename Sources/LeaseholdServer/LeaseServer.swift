@@ -29,6 +29,8 @@ public struct ServerOptions: Sendable {
     public var maxWaitersPerAddress = 2_000
     /// nil: admin routes answer 403 and say how to enable them.
     public var adminToken: String?
+    /// nil: anyone who reaches `/v1/lease` may lease.
+    public var leaseTokens: LeaseTokens?
     public var loops: Int = 2
     /// Origins (`scheme://host[:port]`) whose pages may open `/v1/lease` and `/v1/watch`,
     /// besides the server's own pages; "*": any but "null", which must be listed itself.
@@ -189,8 +191,15 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         case ("GET", "/v1/lease"):
             guard !shuttingDown.isSet else { return responder.respond(.text(503, "server shutting down\n")) }
             if let refusal = checkOrigin(head, endpoint: path) { return responder.respond(refusal) }
+            var tokenName: String?
+            if let tokens = options.leaseTokens {
+                switch Self.leaseTokenName(head, tokens) {
+                case .success(let name): tokenName = name
+                case .failure(let refusal): return responder.respond(refusal.response)
+                }
+            }
             let session = LeaseSession(service: service, peer: responder.peer,
-                                       requestTimeout: options.requestTimeout)
+                                       requestTimeout: options.requestTimeout, tokenName: tokenName)
             responder.upgradeToWebSocket(handler: session)
         case ("GET", "/v1/watch"):
             if let refusal = checkOrigin(head, endpoint: path) { return responder.respond(refusal) }
@@ -307,6 +316,22 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         }
     }
 
+    struct Refusal: Error { let response: HTTPResponse }
+
+    /// The name of the lease token the request carries (`Authorization: Bearer`, else `?token=`),
+    /// or the 401 that says what is missing.
+    static func leaseTokenName(_ head: HTTPRequestHead, _ tokens: LeaseTokens) -> Result<String, Refusal> {
+        let header = head.headers["Authorization"] ?? ""
+        var presented = header.prefix(7).lowercased() == "bearer " ? String(header.dropFirst(7)).trimmingSpaces() : ""
+        if presented.isEmpty { presented = StatusPage.formValue("token", in: head.query) ?? "" }
+        if !presented.isEmpty, let name = tokens.name(for: presented) { return .success(name) }
+        var response = HTTPResponse.text(401, presented.isEmpty
+            ? "this server leases only to holders of a lease token: send Authorization: Bearer TOKEN (or ?token=TOKEN); leasehold hold and the Python client read LEASEHOLD_LEASE_TOKEN\n"
+            : "unknown lease token\n")
+        response.headers.add(name: "WWW-Authenticate", value: "Bearer realm=\"leasehold\"")
+        return .failure(Refusal(response: response))
+    }
+
     /// nil when the request carries the admin token.
     private func authorize(_ head: HTTPRequestHead) -> HTTPResponse? {
         guard let token = options.adminToken else {
@@ -408,8 +433,10 @@ extension HTTPResponse {
 
 /// Compares without an early exit, so timing does not reveal how much of a guess was right.
 func constantTimeEquals(_ a: String, _ b: String) -> Bool {
-    let left = Array(a.utf8)
-    let right = Array(b.utf8)
+    constantTimeEquals(Array(a.utf8), Array(b.utf8))
+}
+
+func constantTimeEquals(_ left: [UInt8], _ right: [UInt8]) -> Bool {
     var difference = UInt8(truncatingIfNeeded: left.count ^ right.count)
     for index in 0..<max(left.count, right.count) {
         let x = index < left.count ? left[index] : 0

@@ -112,7 +112,7 @@ final class LeaseService: @unchecked Sendable {
         guard let loop = session.loop else { return }
         let asked = Request(
             want: request.want.map(Self.coreGroup),
-            holder: request.holder ?? session.peer,
+            holder: session.tokenName.map { "\($0)/" + (request.holder ?? session.peer) } ?? request.holder ?? session.peer,
             meta: Dictionary(request.meta, uniquingKeysWith: { _, last in last }),
             peer: session.peer,
             // Clamped to 10^9 s (31 years, "as long as it takes"): 10^12 s in nanoseconds overflows Int64.
@@ -213,13 +213,19 @@ final class LeaseService: @unchecked Sendable {
                     withhold(id, entry, facts, unsaved: unsaved, now: now)
                     continue
                 }
-                journal?.record([
-                    ("event", .string("granted")), ("lease", .string(Self.format(id))), ("holder", .string(facts.holder)),
-                    ("peer", .string(entry.session.peer)),
-                    ("resources", .array(granted.map { .object([("name", .string($0.name)), ("epoch", .int(Int64(clamping: $0.epoch)))]) })),
-                    ("meta", .object(entry.meta.map { ($0.0, .string($0.1)) })),
-                    ("waited_seconds", .double(Self.seconds(now.duration(since: facts.arrivedAt)))),
-                ])
+                if let journal {
+                    var line: [(String, JSONValue)] = [
+                        ("event", .string("granted")), ("lease", .string(Self.format(id))), ("holder", .string(facts.holder)),
+                        ("peer", .string(entry.session.peer)),
+                    ]
+                    if let token = entry.session.tokenName { line.append(("token", .string(token))) }
+                    line += [
+                        ("resources", .array(granted.map { .object([("name", .string($0.name)), ("epoch", .int(Int64(clamping: $0.epoch)))]) })),
+                        ("meta", .object(entry.meta.map { ($0.0, .string($0.1)) })),
+                        ("waited_seconds", .double(Self.seconds(now.duration(since: facts.arrivedAt)))),
+                    ]
+                    journal.record(line)
+                }
                 resources = granted.map(Self.wireResource)
                 metrics.grants += 1
                 metrics.grantWait.observe(Self.seconds(now.duration(since: facts.arrivedAt)))

@@ -29,8 +29,12 @@ final class LeaseSession: WebSocketHandler, @unchecked Sendable {
     /// The client's address without its port: what per-address limits count by.
     let peerHost: String
 
-    init(service: LeaseService, peer: SocketAddress, requestTimeout: Duration) {
+    /// The lease token's name (see `LeaseTokens`); it prefixes the holder.
+    let tokenName: String?
+
+    init(service: LeaseService, peer: SocketAddress, requestTimeout: Duration, tokenName: String? = nil) {
         self.service = service
+        self.tokenName = tokenName
         self.peer = peer.description
         peerHost = peer.host
         self.requestTimeout = requestTimeout

@@ -13,7 +13,10 @@ struct Hold: ParsableCommand {
             Groups are given in order: each --type or --name starts a group; --label and --count apply \
             to the --type before them. The command runs with LEASEHOLD_LEASE, LEASEHOLD_RESOURCES (JSON), \
             LEASEHOLD_NAMES and per resource LEASEHOLD_<GROUP>_<N>_NAME/_TYPE/_EPOCH plus one variable per \
-            attribute (README, "CLI"). SIGINT, SIGTERM and SIGHUP are forwarded to the command's process group.             If the lease ends early, or hold itself is killed (even with SIGKILL), the command's group gets             SIGTERM, then SIGKILL after --grace.
+            attribute (README, "CLI"). SIGINT, SIGTERM and SIGHUP are forwarded to the command's process group. \
+            A server started with --lease-token-file needs the token in LEASEHOLD_LEASE_TOKEN. \
+            If the lease ends early, or hold itself is killed (even with SIGKILL), the command's group gets \
+            SIGTERM, then SIGKILL after --grace.
 
             Exit status: the command's own (128+N if signal N killed it); 64 bad arguments; 69 server \
             unreachable or lost while waiting; 75 not granted within --wait; 76 lease revoked by an admin \
@@ -99,6 +102,7 @@ struct Hold: ParsableCommand {
         configuration.connectTimeout = .seconds(fractional: connection.connectTimeout)
         configuration.deadAfter = .seconds(fractional: deadAfter)
         configuration.pingInterval = .seconds(fractional: max(0.5, deadAfter / 3))
+        configuration.leaseToken = environment("LEASEHOLD_LEASE_TOKEN").map { $0.filter { !$0.isWhitespace } }.flatMap { $0.isEmpty ? nil : $0 }
         let controller = HoldController(server: server, request: request, command: command, grace: grace,
                                         configuration: configuration, quiet: quiet)
         controller.start()

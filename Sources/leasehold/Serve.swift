@@ -54,6 +54,9 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "File holding the admin bearer token (or set LEASEHOLD_ADMIN_TOKEN). Without one, admin calls answer 403.")
     var adminTokenFile: String?
 
+    @Option(name: .long, help: "File of NAME TOKEN lines: /v1/lease then needs one of the tokens (Authorization: Bearer, or ?token=), and holders are prefixed NAME/. Off by default.")
+    var leaseTokenFile: String?
+
     @Option(name: .long, help: "Origin (scheme://host:port) whose pages may open /v1/lease and /v1/watch besides the server's own (repeatable; * for any but null).")
     var allowOrigin: [String] = []
 
@@ -140,6 +143,15 @@ struct Serve: ParsableCommand {
         options.epochFile = epochFile
         options.auditFile = auditFile
         options.adminToken = try adminToken()
+        if let path = leaseTokenFile {
+            do {
+                options.leaseTokens = try LeaseTokens(parsing: readTextFile(path, limit: 1 << 20))
+            } catch let error as LeaseTokens.Problem {
+                throw ValidationError("--lease-token-file \(path), \(error.description)")
+            } catch {
+                throw ValidationError("cannot read --lease-token-file \(path): \(error)")
+            }
+        }
 
         let server: LeaseServer
         let addresses: [String]
@@ -155,6 +167,7 @@ struct Serve: ParsableCommand {
         logger.info("serving", metadata: [
             "inventory": .string(inventory), "listen": .string(addresses.joined(separator: " ")),
             "admin": .string(options.adminToken == nil ? "disabled" : "enabled"),
+            "lease_tokens": .string(options.leaseTokens.map { $0.names.joined(separator: ",") } ?? "off"),
             // The descriptor limit is raised to its hard limit at start; this is what it allows.
             "connections.max": .stringConvertible(server.connectionCapacity),
         ])

@@ -82,13 +82,17 @@ final class CLIServer: @unchecked Sendable {
     private let server: Subprocess
     private var count = 0
 
-    init() async throws {
+    /// `serveArguments`: more for `leasehold serve` (`@name` stands for the file `name` in the
+    /// directory); `files`: written into the directory first.
+    init(serveArguments: [String] = [], files: [String: String] = [:]) async throws {
         directory = try TestFiles.makeDirectory()
+        for (name, text) in files { try TestFiles.write(text, to: directory + "/" + name) }
         try TestFiles.write(TestFiles.inventory, to: directory + "/inventory.yaml")
         try TestFiles.write(Self.token, to: directory + "/token")
         try TestFiles.write("not-the-token", to: directory + "/wrong-token")
         server = try Subprocess(["serve", "--listen", "127.0.0.1:0", "--inventory", directory + "/inventory.yaml",
-                                 "--admin-token-file", directory + "/token", "--loops", "1"],
+                                 "--admin-token-file", directory + "/token", "--loops", "1"]
+                                    + serveArguments.map { [directory] in $0.hasPrefix("@") ? directory + "/" + $0.dropFirst() : $0 },
                                 environment: ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"],
                                 directory: directory, name: "server")
         let deadline = Date().addingTimeInterval(10)
@@ -105,17 +109,19 @@ final class CLIServer: @unchecked Sendable {
     }
 
     /// Starts `leasehold ARGUMENTS` against this server.
-    func start(_ arguments: [String], token: String? = nil) throws -> Subprocess {
+    func start(_ arguments: [String], token: String? = nil, environment extra: [String: String] = [:]) throws -> Subprocess {
         count += 1
         var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("LEASEHOLD_") }
         environment["LEASEHOLD_URL"] = url
         if let token { environment["LEASEHOLD_ADMIN_TOKEN"] = token }
+        environment.merge(extra) { _, new in new }
         return try Subprocess(arguments, environment: environment, directory: directory, name: "run\(count)")
     }
 
     /// Runs `leasehold ARGUMENTS` to the end: (status, stdout, stderr).
-    func run(_ arguments: [String], token: String? = nil, within seconds: Double = 15) async throws -> (Int32?, String, String) {
-        let process = try start(arguments, token: token)
+    func run(_ arguments: [String], token: String? = nil, environment: [String: String] = [:],
+             within seconds: Double = 15) async throws -> (Int32?, String, String) {
+        let process = try start(arguments, token: token, environment: environment)
         let status = await process.finish(within: seconds)
         return (status, process.stdout, process.stderr)
     }
@@ -205,6 +211,19 @@ final class CLIServer: @unchecked Sendable {
         #expect(stderr.contains("--wait"))
         holder.signal(SIGTERM)
         #expect(await holder.finish(within: 10) == 128 + SIGTERM)  // the command's own status: sleep died of SIGTERM
+    }
+
+    @Test func holdSendsTheLeaseTokenFromTheEnvironmentAndSaysWhenOneIsMissing() async throws {
+        let server = try await CLIServer(serveArguments: ["--lease-token-file", "@lease-tokens"],
+                                         files: ["lease-tokens": "team-a team-a-secret-token-01\n"])
+        let (status, stdout, stderr) = try await server.run(
+            ["hold", "--name", "array-01", "--holder", "nightly", "--", "sh", "-c", "echo \"$LEASEHOLD_LEASE\""],
+            environment: ["LEASEHOLD_LEASE_TOKEN": "team-a-secret-token-01"])
+        #expect(status == 0, "\(stderr)")
+        #expect(stdout.hasPrefix("L"))
+        let (refused, _, missing) = try await server.run(["hold", "--name", "array-01", "--", "true"])
+        #expect(refused == 69)
+        #expect(missing.contains("LEASEHOLD_LEASE_TOKEN"), "\(missing)")
     }
 
     @Test func aForcedFreeStopsTheCommandAndHoldReportsTheRevocation() async throws {

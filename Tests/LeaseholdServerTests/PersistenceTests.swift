@@ -9,19 +9,6 @@ struct PersistenceTests {
         NSTemporaryDirectory() + "leasehold-\(name)-\(UUID().uuidString)"
     }
 
-    /// The journal's lines once it has `count` (it is written on a queue of its own).
-    func journalLines(_ path: String, atLeast count: Int) async throws -> [JSONValue] {
-        var lines: [JSONValue] = []
-        let deadline = Date().addingTimeInterval(liveness)
-        while Date() < deadline {
-            let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
-            lines = text.split(separator: "\n").compactMap { try? JSONValue.parse(String($0)) }
-            if lines.count >= count { break }
-            try await Task.sleep(nanoseconds: 50_000_000)
-        }
-        return lines
-    }
-
     func epoch(of event: JSONValue) -> Int64? {
         guard case .array(let resources)? = event["resources"], case .int(let epoch)? = resources.first?["epoch"] else { return nil }
         return epoch

@@ -256,3 +256,16 @@ func blocking<T: Sendable>(_ work: @escaping @Sendable () -> T) async -> T {
 func sleep(seconds: Double) async {
     try? await Task.sleep(nanoseconds: UInt64(seconds * 1e9))
 }
+
+/// The journal's lines once it has `count` (it is written on a queue of its own).
+func journalLines(_ path: String, atLeast count: Int) async throws -> [JSONValue] {
+    var lines: [JSONValue] = []
+    let deadline = Date().addingTimeInterval(liveness)
+    while Date() < deadline {
+        let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+        lines = text.split(separator: "\n").compactMap { try? JSONValue.parse(String($0)) }
+        if lines.count >= count { break }
+        try await Task.sleep(nanoseconds: 50_000_000)
+    }
+    return lines
+}

@@ -261,3 +261,20 @@ def test_want_arguments():
         build_want()
     with pytest.raises(ValueError):
         leasehold.lease(type="array", wait=-1)
+
+
+def test_a_lease_token_comes_from_the_environment(server_factory, tmp_path, monkeypatch):
+    tokens = tmp_path / "lease-tokens"
+    tokens.write_text("team-a team-a-secret-token-01\n")
+    server = server_factory(None, "--lease-token-file", str(tokens))
+
+    monkeypatch.delenv("LEASEHOLD_LEASE_TOKEN", raising=False)
+    with pytest.raises(leasehold.HandshakeError, match="LEASEHOLD_LEASE_TOKEN") as info:
+        leasehold.lease(name="array-01", server=server.url, wait=5).acquire()
+    assert info.value.status == 401
+
+    monkeypatch.setenv("LEASEHOLD_LEASE_TOKEN", "team-a-secret-token-01")
+    with leasehold.lease(name="array-01", server=server.url, holder="nightly", wait=5) as lease:
+        holders = [entry["holder"] for entry in server.status()["leases"]]
+        assert holders == ["team-a/nightly"]
+        assert lease.resources[0].name == "array-01"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -139,6 +140,13 @@ def connect_error(url: str, exc: BaseException) -> LeaseholdError:
     """Map a failure to open the WebSocket to :class:`ConnectionRefused`/:class:`HandshakeError`."""
     if isinstance(exc, InvalidStatus):
         status = exc.response.status_code
+        if status == 401:
+            return HandshakeError(
+                url,
+                "it leases only to holders of a lease token (HTTP 401); "
+                "set LEASEHOLD_LEASE_TOKEN to one",
+                status=status,
+            )
         return HandshakeError(url, f"it answered HTTP {status}", status=status)
     if isinstance(exc, InvalidURI):
         return ConnectionRefused(url, f"the URL is not valid ({exc})")
@@ -201,6 +209,12 @@ class LeaseBase:
         self.close_timeout = close_timeout
         self.raise_if_lost = raise_if_lost
         self.websocket_options: dict[str, Any] = dict(websocket_options or {})
+        # A server started with --lease-token-file wants one of its tokens.
+        token = os.environ.get("LEASEHOLD_LEASE_TOKEN", "").strip()
+        if token:
+            headers = dict(self.websocket_options.get("additional_headers") or {})
+            headers.setdefault("Authorization", f"Bearer {token}")
+            self.websocket_options["additional_headers"] = headers
 
         self.id: str | None = None
         self.position: int | None = None
