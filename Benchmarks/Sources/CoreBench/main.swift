@@ -11,6 +11,9 @@
 //   D. waiters leaving from the middle of the queue and re-joining at the end
 // Every op is one call to the table; ops/s counts each acquire and each release as one op.
 import LeaseCore
+#if canImport(Glibc)
+import Glibc  // links libm, which LeaseProtocol (under LeaseCore) needs for round()
+#endif
 
 @inline(never)
 func benchmark() {
@@ -189,3 +192,16 @@ func benchmark() {
 }
 
 benchmark()
+
+/// Seeded PRNG (SplitMix64): the same runs on every platform.
+struct SplitMix64: RandomNumberGenerator {
+    private var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}

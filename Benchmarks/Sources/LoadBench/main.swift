@@ -5,7 +5,10 @@
 //   LoadBench handoff --port P [--rounds 2000] [--name bench-0001]
 //       time from a holder's close to the next waiter's grant, p50/p99
 //   LoadBench hold    --port P --server-pid PID [--connections 19000] [--type bench]
-//       opens that many lease connections, each granted one resource; server RSS per lease
+//                     [--checkpoints 1000,5000]
+//       opens that many lease connections, each granted one resource. At each checkpoint and at
+//       the end: server RSS per held lease, how long GET /v1/status takes, and how long one more
+//       acquire takes to be granted (grants still flowing)
 //
 // Generate a large inventory with `LoadBench inventory N > bench.yaml`.
 import Dispatch
@@ -15,7 +18,7 @@ import Transport
 import Glibc
 #endif
 
-func now() -> UInt64 { EventLoop.now() }
+func now() -> UInt64 { SystemClock.system.now() }
 
 func fail(_ message: String) -> Never {
     fputs("LoadBench: \(message)\n", stderr)
@@ -133,6 +136,31 @@ func cpuSeconds(pid: Int) -> Double {
     return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
 }
 
+/// A blocking GET over a fresh connection; returns the body's size (-1 on failure).
+func httpGet(port: UInt16, path: String) -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { return -1 }
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = port.bigEndian
+    address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+    let connected = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    guard connected == 0 else { return -1 }
+    let request = Array("GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".utf8)
+    guard send(fd, request, request.count, 0) == request.count else { return -1 }
+    var total = 0
+    var buffer = [UInt8](repeating: 0, count: 1 << 16)
+    while true {
+        let count = recv(fd, &buffer, buffer.count, 0)
+        if count <= 0 { break }
+        total += count
+    }
+    return total
+}
+
 switch arguments.command {
 case "inventory":
     let count = Int(arguments.values["_0"] ?? "") ?? 20_000
@@ -207,27 +235,60 @@ case "hold":
     let type = arguments.string("type", "bench")
     let serverPID = arguments.int("server-pid", 0)
     guard serverPID > 0 else { fail("hold needs --server-pid (to read the server's RSS)") }
+    let checkpoints = (arguments.string("checkpoints", "1000,5000").split(separator: ",").compactMap { Int($0) }
+        .filter { $0 > 0 && $0 < total } + [total]).sorted()
     let rssBefore = rssKiB(pid: serverPID)
     let request = acquireText("{\"type\":\"\(type)\"}")
     nonisolated(unsafe) var granted = 0
     nonisolated(unsafe) var opened = 0
     nonisolated(unsafe) var clientsKept: [LeaseClient] = []
+    nonisolated(unsafe) var nextCheckpoint = 0
     let start = now()
-    // Open in batches so the accept backlog is not flooded.
-    func openMore() {
-        let batch = min(200, total - opened)
+
+    /// RSS, a status request and one more grant, with `held` leases open; then `then`.
+    @Sendable func measure(held: Int, then: @escaping @Sendable () -> Void) {
+        // Let the server settle before reading its memory.
+        loop.queue.asyncAfter(deadline: .now() + .seconds(2)) {
+            let rss = rssKiB(pid: serverPID)
+            let perLease = Double(rss - rssBefore) * 1024 / Double(held)
+            DispatchQueue.global().async {
+                let statusStart = now()
+                let bytes = httpGet(port: port, path: "/v1/status")
+                let statusMs = Double(now() - statusStart) / 1e6
+                loop.execute {
+                    let probe = LeaseClient(request: request)
+                    probe.onGranted = { client in
+                        let grantMs = Double(now() - client.sentAt) / 1e6
+                        print("\(held) leases: RSS \(rss) KiB (\(Int(perLease)) bytes per lease over the \(rssBefore) KiB before); "
+                              + "GET /v1/status \(format(statusMs)) ms (\(bytes) bytes); one more grant \(format(grantMs)) ms")
+                        client.onClosed = { _, _ in }
+                        client.socket?.close(code: 1000)
+                        then()
+                    }
+                    probe.onClosed = { _, code in fail("the probe lease closed (code \(code))") }
+                    clientsKept.append(probe)
+                    connect(probe)
+                }
+            }
+        }
+    }
+
+    // Open in batches so the accept backlog is not flooded; stop at each checkpoint to measure.
+    @Sendable func openMore() {
+        let target = checkpoints[nextCheckpoint]
+        let batch = min(200, target - opened)
         for _ in 0..<batch {
             let client = LeaseClient(request: request)
             client.onGranted = { _ in
                 granted += 1
+                guard granted == checkpoints[nextCheckpoint] else { return }
                 if granted == total {
-                    // Let the server settle, then read its memory.
-                    loop.queue.asyncAfter(deadline: .now() + .seconds(2)) {
-                        let rssAfter = rssKiB(pid: serverPID)
-                        let perLease = Double(rssAfter - rssBefore) * 1024 / Double(total)
-                        print("held leases: \(granted) (opened in \(format(Double(now() - start) / 1e9)) s)")
-                        print("server RSS: before \(rssBefore) KiB, with leases \(rssAfter) KiB → \(Int(perLease)) bytes per held lease")
-                        exit(0)
+                    print("held leases: \(granted) (opened in \(format(Double(now() - start) / 1e9)) s)")
+                    measure(held: granted) { exit(0) }
+                } else {
+                    measure(held: granted) {
+                        nextCheckpoint += 1
+                        openMore()
                     }
                 }
             }
@@ -236,7 +297,7 @@ case "hold":
             connect(client)
         }
         opened += batch
-        if opened < total {
+        if opened < target {
             loop.queue.asyncAfter(deadline: .now() + .milliseconds(20)) { openMore() }
         }
     }
