@@ -300,69 +300,96 @@ private struct JSONParser {
 extension JSONValue {
     /// Compact JSON text.
     public func serialized() -> String {
-        var output = ""
+        String(decoding: serializedBytes(), as: UTF8.self)
+    }
+
+    /// Compact JSON as UTF-8 (what goes on the wire: no String on the way).
+    public func serializedBytes() -> [UInt8] {
+        var output: [UInt8] = []
+        output.reserveCapacity(256)
         write(to: &output)
         return output
     }
 
-    public func write(to output: inout String) {
+    /// Appends compact JSON to `output`. Bytes, not a String: appending to a String costs a
+    /// check of its storage on every append, and a status document makes millions of them.
+    public func write(to output: inout [UInt8]) {
         switch self {
-        case .null: output += "null"
-        case .bool(let value): output += value ? "true" : "false"
-        case .int(let value): output += String(value)
+        case .null: output.append(contentsOf: JSONValue.nullBytes)
+        case .bool(let value): output.append(contentsOf: value ? JSONValue.trueBytes : JSONValue.falseBytes)
+        case .int(let value): JSONValue.writeInteger(value, to: &output)
         case .double(let value):
             if value.isFinite {
-                if value == value.rounded(), abs(value) < 1e15 { output += String(Int64(value)) } else { output += String(value) }
+                if value == value.rounded(), abs(value) < 1e15 {
+                    JSONValue.writeInteger(Int64(value), to: &output)
+                } else {
+                    output.append(contentsOf: String(value).utf8)
+                }
             } else {
-                output += "null"
+                output.append(contentsOf: JSONValue.nullBytes)
             }
         case .string(let value): JSONValue.writeString(value, to: &output)
         case .array(let elements):
-            output += "["
+            output.append(UInt8(ascii: "["))
             for (position, element) in elements.enumerated() {
-                if position > 0 { output += "," }
+                if position > 0 { output.append(UInt8(ascii: ",")) }
                 element.write(to: &output)
             }
-            output += "]"
+            output.append(UInt8(ascii: "]"))
         case .object(let members):
-            output += "{"
+            output.append(UInt8(ascii: "{"))
             for (position, (key, value)) in members.enumerated() {
-                if position > 0 { output += "," }
+                if position > 0 { output.append(UInt8(ascii: ",")) }
                 JSONValue.writeString(key, to: &output)
-                output += ":"
+                output.append(UInt8(ascii: ":"))
                 value.write(to: &output)
             }
-            output += "}"
+            output.append(UInt8(ascii: "}"))
         }
     }
 
-    public static func writeString(_ value: String, to output: inout String) {
-        output += "\""
-        var needsEscaping = false
-        for byte in value.utf8 where byte < 0x20 || byte == 0x22 || byte == 0x5C {
-            needsEscaping = true
-            break
+    private static let nullBytes = Array("null".utf8)
+    private static let trueBytes = Array("true".utf8)
+    private static let falseBytes = Array("false".utf8)
+
+    private static func writeInteger(_ value: Int64, to output: inout [UInt8]) {
+        if value >= 0 && value < 10 {
+            output.append(UInt8(ascii: "0") + UInt8(value))
+            return
         }
-        if !needsEscaping {
-            output += value
-        } else {
-            for scalar in value.unicodeScalars {
-                switch scalar {
-                case "\"": output += "\\\""
-                case "\\": output += "\\\\"
-                case "\n": output += "\\n"
-                case "\r": output += "\\r"
-                case "\t": output += "\\t"
+        output.append(contentsOf: String(value).utf8)
+    }
+
+    static func writeString(_ value: String, to output: inout [UInt8]) {
+        output.append(UInt8(ascii: "\""))
+        var value = value
+        value.withUTF8 { bytes in
+            var needsEscaping = false
+            for byte in bytes where byte < 0x20 || byte == 0x22 || byte == 0x5C {
+                needsEscaping = true
+                break
+            }
+            guard needsEscaping else {
+                output.append(contentsOf: bytes)
+                return
+            }
+            for byte in bytes {
+                switch byte {
+                case 0x22: output.append(contentsOf: [0x5C, 0x22])
+                case 0x5C: output.append(contentsOf: [0x5C, 0x5C])
+                case 0x0A: output.append(contentsOf: [0x5C, UInt8(ascii: "n")])
+                case 0x0D: output.append(contentsOf: [0x5C, UInt8(ascii: "r")])
+                case 0x09: output.append(contentsOf: [0x5C, UInt8(ascii: "t")])
+                case ..<0x20:
+                    let hex = Array("0123456789abcdef".utf8)
+                    output.append(contentsOf: [0x5C, UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0"),
+                                               hex[Int(byte >> 4)], hex[Int(byte & 0xF)]])
                 default:
-                    if scalar.value < 0x20 {
-                        let hex = String(scalar.value, radix: 16)
-                        output += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                    } else {
-                        output.unicodeScalars.append(scalar)
-                    }
+                    // UTF-8 of scalars at or above U+0020 goes out as it is.
+                    output.append(byte)
                 }
             }
         }
-        output += "\""
+        output.append(UInt8(ascii: "\""))
     }
 }

@@ -206,7 +206,7 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
             responder.upgradeToWebSocket(handler: WatchSession(hub: service.watch, hubQueue: service.queue, slots: watchers))
         case ("GET", "/v1/status"):
             service.queue.async { [service] in
-                responder.respond(.json(200, service.snapshotJSON()))
+                responder.respond(.json(200, bytes: service.snapshotJSON()))
             }
         case ("GET", "/healthz"):
             responder.respond(shuttingDown.isSet ? .text(503, "shutting down\n") : .text(200, "ok\n"))
@@ -418,6 +418,12 @@ final class ShutdownFlag: Sendable {
 extension HTTPResponse {
     static func json(_ status: Int, _ text: String) -> HTTPResponse {
         .text(status, text + "\n", contentType: "application/json")
+    }
+
+    static func json(_ status: Int, bytes: [UInt8]) -> HTTPResponse {
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: "application/json")
+        return HTTPResponse(status: status, headers: headers, body: bytes + [UInt8(ascii: "\n")])
     }
 
     static func jsonError(_ status: Int, _ message: String) -> HTTPResponse {

@@ -366,7 +366,7 @@ final class LeaseService: @unchecked Sendable {
     }
 
     /// The status document (same as a watch snapshot). Call on `queue`.
-    func snapshotJSON() -> String {
+    func snapshotJSON() -> [UInt8] {
         assertOnQueue()
         return StatusDocument.render(table.snapshot(), clock: clock)
     }

@@ -52,7 +52,8 @@ enum StatusDocument {
         ])
     }
 
-    static func render(_ snapshot: Snapshot, clock: ServerClock) -> String {
-        json(snapshot, clock: clock).serialized()
+    /// The document as UTF-8, ready for a socket.
+    static func render(_ snapshot: Snapshot, clock: ServerClock) -> [UInt8] {
+        json(snapshot, clock: clock).serializedBytes()
     }
 }

@@ -13,7 +13,7 @@ final class WatchHub: @unchecked Sendable {
     private var broadcastScheduled = false
     private var timer: LoopTimer?
     /// Renders the status document; set by the service.
-    var render: () -> String = { "{}" }
+    var render: () -> [UInt8] = { Array("{}".utf8) }
 
     init(queue: DispatchQueue, clock: ServerClock) {
         self.queue = queue
@@ -73,7 +73,7 @@ final class WatchSession: WebSocketHandler, @unchecked Sendable {
     private let hubQueue: DispatchQueue
     private weak var socket: WebSocketConnection?
     private(set) var loop: EventLoop?
-    private var latest: String?
+    private var latest: [UInt8]?
     private var retryScheduled = false
     static let backlogLimit = 256 * 1024
     private let slots: ConnectionLimit
@@ -110,7 +110,7 @@ final class WatchSession: WebSocketHandler, @unchecked Sendable {
     }
 
     /// On this watcher's loop.
-    func offer(_ text: String) {
+    func offer(_ text: [UInt8]) {
         guard let socket, socket.isOpen else { return }
         if socket.pendingOutputBytes > Self.backlogLimit {
             latest = text

@@ -77,4 +77,16 @@ import Testing
         let value = try parse(text)
         #expect(try parse(value.serialized()) == value)
     }
+
+    @Test("serialized bytes, exactly: escapes, control characters, non-ASCII, numbers")
+    func serializedBytesExactly() {
+        let value = JSONValue.object([
+            ("q\"b\\", .string("line\nret\rtab\t\u{1}\u{1F}é😀")),
+            ("n", .array([.int(0), .int(9), .int(10), .int(-7), .int(.min), .double(2.5), .double(3), .double(.nan)])),
+            ("z", .array([.null, .bool(true), .bool(false), .object([]), .array([])])),
+        ])
+        let expected = #"{"q\"b\\":"line\nret\rtab\t\u0001\u001fé😀","n":[0,9,10,-7,-9223372036854775808,2.5,3,null],"z":[null,true,false,{},[]]}"#
+        #expect(value.serialized() == expected)
+        #expect(value.serializedBytes() == Array(expected.utf8))
+    }
 }
