@@ -18,7 +18,7 @@ extension LeaseTable {
             let count: Int32
             switch g {
             case .name(let n):
-                guard let s = nameToSlot[n], resources[Int(s)].inInventory else {
+                guard let s = nameToSlot[ExactKey(n)], resources[Int(s)].inInventory else {
                     message = "unknown resource \"\(n)\""
                     break groups
                 }
@@ -33,7 +33,7 @@ extension LeaseTable {
                     message = "count must be positive"
                     break groups
                 }
-                guard let all = typeMembers[t] else {
+                guard let all = typeMembers[ExactKey(t)] else {
                     message = "unknown resource type \"\(t)\""
                     break groups
                 }
@@ -104,8 +104,8 @@ extension LeaseTable {
     static func labelsConsistent(_ a: [String], _ b: [String]) -> Bool {
         var i = 0, j = 0
         while i < a.count && j < b.count {
-            if a[i] == b[j] {
-                if a[i + 1] != b[j + 1] { return false }
+            if a[i].exactlyEquals(b[j]) {
+                if !a[i + 1].exactlyEquals(b[j + 1]) { return false }
                 i += 2; j += 2
             } else if a[i] < b[j] {
                 i += 2
@@ -223,10 +223,13 @@ extension LeaseTable {
         return out
     }
 
+    /// Whether `labels` has every key of `flat` with its value, by scalars: a dictionary finds
+    /// "e" + U+0301 under "é", which to the protocol is another key.
     static func matches(_ labels: [String: String], _ flat: [String]) -> Bool {
         var i = 0
         while i < flat.count {
-            if labels[flat[i]] != flat[i + 1] { return false }
+            guard let index = labels.index(forKey: flat[i]), labels[index].key.exactlyEquals(flat[i]),
+                  labels[index].value.exactlyEquals(flat[i + 1]) else { return false }
             i += 2
         }
         return true
@@ -240,7 +243,7 @@ extension LeaseTable {
 
     mutating func createTypeSelector(_ key: SelectorKey) -> Int32 {
         guard case let .type(type, flat) = key else { return -1 }
-        let members = (typeMembers[type] ?? []).filter { Self.matches(resources[Int($0)].labels, flat) }
+        let members = (typeMembers[ExactKey(type)] ?? []).filter { Self.matches(resources[Int($0)].labels, flat) }
         let s = newSelector(key, members)
         selectorIndex[key] = s
         idleTypeSelectors += 1
@@ -717,8 +720,8 @@ extension LeaseTable {
     /// A resource removed by reload was released: it disappears.
     mutating func retire(_ r: Int) {
         resources[r].gone = true
-        nameToSlot.removeValue(forKey: resources[r].name)
-        if resources[r].epoch > 0 { epochStore[resources[r].name] = resources[r].epoch }
+        nameToSlot.removeValue(forKey: ExactKey(resources[r].name))
+        if resources[r].epoch > 0 { epochStore[resources[r].name] = max(epochStore[resources[r].name] ?? 0, resources[r].epoch) }
     }
 
     /// `r` just became free (unowned, enabled, in the inventory): the earliest waiter that can

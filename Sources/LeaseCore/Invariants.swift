@@ -7,9 +7,9 @@ extension LeaseTable {
         let x = resources[r]
         guard x.inInventory, !x.gone else { return false }
         switch g {
-        case .name(let n): return x.name == n
+        case .name(let n): return x.name.exactlyEquals(n)
         case .type(let t, let labels, _):
-            return x.type == t && labels.allSatisfy { x.labels[$0.key] == $0.value }
+            return x.type.exactlyEquals(t) && Self.matches(x.labels, Self.flatten(labels))
         }
     }
 
@@ -53,7 +53,7 @@ extension LeaseTable {
         var live = 0
         for r in resources.indices where !resources[r].gone {
             live += 1
-            if nameToSlot[resources[r].name] != Int32(r) { p.append("name index wrong for \(resources[r].name)") }
+            if nameToSlot[ExactKey(resources[r].name)] != Int32(r) { p.append("name index wrong for \(resources[r].name)") }
         }
         if live != nameToSlot.count { p.append("name index has \(nameToSlot.count) entries, \(live) resources") }
         for r in resources where !r.gone && !r.inInventory && !(r.owner >= 0 && r.held) {
@@ -106,7 +106,7 @@ extension LeaseTable {
             let brute: [Int32]
             switch s.key {
             case .name(let n):
-                if let r = nameToSlot[n], resources[Int(r)].inInventory { brute = [r] } else { brute = [] }
+                if let r = nameToSlot[ExactKey(n)], resources[Int(r)].inInventory { brute = [r] } else { brute = [] }
             case .type(let t, let flat):
                 brute = resources.indices.filter {
                     resources[$0].inInventory && !resources[$0].gone && resources[$0].type == t && Self.matches(resources[$0].labels, flat)

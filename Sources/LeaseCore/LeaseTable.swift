@@ -77,20 +77,44 @@ public struct LeaseTable: Sendable {
     }
 
     var resources: [ResourceRec] = []
-    var nameToSlot: [String: Int32] = [:]
+    var nameToSlot: [ExactKey: Int32] = [:]
     /// Inventory resources by type, in inventory order.
-    var typeMembers: [String: [Int32]] = [:]
-    /// Epochs of names that have no record (removed, or seeded but not in the inventory).
+    var typeMembers: [ExactKey: [Int32]] = [:]
+    /// Epochs of names as seeded or last seen on removal. Keyed by `String`, as the seeds and
+    /// the epoch file are, so two spellings that Swift holds equal ("é", "e" + U+0301) share one
+    /// entry; it only ever takes the larger epoch, so both spellings' epochs keep growing.
     var epochStore: [String: UInt64] = [:]
     /// Reused by `augment` (one entry per want group, at most 16): no allocation per grant.
     var augmentScratch = AugmentScratch()
     var inventoryGeneration: UInt64 = 0
 
     // MARK: Selectors
+    /// Compared and hashed by scalars, like `ExactKey`.
     enum SelectorKey: Hashable, Sendable {
         case name(String)
         /// Type and labels flattened as sorted key, value, key, value…
         case type(String, [String])
+
+        static func == (a: SelectorKey, b: SelectorKey) -> Bool {
+            switch (a, b) {
+            case let (.name(x), .name(y)): return x.exactlyEquals(y)
+            case let (.type(x, xs), .type(y, ys)):
+                return x.exactlyEquals(y) && xs.count == ys.count && zip(xs, ys).allSatisfy { $0.exactlyEquals($1) }
+            default: return false
+            }
+        }
+
+        func hash(into hasher: inout Hasher) {
+            switch self {
+            case .name(let name):
+                hasher.combine(0)
+                ExactKey(name).hash(into: &hasher)
+            case .type(let type, let flat):
+                hasher.combine(1)
+                ExactKey(type).hash(into: &hasher)
+                for text in flat { ExactKey(text).hash(into: &hasher) }
+            }
+        }
     }
 
     struct Selector: Sendable {
@@ -195,13 +219,13 @@ public struct LeaseTable: Sendable {
     /// no longer in the inventory. Persist this to keep epochs growing across restarts.
     public var epochs: [String: UInt64] {
         var e = epochStore
-        for r in resources where !r.gone && r.epoch > 0 { e[r.name] = r.epoch }
+        for r in resources where !r.gone && r.epoch > 0 { e[r.name] = max(e[r.name] ?? 0, r.epoch) }
         return e
     }
 
     /// The epoch of one name (0 before its first grant).
     public func epoch(of name: String) -> UInt64 {
-        if let s = nameToSlot[name] { return resources[Int(s)].epoch }
+        if let s = nameToSlot[ExactKey(name)] { return resources[Int(s)].epoch }
         return epochStore[name] ?? 0
     }
 
@@ -275,7 +299,7 @@ public struct LeaseTable: Sendable {
                                 into out: inout [Effect]) -> AdminResult {
         let t = begin(now, &out)
         defer { finish() }
-        guard let s = nameToSlot[name], !resources[Int(s)].gone else { return .notFound }
+        guard let s = nameToSlot[ExactKey(name)], !resources[Int(s)].gone else { return .notFound }
         let r = Int(s)
         guard resources[r].owner >= 0, resources[r].held else { return .notHeld }
         let w = Int(resources[r].owner)
@@ -290,7 +314,7 @@ public struct LeaseTable: Sendable {
     public mutating func disable(resource name: String, now: Tick, into out: inout [Effect]) -> AdminResult {
         let t = begin(now, &out)
         defer { finish() }
-        guard let s = nameToSlot[name], resources[Int(s)].inInventory else { return .notFound }
+        guard let s = nameToSlot[ExactKey(name)], resources[Int(s)].inInventory else { return .notFound }
         let r = Int(s)
         guard resources[r].enabled else { return .ok }
         if resources[r].owner < 0 {
@@ -313,7 +337,7 @@ public struct LeaseTable: Sendable {
     public mutating func enable(resource name: String, now: Tick, into out: inout [Effect]) -> AdminResult {
         let t = begin(now, &out)
         defer { finish() }
-        guard let s = nameToSlot[name], resources[Int(s)].inInventory else { return .notFound }
+        guard let s = nameToSlot[ExactKey(name)], resources[Int(s)].inInventory else { return .notFound }
         let r = Int(s)
         guard !resources[r].enabled else { return .ok }
         resources[r].enabled = true

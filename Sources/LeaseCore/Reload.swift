@@ -37,13 +37,13 @@ extension LeaseTable {
     private mutating func replaceResources(_ inventory: Inventory, _ t: Tick) -> [Int32] {
         var newRes: [ResourceRec] = []
         newRes.reserveCapacity(inventory.resources.count)
-        var newNames: [String: Int32] = [:]
+        var newNames: [ExactKey: Int32] = [:]
         newNames.reserveCapacity(inventory.resources.count)
         var remap = [Int32](repeating: -1, count: resources.count)
         for (i, spec) in inventory.resources.enumerated() {
             var rec = ResourceRec(name: spec.name, type: spec.type, labels: spec.labels,
                           attributes: spec.attributes, epoch: 0, since: t)
-            if let oldSlot = nameToSlot[spec.name], !resources[Int(oldSlot)].gone {
+            if let oldSlot = nameToSlot[ExactKey(spec.name)], !resources[Int(oldSlot)].gone {
                 let o = resources[Int(oldSlot)]
                 rec.epoch = o.epoch
                 rec.enabled = o.enabled
@@ -52,9 +52,9 @@ extension LeaseTable {
                 rec.since = o.since
                 remap[Int(oldSlot)] = Int32(i)
             } else {
-                rec.epoch = epochStore.removeValue(forKey: spec.name) ?? 0
+                rec.epoch = epochStore[spec.name] ?? 0
             }
-            newNames[spec.name] = Int32(i)
+            newNames[ExactKey(spec.name)] = Int32(i)
             newRes.append(rec)
         }
         for oldSlot in resources.indices where remap[oldSlot] < 0 && !resources[oldSlot].gone {
@@ -64,17 +64,17 @@ extension LeaseTable {
                 o.memberships = []
                 o.nameSel = -1
                 remap[oldSlot] = Int32(newRes.count)
-                newNames[o.name] = Int32(newRes.count)
+                newNames[ExactKey(o.name)] = Int32(newRes.count)
                 newRes.append(o)
             } else if o.epoch > 0 {
-                epochStore[o.name] = o.epoch
+                epochStore[o.name] = max(epochStore[o.name] ?? 0, o.epoch)
             }
         }
         resources = newRes
         nameToSlot = newNames
         typeMembers = [:]
         for i in 0..<inventory.resources.count {
-            typeMembers[resources[i].type, default: []].append(Int32(i))
+            typeMembers[ExactKey(resources[i].type), default: []].append(Int32(i))
         }
         return remap
     }
@@ -104,14 +104,14 @@ extension LeaseTable {
             let members: [Int32]
             switch selectors[s].key {
             case .name(let n):
-                if let r = nameToSlot[n], resources[Int(r)].inInventory {
+                if let r = nameToSlot[ExactKey(n)], resources[Int(r)].inInventory {
                     members = [r]
                     resources[Int(r)].nameSel = Int32(s)
                 } else {
                     members = []
                 }
             case .type(let type, let flat):
-                members = (typeMembers[type] ?? []).filter { Self.matches(resources[Int($0)].labels, flat) }
+                members = (typeMembers[ExactKey(type)] ?? []).filter { Self.matches(resources[Int($0)].labels, flat) }
                 selectorIndex[selectors[s].key] = Int32(s)
             }
             selectors[s].members = members

@@ -66,6 +66,24 @@ public struct LeaseID: Hashable, Comparable, Sendable, CustomStringConvertible {
     public var description: String { "L\(raw)" }
 }
 
+/// A name, type or label as the protocol compares them: by Unicode scalars. Swift's `String ==`
+/// holds "é" and "e" + U+0301 equal (canonical equivalence); to the protocol, which counts
+/// scalars, they are two different names. The core keys every index by this.
+struct ExactKey: Hashable, Sendable {
+    let text: String
+    init(_ text: String) { self.text = text }
+    static func == (a: ExactKey, b: ExactKey) -> Bool { a.text.utf8.elementsEqual(b.text.utf8) }
+    func hash(into hasher: inout Hasher) {
+        var text = text
+        text.withUTF8 { hasher.combine(bytes: UnsafeRawBufferPointer($0)) }
+    }
+}
+
+extension String {
+    /// Equal by Unicode scalars (see `ExactKey`).
+    func exactlyEquals(_ other: String) -> Bool { utf8.elementsEqual(other.utf8) }
+}
+
 /// One resource of the inventory.
 public struct ResourceSpec: Sendable, Equatable {
     public var name: String
@@ -91,16 +109,16 @@ public struct Inventory: Sendable, Equatable {
     /// What is wrong with this inventory, in file order; empty when it is valid.
     public func problems() -> [InventoryProblem] {
         var out: [InventoryProblem] = []
-        var seen: [String: Int] = [:]
+        var seen: [ExactKey: Int] = [:]
         seen.reserveCapacity(resources.count)
         for (i, r) in resources.enumerated() {
             if r.name.isEmpty { out.append(.emptyName(index: i)) }
             if r.type.isEmpty { out.append(.emptyType(index: i, name: r.name)) }
             if !r.name.isEmpty {
-                if let first = seen[r.name] {
+                if let first = seen[ExactKey(r.name)] {
                     out.append(.duplicateName(r.name, first: first, index: i))
                 } else {
-                    seen[r.name] = i
+                    seen[ExactKey(r.name)] = i
                 }
             }
         }

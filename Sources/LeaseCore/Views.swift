@@ -149,7 +149,7 @@ extension LeaseTable {
 
     /// The granted lease holding `name` (nil if the resource is not held or unknown).
     public func holder(ofResource name: String) -> LeaseID? {
-        guard let s = nameToSlot[name] else { return nil }
+        guard let s = nameToSlot[ExactKey(name)] else { return nil }
         let r = resources[Int(s)]
         guard r.owner >= 0, r.held else { return nil }
         return leases[Int(r.owner)].id
@@ -157,7 +157,7 @@ extension LeaseTable {
 
     /// One resource (also a removed-but-held one); nil if unknown.
     public func resource(named name: String) -> ResourceView? {
-        guard let s = nameToSlot[name], !resources[Int(s)].gone else { return nil }
+        guard let s = nameToSlot[ExactKey(name)], !resources[Int(s)].gone else { return nil }
         return view(Int(s))
     }
 

@@ -198,6 +198,11 @@ extension ClientMessage {
         case .some(.object(let pairs)):
             for (key, value) in pairs {
                 guard case .string(let text) = value else { return bad("label \"\(key)\" must have a string value") }
+                // Keys are distinct by scalars (the parser saw to that), but a Swift dictionary
+                // holds "é" and "e" + U+0301 as one key: refuse rather than drop one.
+                guard labels[key] == nil else {
+                    return bad("labels \"\(key)\" and another key differ only in Unicode normalization; use one spelling")
+                }
                 labels[key] = text
             }
         default: return bad("\"labels\" must be an object of strings")

@@ -50,13 +50,14 @@ public enum InventoryFile {
             throw InventoryError(line: list.mark?.line, problem: "'resources' must be a list")
         }
         var entries: [InventoryEntry] = []
-        var seen: [String: Int] = [:]
+        // By scalars: "é" and "e" + U+0301 are two names to the protocol.
+        var seen: [[UInt8]: Int] = [:]
         for item in items {
             let entry = try parseResource(item)
-            if let first = seen[entry.name] {
+            if let first = seen[Array(entry.name.utf8)] {
                 throw InventoryError(line: entry.line, problem: "duplicate resource name '\(entry.name)' (first defined on line \(first))")
             }
-            seen[entry.name] = entry.line
+            seen[Array(entry.name.utf8)] = entry.line
             entries.append(entry)
         }
         return entries
@@ -165,10 +166,15 @@ public enum InventoryFile {
 
     static func checkDuplicateKeys(_ mapping: Node.Mapping) throws(InventoryError) {
         var seen = Set<String>()
+        var seenExactly = Set<[UInt8]>()
         for (key, _) in mapping {
             let text = key.string ?? "?"
-            if !seen.insert(text).inserted {
+            if !seenExactly.insert(Array(text.utf8)).inserted {
                 throw InventoryError(line: key.mark?.line, problem: "duplicate key '\(text)'")
+            }
+            // Distinct by scalars but one key to a Swift dictionary ("é" and "e" + U+0301).
+            if !seen.insert(text).inserted {
+                throw InventoryError(line: key.mark?.line, problem: "key '\(text)' and an earlier one differ only in Unicode normalization; use one spelling")
             }
         }
     }

@@ -18,7 +18,8 @@ struct Harness {
     var nextID: UInt64 = 1
     /// Every effect so far, in order.
     var log: [Effect] = []
-    var lastEpoch: [String: UInt64] = [:]
+    /// By the name's scalars, as the core keys names.
+    var lastEpoch: [[UInt8]: UInt64] = [:]
     /// What the table should report of each lease when it ends it: holder, arrival, grant time.
     var expectedFacts: [LeaseID: LeaseFacts] = [:]
 
@@ -30,7 +31,7 @@ struct Harness {
             Issue.record("inventory rejected: \(error)", sourceLocation: sourceLocation)
             table = LeaseTable()
         }
-        lastEpoch = epochs
+        lastEpoch = Dictionary(epochs.map { (Array($0.key.utf8), $0.value) }, uniquingKeysWith: max)
     }
 
     mutating func record(_ effects: [Effect], _ loc: SourceLocation) {
@@ -46,9 +47,9 @@ struct Harness {
             }
             if case .granted(_, let rs) = e {
                 for r in rs {
-                    #expect(r.epoch > lastEpoch[r.name, default: 0], "epoch of \(r.name) did not grow",
+                    #expect(r.epoch > lastEpoch[Array(r.name.utf8), default: 0], "epoch of \(r.name) did not grow",
                             sourceLocation: loc)
-                    lastEpoch[r.name] = r.epoch
+                    lastEpoch[Array(r.name.utf8)] = r.epoch
                 }
             }
         }
