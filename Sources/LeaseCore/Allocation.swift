@@ -38,13 +38,13 @@ extension LeaseTable {
                     break groups
                 }
                 guard c <= all.count else {
-                    message = "wants \(c) resources of type \"\(t)\"; the inventory has \(all.count)"
+                    message = "wants \(Self.resources(c)) of type \"\(t)\"; the inventory has \(all.count)"
                     break groups
                 }
                 sel = internType(t, labels)
                 let m = selectors[Int(sel)].members.count
                 guard c <= m else {
-                    message = "wants \(c) resources of type \"\(t)\" with labels \(Self.labelText(labels)); "
+                    message = "wants \(Self.resources(c)) of type \"\(t)\" with labels \(Self.labelText(labels)); "
                         + "the inventory has \(m)"
                     break groups
                 }
@@ -99,6 +99,9 @@ extension LeaseTable {
             return t1 == t2 && Self.labelsConsistent(l1, l2)
         }
     }
+
+    /// "1 resource", "3 resources".
+    static func resources(_ count: Int) -> String { count == 1 ? "1 resource" : "\(count) resources" }
 
     /// Two flattened, key-sorted label lists name no key with two different values.
     static func labelsConsistent(_ a: [String], _ b: [String]) -> Bool {

@@ -153,7 +153,7 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
             service.reload(inventory) { result in
                 switch result {
                 case .applied:
-                    completion(.success("inventory reloaded: \(inventory.resources.count) resources"))
+                    completion(.success("inventory reloaded: \(inventory.resources.count == 1 ? "1 resource" : "\(inventory.resources.count) resources")"))
                 case .invalid(let problems):
                     completion(.failure(StartupError(message: problems.map(\.description).joined(separator: "; "))))
                 }

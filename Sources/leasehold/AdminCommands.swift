@@ -74,7 +74,7 @@ struct Reload: ParsableCommand {
         let (client, token) = try admin.client()
         do {
             let message = try client.reload(token: token)
-            writeOut("leasehold: reloaded: \(message)\n")
+            writeOut("leasehold: \(message)\n")
         } catch {
             fail(error)
         }

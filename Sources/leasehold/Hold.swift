@@ -8,7 +8,7 @@ import Glibc
 struct Hold: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Hold resources while a command runs, the way flock(1) holds a file lock.",
-        usage: "leasehold hold [--server URL] --type TYPE [--label KEY=VALUE]... [--count N] [--name NAME]... [--wait SECONDS] [--holder TEXT] -- COMMAND [ARGS...]",
+        usage: "leasehold hold [--server URL] (--type TYPE [--label KEY=VALUE]... [--count N] | --name NAME)... [--wait SECONDS] [--holder TEXT] [--meta KEY=VALUE]... [--grace SECONDS] [--dead-after SECONDS] [--connect-timeout SECONDS] [--quiet] -- COMMAND [ARGS...]",
         discussion: """
             Groups are given in order: each --type or --name starts a group; --label and --count apply \
             to the --type before them. The command runs with LEASEHOLD_LEASE, LEASEHOLD_RESOURCES (JSON), \
@@ -21,7 +21,8 @@ struct Hold: ParsableCommand {
             Exit status: the command's own (128+N if signal N killed it); 64 bad arguments; 69 server \
             unreachable or lost while waiting; 75 not granted within --wait; 76 lease revoked by an admin \
             (command stopped); 77 server connection lost while the command ran (command stopped); 78 the \
-            request can never be granted; 126/127 the command cannot be run / was not found.
+            request can never be granted; 126/127 the command cannot be run / was not found; 130/143 \
+            interrupted (SIGINT/SIGTERM) while waiting, before the command started.
             """
     )
 
@@ -39,7 +40,9 @@ struct Hold: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("A group of one resource by name (repeatable).", valueName: "name"))
     var name: [String] = []
 
-    @Option(name: .long, help: ArgumentHelp("Seconds to wait in the queue; 0: fail at once when busy (default: as long as it takes).", valueName: "seconds"))
+    // `.unconditional`: "--wait -1" is a value to refuse by name, not a missing value.
+    @Option(name: .long, parsing: .unconditional,
+            help: ArgumentHelp("Seconds to wait in the queue; 0: fail at once when busy (default: as long as it takes).", valueName: "seconds"))
     var wait: Double?
 
     @Option(name: .long, help: ArgumentHelp("Shown on the status page as the holder (default: USER@HOST COMMAND).", valueName: "text"))
@@ -57,6 +60,12 @@ struct Hold: ParsableCommand {
     @Flag(name: .long, help: "Print only errors (no queue progress, no grant line).")
     var quiet = false
 
+    @Option(name: .long, help: ArgumentHelp("When stderr is not a terminal (a CI log), print a line with the queue position and the time waited this often while waiting, so a silent-job watchdog sees life.", valueName: "seconds"))
+    var progressInterval: Double = 60
+
+    @Flag(name: .long, help: "Wait even for a resource that an outer hold of this process tree already holds (it would wait for itself unless the outer one ends).")
+    var allowNestedWait = false
+
     @Argument(parsing: .postTerminator, help: ArgumentHelp("The command to run while holding the resources (after --).", valueName: "command"))
     var command: [String] = []
 
@@ -68,6 +77,13 @@ struct Hold: ParsableCommand {
         if let wait { guard wait >= 0, wait <= 1e9 else { throw ValidationError("--wait must be 0-1000000000 seconds (got \(wait))") } }
         guard grace >= 0, grace <= 86_400 else { throw ValidationError("--grace must be 0-86400 seconds (got \(grace))") }
         guard deadAfter >= 1, deadAfter <= 86_400 else { throw ValidationError("--dead-after must be 1-86400 seconds (got \(deadAfter))") }
+        guard progressInterval >= 1, progressInterval <= 86_400 else {
+            throw ValidationError("--progress-interval must be 1-86400 seconds (got \(progressInterval))")
+        }
+        // The protocol's limits, checked here so that a mistake is exit 64 naming the flag.
+        if let holder, holder.unicodeScalars.count > 200 {
+            throw ValidationError("--holder may be at most 200 characters (got \(holder.unicodeScalars.count))")
+        }
         for entry in meta where !entry.contains("=") || entry.hasPrefix("=") {
             throw ValidationError("--meta takes KEY=VALUE, e.g. --meta job=https://ci.example/job/1 (got '\(entry)')")
         }
@@ -103,8 +119,17 @@ struct Hold: ParsableCommand {
         configuration.deadAfter = .seconds(fractional: deadAfter)
         configuration.pingInterval = .seconds(fractional: max(0.5, deadAfter / 3))
         configuration.leaseToken = environment("LEASEHOLD_LEASE_TOKEN").map { $0.filter { !$0.isWhitespace } }.flatMap { $0.isEmpty ? nil : $0 }
+        // A hold inside a hold that asks for what the outer one holds would wait for itself.
+        let outer = Set((environment("LEASEHOLD_NAMES") ?? "").split(separator: " ").map(String.init))
+        let named = want.compactMap { group -> String? in if case .name(let name) = group { return name } else { return nil } }
+        if let taken = named.first(where: { outer.contains($0) }) {
+            if !allowNestedWait {
+                fail(.unsatisfiable("\(taken) is held by the hold this command runs under (LEASEHOLD_NAMES), so this request would wait for itself; use the outer lease's \(taken), or pass --allow-nested-wait to wait anyway"))
+            }
+            if !quiet { writeStderr("leasehold: \(taken) is held by an outer hold of this command; waiting anyway (--allow-nested-wait)\n") }
+        }
         let controller = HoldController(server: server, request: request, command: command, grace: grace,
-                                        configuration: configuration, quiet: quiet)
+                                        configuration: configuration, quiet: quiet, progressInterval: progressInterval)
         controller.start()
         dispatchMain()
     }
@@ -130,6 +155,7 @@ final class HoldController: @unchecked Sendable {
     private let grace: Double
     private let configuration: ClientConfiguration
     private let quiet: Bool
+    private let progressInterval: Double
     private let terminal = isatty(2) == 1
 
     private var phase = Phase.connecting
@@ -146,13 +172,14 @@ final class HoldController: @unchecked Sendable {
     private var terminalHandedOver = false
 
     init(server: ServerURL, request: AcquireRequest, command: [String], grace: Double,
-         configuration: ClientConfiguration, quiet: Bool) {
+         configuration: ClientConfiguration, quiet: Bool, progressInterval: Double) {
         self.server = server
         self.request = request
         self.command = command
         self.grace = grace
         self.configuration = configuration
         self.quiet = quiet
+        self.progressInterval = progressInterval
     }
 
     func start() {
@@ -193,10 +220,15 @@ final class HoldController: @unchecked Sendable {
     private func handle(_ event: LeaseEvent) {
         switch (phase, event) {
         case (.waiting, .queued(_, let position)):
-            if position != self.position { self.position = position; showProgress(changed: true) }
+            if position != self.position { self.position = position; showProgress() }
         case (.waiting, .granted(let lease)):
             clearProgress()
             run(lease)
+        case (.waiting, .failed(.waitTimeout)):
+            clearProgress()
+            let waited = StatusSnapshot.age(monotonicSeconds() - waitStarted)
+            let where_ = position.map { " (last at position \($0) in the queue)" } ?? ""
+            fail(.waitTimeout("waited \(waited) for \(wants())\(where_), the --wait \(request.wait.map { StatusSnapshot.age($0) } ?? "") allowed"))
         case (.waiting, .failed(let error)), (.connecting, .failed(let error)):
             clearProgress()
             fail(error)
@@ -223,7 +255,7 @@ final class HoldController: @unchecked Sendable {
         request.want.map { StatusSnapshot.describe($0.json) }.joined(separator: ", ")
     }
 
-    private func showProgress(changed: Bool) {
+    private func showProgress() {
         guard !quiet else { return }
         let waited = StatusSnapshot.age(monotonicSeconds() - waitStarted)
         let where_ = position.map { "position \($0) in the queue" } ?? "waiting"
@@ -233,12 +265,21 @@ final class HoldController: @unchecked Sendable {
             if ticker == nil {
                 let timer = DispatchSource.makeTimerSource(queue: .main)
                 timer.schedule(deadline: .now() + 1, repeating: 1)
-                timer.setEventHandler { [self] in if phase == .waiting { showProgress(changed: false) } }
+                timer.setEventHandler { [self] in if phase == .waiting { showProgress() } }
                 timer.activate()
                 ticker = timer
             }
-        } else if changed {
+        } else {
+            // A CI log: each change, and a heartbeat every --progress-interval.
             writeStderr("leasehold: waiting for \(wants()): \(where_) (\(waited))\n")
+            if ticker == nil {
+                let timer = DispatchSource.makeTimerSource(queue: .main)
+                let interval = DispatchTimeInterval.milliseconds(Int(progressInterval * 1000))
+                timer.schedule(deadline: .now() + interval, repeating: interval)
+                timer.setEventHandler { [self] in if phase == .waiting { showProgress() } }
+                timer.activate()
+                ticker = timer
+            }
         }
     }
 

@@ -115,7 +115,23 @@ struct Serve: ParsableCommand {
         value == value.rounded() ? String(Int(value)) : String(value)
     }
 
+    /// A configuration problem found while starting (after the arguments parsed): said as
+    /// `leasehold serve: …` with exit 64, without the usage line that only argument errors need.
+    struct ServeFailure: Error, CustomStringConvertible {
+        let description: String
+        init(_ description: String) { self.description = description }
+    }
+
     func run() throws {
+        do {
+            try start()
+        } catch let failure as ServeFailure {
+            writeStderr("leasehold serve: \(failure.description)\n")
+            throw ExitCode(64)
+        }
+    }
+
+    private func start() throws {
         let level = Logger.Level(rawValue: logLevel) ?? .info
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
@@ -147,9 +163,9 @@ struct Serve: ParsableCommand {
             do {
                 options.leaseTokens = try LeaseTokens(parsing: readTextFile(path, limit: 1 << 20))
             } catch let error as LeaseTokens.Problem {
-                throw ValidationError("--lease-token-file \(path), \(error.description)")
+                throw ServeFailure("--lease-token-file \(path), \(error.description)")
             } catch {
-                throw ValidationError("cannot read --lease-token-file \(path): \(error)")
+                throw ServeFailure("cannot read --lease-token-file \(path): \(error)")
             }
         }
 
@@ -159,7 +175,7 @@ struct Serve: ParsableCommand {
             server = try LeaseServer(options: options, logger: logger)
             addresses = try server.start().map(\.description)
         } catch {
-            throw ValidationError(error.message)
+            throw ServeFailure(error.message)
         }
         for address in addresses {
             writeStdout("leasehold listening on \(address)\n")
@@ -178,7 +194,7 @@ struct Serve: ParsableCommand {
     /// A bearer token is one word: a second line or a space would be part of no header a client sends.
     static func checkToken(_ token: String, source: String) throws {
         guard token.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value != 0x7F }) else {
-            throw ValidationError("\(source) must hold one token on one line, without spaces or control characters")
+            throw ServeFailure("\(source) must hold one token on one line, without spaces or control characters")
         }
     }
 
@@ -186,10 +202,10 @@ struct Serve: ParsableCommand {
         if let path = adminTokenFile {
             let text: String
             do { text = try readTextFile(path, limit: 64 * 1024) } catch {
-                throw ValidationError("cannot read --admin-token-file \(path): \(error.description)")
+                throw ServeFailure("cannot read --admin-token-file \(path): \(error.description)")
             }
             let token = text.trimmingCharacters(in: " \t\r\n")
-            guard !token.isEmpty else { throw ValidationError("--admin-token-file \(path) is empty") }
+            guard !token.isEmpty else { throw ServeFailure("--admin-token-file \(path) is empty") }
             try Self.checkToken(token, source: "--admin-token-file \(path)")
             return token
         }

@@ -209,6 +209,7 @@ final class CLIServer: @unchecked Sendable {
         let (status, _, stderr) = try await server.run(["hold", "--name", "switch-01", "--wait", "0", "--", "true"])
         #expect(status == 75)
         #expect(stderr.contains("--wait"))
+        #expect(stderr.contains("waited 0s for switch-01"), "\(stderr)")
         holder.signal(SIGTERM)
         #expect(await holder.finish(within: 10) == 128 + SIGTERM)  // the command's own status: sleep died of SIGTERM
     }
@@ -224,6 +225,38 @@ final class CLIServer: @unchecked Sendable {
         let (refused, _, missing) = try await server.run(["hold", "--name", "array-01", "--", "true"])
         #expect(refused == 69)
         #expect(missing.contains("LEASEHOLD_LEASE_TOKEN"), "\(missing)")
+    }
+
+    @Test func aHoldInsideAHoldIsRefusedWhatTheOuterHoldsAndAWaitInALogShowsLife() async throws {
+        let server = try await CLIServer()
+        // The inner hold asks for what the outer one holds: it would wait for itself.
+        let inner = "\(CLI.binary) hold --name array-01 -- true; echo \"inner $?\""
+        let (status, stdout, stderr) = try await server.run(["hold", "--name", "array-01", "--", "sh", "-c", inner])
+        #expect(status == 0, "\(stderr)")
+        #expect(stdout.contains("inner 78"), "\(stdout)")
+        #expect(stderr.contains("would wait for itself"), "\(stderr)")
+
+        // Waiting in a CI log (stderr is a pipe here): a heartbeat line while the position stays.
+        let holder = try server.start(["hold", "--name", "switch-01", "--", "sh", "-c", "touch \"$1\"; exec sleep 60", "sh", server.path("held")])
+        #expect(await server.waitFor("held"))
+        let waiter = try server.start(["hold", "--name", "switch-01", "--progress-interval", "1", "--", "true"])
+        let deadline = Date().addingTimeInterval(30)
+        while waiter.stderr.components(separatedBy: "waiting for switch-01: position 1").count < 3, Date() < deadline {
+            try await Task.sleep(nanoseconds: 50_000_000)
+        }
+        #expect(waiter.stderr.components(separatedBy: "waiting for switch-01: position 1").count >= 3, "\(waiter.stderr)")
+        waiter.signal(SIGTERM)
+        holder.signal(SIGTERM)
+        _ = await waiter.finish(within: 10)
+        _ = await holder.finish(within: 10)
+    }
+
+    @Test func serveStartupErrorsNameTheProblemWithoutTheUsageLine() async throws {
+        let process = try Subprocess(["serve", "--listen", "127.0.0.1:0", "--inventory", "/no/such/inventory.yaml"],
+                                     environment: ["PATH": "/usr/bin:/bin"], directory: NSTemporaryDirectory(), name: "bad-serve")
+        #expect(await process.finish(within: 15) == 64)
+        #expect(process.stderr.contains("cannot read inventory /no/such/inventory.yaml"), "\(process.stderr)")
+        #expect(!process.stderr.contains("Usage:"), "\(process.stderr)")
     }
 
     @Test func aForcedFreeStopsTheCommandAndHoldReportsTheRevocation() async throws {
@@ -340,6 +373,9 @@ final class CLIServer: @unchecked Sendable {
         (["hold", "--grace", "1e300", "--name", "array-01", "--", "true"], "--grace"),
         (["hold", "--dead-after", "inf", "--name", "array-01", "--", "true"], "--dead-after"),
         (["status", "--connect-timeout", "1e300"], "--connect-timeout"),
+        (["hold", "--wait", "-1", "--name", "array-01", "--", "true"], "--wait"),
+        (["hold", "--holder", String(repeating: "h", count: 201), "--name", "array-01", "--", "true"], "--holder"),
+        (["hold", "--progress-interval", "0", "--name", "array-01", "--", "true"], "--progress-interval"),
     ])
     func outOfRangeOptionsAreRefusedByName(_ testCase: ([String], String)) async throws {
         let (arguments, flag) = testCase
