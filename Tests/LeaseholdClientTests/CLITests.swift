@@ -79,7 +79,8 @@ final class CLIServer: @unchecked Sendable {
     static let token = "cli-admin-token"
     let directory: String
     let url: String
-    private let server: Subprocess
+    private var server: Subprocess
+    private let serveArguments: [String]
     private var count = 0
 
     /// `serveArguments`: more for `leasehold serve` (`@name` stands for the file `name` in the
@@ -90,11 +91,15 @@ final class CLIServer: @unchecked Sendable {
         try TestFiles.write(TestFiles.inventory, to: directory + "/inventory.yaml")
         try TestFiles.write(Self.token, to: directory + "/token")
         try TestFiles.write("not-the-token", to: directory + "/wrong-token")
-        server = try Subprocess(["serve", "--listen", "127.0.0.1:0", "--inventory", directory + "/inventory.yaml",
-                                 "--admin-token-file", directory + "/token", "--loops", "1"]
-                                    + serveArguments.map { [directory] in $0.hasPrefix("@") ? directory + "/" + $0.dropFirst() : $0 },
-                                environment: ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"],
-                                directory: directory, name: "server")
+        self.serveArguments = ["--inventory", directory + "/inventory.yaml", "--admin-token-file", directory + "/token", "--loops", "1"]
+            + serveArguments.map { [directory] in $0.hasPrefix("@") ? directory + "/" + $0.dropFirst() : $0 }
+        (server, url) = try await Self.serve(listen: "127.0.0.1:0", arguments: self.serveArguments, directory: directory)
+    }
+
+    private static func serve(listen: String, arguments: [String], directory: String) async throws -> (Subprocess, String) {
+        let server = try Subprocess(["serve", "--listen", listen] + arguments,
+                                    environment: ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"],
+                                    directory: directory, name: "server")
         let deadline = Date().addingTimeInterval(10)
         var found: String?
         while found == nil, Date() < deadline {
@@ -105,7 +110,15 @@ final class CLIServer: @unchecked Sendable {
             }
         }
         guard let found else { throw TestFailure("the server did not start: \(server.stderr)") }
-        url = "ws://\(found)"
+        return (server, "ws://\(found)")
+    }
+
+    /// Stops the server (SIGTERM) and starts it again on the same address.
+    func restart() async throws {
+        server.signal(SIGTERM)
+        _ = await server.finish(within: 10)
+        (server, _) = try await Self.serve(listen: String(url.dropFirst("ws://".count)), arguments: serveArguments,
+                                           directory: directory)
     }
 
     /// Starts `leasehold ARGUMENTS` against this server.
@@ -249,6 +262,46 @@ final class CLIServer: @unchecked Sendable {
         holder.signal(SIGTERM)
         _ = await waiter.finish(within: 10)
         _ = await holder.finish(within: 10)
+    }
+
+    @Test func statusWatchReconnectsAfterARestartAndSaysSo() async throws {
+        let server = try await CLIServer()
+        let watcher = try server.start(["status", "--watch"])
+        let marker = "array-01"
+        func tables() -> Int { watcher.stdout.components(separatedBy: marker).count - 1 }
+        var deadline = Date().addingTimeInterval(15)
+        while tables() < 1, Date() < deadline { try await Task.sleep(nanoseconds: 20_000_000) }
+        #expect(tables() >= 1, "\(watcher.stdout)")
+        let before = tables()
+        try await server.restart()
+        deadline = Date().addingTimeInterval(30)
+        while tables() <= before, Date() < deadline { try await Task.sleep(nanoseconds: 20_000_000) }
+        #expect(tables() > before, "no snapshot after the restart: \(watcher.stderr)")
+        #expect(watcher.stderr.contains("reconnecting in"), "\(watcher.stderr)")
+        #expect(watcher.process.isRunning)
+        watcher.signal(SIGTERM)
+        _ = await watcher.finish(within: 10)
+    }
+
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/script"), "needs script(1) to give the watcher a terminal"))
+    func statusWatchOnATerminalKeepsItsClocksRunning() async throws {
+        let server = try await CLIServer()
+        let output = server.path("terminal.out")
+        _ = FileManager.default.createFile(atPath: output, contents: nil)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/script")
+        process.arguments = ["-qfec", "\(CLI.binary) status --watch --server \(server.url)", "/dev/null"]
+        process.environment = ["PATH": "/usr/bin:/bin", "TERM": "dumb"]
+        process.standardInput = FileHandle.nullDevice
+        process.standardOutput = FileHandle(forWritingAtPath: output)
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        defer { if process.isRunning { kill(process.processIdentifier, SIGKILL); process.waitUntilExit() } }
+        // Nothing changes on the server: only the clock's tick redraws the screen.
+        func redraws() -> Int { (TestFiles.read(output) ?? "").components(separatedBy: "\u{1B}[2J").count - 1 }
+        let deadline = Date().addingTimeInterval(30)
+        while redraws() < 3, Date() < deadline { try await Task.sleep(nanoseconds: 50_000_000) }
+        #expect(redraws() >= 3, "\(TestFiles.read(output) ?? "")")
     }
 
     @Test func serveStartupErrorsNameTheProblemWithoutTheUsageLine() async throws {
