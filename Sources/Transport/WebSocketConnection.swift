@@ -50,7 +50,7 @@ public final class WebSocketConnection: ConnectionDelegate, @unchecked Sendable 
     public let subprotocol: String?
     public var peer: SocketAddress { connection.peer }
 
-    private let connection: Connection
+    let connection: Connection
     private var handler: WebSocketHandler?
     private var machine: WebSocketStateMachine
 

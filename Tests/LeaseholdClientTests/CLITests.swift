@@ -16,6 +16,11 @@ enum CLI {
     }
 }
 
+/// How long any wait for something that should happen may take before the test fails: long, since
+/// it only runs out when a test is failing anyway, and a loaded 2-core machine may keep a test's
+/// task or a subprocess off the CPU for seconds.
+let hangGuard: Double = 60
+
 /// True while `pid` exists and is not a zombie (a killed process waits there until its new
 /// parent, init, reaps it).
 func isRunning(_ pid: Int32) -> Bool {
@@ -51,7 +56,7 @@ final class Subprocess: @unchecked Sendable {
     var pid: Int32 { process.processIdentifier }
 
     /// Waits for the exit; nil (after a SIGKILL) when it takes longer than `seconds`.
-    func finish(within seconds: Double = 15) async -> Int32? {
+    func finish(within seconds: Double = hangGuard) async -> Int32? {
         // Polls with Task.sleep: a blocked cooperative thread starves the other tests' tasks.
         let deadline = Date().addingTimeInterval(seconds)
         while process.isRunning, Date() < deadline { try? await Task.sleep(nanoseconds: 20_000_000) }
@@ -100,14 +105,15 @@ final class CLIServer: @unchecked Sendable {
         let server = try Subprocess(["serve", "--listen", listen] + arguments,
                                     environment: ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"],
                                     directory: directory, name: "server")
-        let deadline = Date().addingTimeInterval(10)
-        var found: String?
+        let deadline = Date().addingTimeInterval(hangGuard)
+        func listening() -> String? {
+            server.stdout.split(separator: "\n").first { $0.hasPrefix("leasehold listening on ") }
+                .map { String($0.dropFirst("leasehold listening on ".count)) }
+        }
+        var found = listening()
         while found == nil, Date() < deadline {
-            if let line = server.stdout.split(separator: "\n").first(where: { $0.hasPrefix("leasehold listening on ") }) {
-                found = String(line.dropFirst("leasehold listening on ".count))
-            } else {
-                try? await Task.sleep(nanoseconds: 20_000_000)
-            }
+            try? await Task.sleep(nanoseconds: 20_000_000)
+            found = listening()
         }
         guard let found else { throw TestFailure("the server did not start: \(server.stderr)") }
         return (server, "ws://\(found)")
@@ -116,7 +122,7 @@ final class CLIServer: @unchecked Sendable {
     /// Stops the server (SIGTERM) and starts it again on the same address.
     func restart() async throws {
         server.signal(SIGTERM)
-        _ = await server.finish(within: 10)
+        _ = await server.finish()
         (server, _) = try await Self.serve(listen: String(url.dropFirst("ws://".count)), arguments: serveArguments,
                                            directory: directory)
     }
@@ -133,7 +139,7 @@ final class CLIServer: @unchecked Sendable {
 
     /// Runs `leasehold ARGUMENTS` to the end: (status, stdout, stderr).
     func run(_ arguments: [String], token: String? = nil, environment: [String: String] = [:],
-             within seconds: Double = 15) async throws -> (Int32?, String, String) {
+             within seconds: Double = hangGuard) async throws -> (Int32?, String, String) {
         let process = try start(arguments, token: token, environment: environment)
         let status = await process.finish(within: seconds)
         return (status, process.stdout, process.stderr)
@@ -142,7 +148,7 @@ final class CLIServer: @unchecked Sendable {
     func path(_ name: String) -> String { directory + "/" + name }
 
     /// Waits until the file exists (a command signals that it runs), at most `seconds`.
-    func waitFor(_ name: String, within seconds: Double = 10) async -> Bool {
+    func waitFor(_ name: String, within seconds: Double = hangGuard) async -> Bool {
         let deadline = Date().addingTimeInterval(seconds)
         while !FileManager.default.fileExists(atPath: path(name)) {
             if Date() > deadline { return false }
@@ -224,7 +230,7 @@ final class CLIServer: @unchecked Sendable {
         #expect(stderr.contains("--wait"))
         #expect(stderr.contains("waited 0s for switch-01"), "\(stderr)")
         holder.signal(SIGTERM)
-        #expect(await holder.finish(within: 10) == 128 + SIGTERM)  // the command's own status: sleep died of SIGTERM
+        #expect(await holder.finish() == 128 + SIGTERM)  // the command's own status: sleep died of SIGTERM
     }
 
     @Test func holdSendsTheLeaseTokenFromTheEnvironmentAndSaysWhenOneIsMissing() async throws {
@@ -253,15 +259,15 @@ final class CLIServer: @unchecked Sendable {
         let holder = try server.start(["hold", "--name", "switch-01", "--", "sh", "-c", "touch \"$1\"; exec sleep 60", "sh", server.path("held")])
         #expect(await server.waitFor("held"))
         let waiter = try server.start(["hold", "--name", "switch-01", "--progress-interval", "1", "--", "true"])
-        let deadline = Date().addingTimeInterval(30)
+        let deadline = Date().addingTimeInterval(hangGuard)
         while waiter.stderr.components(separatedBy: "waiting for switch-01: position 1").count < 3, Date() < deadline {
             try await Task.sleep(nanoseconds: 50_000_000)
         }
         #expect(waiter.stderr.components(separatedBy: "waiting for switch-01: position 1").count >= 3, "\(waiter.stderr)")
         waiter.signal(SIGTERM)
         holder.signal(SIGTERM)
-        _ = await waiter.finish(within: 10)
-        _ = await holder.finish(within: 10)
+        _ = await waiter.finish()
+        _ = await holder.finish()
     }
 
     @Test func statusWatchReconnectsAfterARestartAndSaysSo() async throws {
@@ -269,18 +275,18 @@ final class CLIServer: @unchecked Sendable {
         let watcher = try server.start(["status", "--watch"])
         let marker = "array-01"
         func tables() -> Int { watcher.stdout.components(separatedBy: marker).count - 1 }
-        var deadline = Date().addingTimeInterval(15)
+        var deadline = Date().addingTimeInterval(hangGuard)
         while tables() < 1, Date() < deadline { try await Task.sleep(nanoseconds: 20_000_000) }
         #expect(tables() >= 1, "\(watcher.stdout)")
         let before = tables()
         try await server.restart()
-        deadline = Date().addingTimeInterval(30)
+        deadline = Date().addingTimeInterval(hangGuard)
         while tables() <= before, Date() < deadline { try await Task.sleep(nanoseconds: 20_000_000) }
         #expect(tables() > before, "no snapshot after the restart: \(watcher.stderr)")
         #expect(watcher.stderr.contains("reconnecting in"), "\(watcher.stderr)")
         #expect(watcher.process.isRunning)
         watcher.signal(SIGTERM)
-        _ = await watcher.finish(within: 10)
+        _ = await watcher.finish()
     }
 
     @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/script"), "needs script(1) to give the watcher a terminal"))
@@ -299,7 +305,7 @@ final class CLIServer: @unchecked Sendable {
         defer { if process.isRunning { kill(process.processIdentifier, SIGKILL); process.waitUntilExit() } }
         // Nothing changes on the server: only the clock's tick redraws the screen.
         func redraws() -> Int { (TestFiles.read(output) ?? "").components(separatedBy: "\u{1B}[2J").count - 1 }
-        let deadline = Date().addingTimeInterval(30)
+        let deadline = Date().addingTimeInterval(hangGuard)
         while redraws() < 3, Date() < deadline { try await Task.sleep(nanoseconds: 50_000_000) }
         #expect(redraws() >= 3, "\(TestFiles.read(output) ?? "")")
     }
@@ -307,7 +313,7 @@ final class CLIServer: @unchecked Sendable {
     @Test func serveStartupErrorsNameTheProblemWithoutTheUsageLine() async throws {
         let process = try Subprocess(["serve", "--listen", "127.0.0.1:0", "--inventory", "/no/such/inventory.yaml"],
                                      environment: ["PATH": "/usr/bin:/bin"], directory: NSTemporaryDirectory(), name: "bad-serve")
-        #expect(await process.finish(within: 15) == 64)
+        #expect(await process.finish() == 64)
         #expect(process.stderr.contains("cannot read inventory /no/such/inventory.yaml"), "\(process.stderr)")
         #expect(!process.stderr.contains("Usage:"), "\(process.stderr)")
     }
@@ -321,7 +327,7 @@ final class CLIServer: @unchecked Sendable {
         let (status, stdout, stderr) = try await server.run(["free", "array-01", "--reason", "lab maintenance"], token: CLIServer.token)
         #expect(status == 0, "\(stderr)")
         #expect(stdout.contains("array-01"))
-        #expect(await holder.finish(within: 10) == 76)
+        #expect(await holder.finish() == 76)
         #expect(holder.stderr.contains("revoked by an admin: lab maintenance"))
         let pid = Int32((TestFiles.read(server.path("pid")) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
         #expect(pid > 0 && !isRunning(pid), "the command is still running")
@@ -342,8 +348,8 @@ final class CLIServer: @unchecked Sendable {
         let command = pid("pid"), child = pid("pid.child")
         #expect(command > 0 && child > 0)
         holder.signal(SIGKILL)
-        _ = await holder.finish(within: 5)
-        let deadline = Date().addingTimeInterval(8)
+        _ = await holder.finish()
+        let deadline = Date().addingTimeInterval(hangGuard)
         while isRunning(command) || isRunning(child), Date() < deadline {
             try? await Task.sleep(nanoseconds: 50_000_000)
         }
@@ -359,7 +365,7 @@ final class CLIServer: @unchecked Sendable {
         let holder = try server.start(["hold", "--name", "array-01", "--grace", "1", "--", "sh", "-c", "touch \"$1\"; exec sleep 30", "sh", server.path("ready")])
         #expect(await server.waitFor("ready"))
         server.signalServer(SIGKILL)
-        #expect(await holder.finish(within: 10) == 77)
+        #expect(await holder.finish() == 77)
         #expect(holder.stderr.contains("lost the connection"))
     }
 
@@ -370,7 +376,7 @@ final class CLIServer: @unchecked Sendable {
         #expect(await server.waitFor("ready"))
         server.signalServer(SIGSTOP)
         let started = Date()
-        #expect(await holder.finish(within: 10) == 77)
+        #expect(await holder.finish() == 77)
         #expect(Date().timeIntervalSince(started) < 6)
         #expect(holder.stderr.contains("lost the connection"))
     }
@@ -434,7 +440,7 @@ final class CLIServer: @unchecked Sendable {
         let (arguments, flag) = testCase
         let process = try Subprocess(arguments, environment: ["PATH": "/usr/bin:/bin"],
                                      directory: NSTemporaryDirectory(), name: "options")
-        let status = await process.finish(within: 15)
+        let status = await process.finish()
         #expect(status == 64, "\(arguments): exit \(String(describing: status)), \(process.stderr)")
         #expect(process.stderr.contains(flag), "\(process.stderr)")
     }
@@ -447,7 +453,7 @@ final class CLIServer: @unchecked Sendable {
         let process = try Subprocess(["serve", "--listen", "127.0.0.1:0", "--inventory", directory + "/inventory.yaml",
                                       "--admin-token-file", directory + "/token"],
                                      environment: ["PATH": "/usr/bin:/bin"], directory: directory, name: "two-line-token")
-        #expect(await process.finish(within: 15) == 64)
+        #expect(await process.finish() == 64)
         #expect(process.stderr.contains("one token on one line"), "\(process.stderr)")
     }
 

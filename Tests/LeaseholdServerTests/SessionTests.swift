@@ -143,15 +143,16 @@ import Transport
     }
 
     @Test func aResetHolderReleasesAtOnceToTheNextWaiter() async throws {
-        // Default ping interval (15 s): only the reset itself can free the resource in time.
-        let server = try TestServer()
+        // On a manual clock that never moves, no ping or dead-peer timeout can free the resource:
+        // only the reset itself can.
+        let server = try TestServer(clock: ManualClock())
         let raw = try await RawWebSocket(port: server.port)
         raw.sendText(acquireJSON(#"[{"name":"switch-01"}]"#))
         let granted = try #require(await raw.readText())
         #expect(granted.contains("\"granted\""))
         let (waiter, _) = try await server.queue(#"[{"name":"switch-01"}]"#)
         raw.socket.reset()
-        try await nextGrant(waiter, timeout: 3)
+        try await nextGrant(waiter)
         waiter.close()
         await server.stop()
     }

@@ -15,22 +15,22 @@ import Transport
     @Test func watchSendsASnapshotAtOnceAndAgainAfterAChange() async throws {
         let server = try TestServer()
         let watcher = try await server.watch()
-        let first = try await watcher.expectEvent("snapshot", timeout: 2)
+        let first = try await watcher.expectEvent("snapshot")
         #expect(first["leases"] == .array([]))
         #expect(first["queue"] == .array([]))
         let (holder, granted) = try await server.hold(#"[{"name":"array-02"}]"#, holder: "ci/nightly-1234")
-        var snapshot = try await watcher.expectEvent("snapshot", timeout: 2)
+        var snapshot = try await watcher.expectEvent("snapshot")
         // Coalesced snapshots may show an intermediate state first; the latest shows the lease.
         while snapshot["leases"]?.arrayValue?.isEmpty == true {
-            snapshot = try await watcher.expectEvent("snapshot", timeout: 2)
+            snapshot = try await watcher.expectEvent("snapshot")
         }
         let lease = try #require(snapshot["leases"]?.arrayValue?.first)
         #expect(lease["id"] == granted["lease"])
         #expect(lease["resources"] == .array([.string("array-02")]))
         holder.close()
-        snapshot = try await watcher.expectEvent("snapshot", timeout: 2)
+        snapshot = try await watcher.expectEvent("snapshot")
         while snapshot["leases"]?.arrayValue?.isEmpty == false {
-            snapshot = try await watcher.expectEvent("snapshot", timeout: 2)
+            snapshot = try await watcher.expectEvent("snapshot")
         }
         watcher.close()
         await server.stop()

@@ -167,7 +167,7 @@ extension TransportIntegration {
         func gracefulCloseDoesNotTruncate() async throws {
             try await withServer(configure: { $0.maxOutputBytes = 32 << 20 }) { server in
                 let size = 12 << 20
-                let socket = try await TestSocket(port: server.port, timeout: 10)
+                let socket = try await TestSocket(port: server.port)
                 try await socket.send("GET /big/\(size) HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
                 // The first bytes mean the server has queued the whole response and closed gracefully.
                 try await socket.fill(to: 1)

@@ -1,7 +1,7 @@
 // Peers that vanish, go quiet or crawl: resets, dead-peer pings, slow and silent handshakes.
 import TransportTesting
 import Testing
-import Transport
+@testable import Transport
 import WebSocketCodec
 #if canImport(Glibc)
 import Glibc
@@ -104,20 +104,39 @@ extension TransportIntegration {
                 let socket = try await RawWebSocket(port: server.port, maxMessageSize: 16 << 20)
                 var small: Int32 = 64 * 1024
                 setsockopt(socket.socket.fd, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
+                #expect(await eventually { server.handler.sockets.withLock { $0.count } == 1 })
+                let serverSide = try #require(server.handler.sockets.withLock { $0.first })
+                /// What the server sees of the peer's acknowledgements, read on its loop as the
+                /// dead-peer check does: (bytes acknowledged, backlog still unacknowledged).
+                func progress() -> (acknowledged: UInt64, backlog: Int) {
+                    serverSide.loop.queue.sync { (serverSide.connection.bytesAcknowledged, serverSide.connection.outputBacklog) }
+                }
                 let size = 8 << 20
                 try await socket.send(binary: [UInt8](repeating: 7, count: size))
-                // Read the echo slowly, half a second of the server's time per read (over a minute
+                // Read the echo slowly, half a second of the server's time per read (half a minute
                 // in all, many times deadAfter) and never answer a ping: the peer's TCP
-                // acknowledging our output is what keeps it alive. Every read lets the kernel take
-                // more of the backlog; the kernel, not a timer, is what this tests.
+                // acknowledging our output is what keeps it alive. The kernel acknowledges a read in
+                // its own time, so the clock moves on only once the server has seen that; and only
+                // while more output is left than the peer's kernel can take without the reader
+                // (64 KiB asked, a few times that granted), since past that point acknowledgements
+                // no longer prove that anyone reads.
+                let enough = 1 << 20
                 var received = 0
+                var seen = progress().acknowledged
                 while received < size {
                     guard try await socket.socket.readOnce(max: 128 * 1024) == nil else {
                         Issue.record("the server dropped a reader that was still reading (\(received) of \(size) bytes)")
                         return
                     }
                     received += socket.socket.take(socket.socket.pending.count).count
+                    #expect(await eventually {
+                        let now = progress()
+                        return now.acknowledged > seen || now.backlog <= enough
+                    }, "the server saw no acknowledgement of a read")
+                    guard progress().backlog > enough else { continue }
                     clock.advance(by: .milliseconds(500))
+                    // At least what any look of the server's during that step saw.
+                    seen = progress().acknowledged
                 }
                 #expect(server.log.closes.isEmpty)
                 // Now it reads nothing more and answers nothing: dead after all.

@@ -16,7 +16,7 @@ extension TransportIntegration {
                 let socket = try await RawWebSocket(port: server.port)
                 try await socket.send(text: "cmd:flood")
                 // Never read: the socket buffers fill, then the server's output queue passes 64 KiB.
-                #expect(await eventually(timeout: .seconds(10)) { server.log.closes.count == 1 })
+                #expect(await eventually { server.log.closes.count == 1 })
                 #expect(server.log.closes.first?.code == 1006)
                 #expect(await eventually { server.openConnections == 0 })
                 // What reached us ends with a reset, not with the 512 MiB the handler would send.
@@ -37,7 +37,7 @@ extension TransportIntegration {
                 pending.reserveCapacity(count)
                 // All connect and send their upgrade before any answer is read: all are open at once.
                 for _ in 0..<count {
-                    let socket = try await TestSocket(port: server.port, timeout: 10)
+                    let socket = try await TestSocket(port: server.port)
                     let key = WebSocketHandshake.makeClientKey()
                     try await socket.send(RawWebSocket.upgradeRequest(port: server.port, key: key))
                     pending.append((socket, key))
@@ -57,7 +57,7 @@ extension TransportIntegration {
                     try #require(try await socket.readUntilEnd() == .endOfFile, "connection \(index)")
                     socket.socket.closeNow()
                 }
-                #expect(await eventually(timeout: .seconds(10)) { server.openConnections == 0 })
+                #expect(await eventually { server.openConnections == 0 })
                 #expect(await eventually { server.log.closes.count == count })
                 #expect(server.log.closes.allSatisfy { $0.code == 1000 })
                 #expect(server.log.opened == count)
@@ -89,7 +89,7 @@ extension TransportIntegration {
             #expect(try await idleHTTP.readUntilEnd() == .endOfFile)
             idleHTTP.closeNow()
             // The completion runs once every descriptor is closed, well before the 10 s timeout.
-            #expect(await eventually(timeout: .seconds(8)) { completed.withLock { $0 } })
+            #expect(await eventually { completed.withLock { $0 } })
             #expect(server.openConnections == 0)
             #expect(server.log.closes.map(\.code) == Array(repeating: 1001, count: 5))
             await server.shutdown()

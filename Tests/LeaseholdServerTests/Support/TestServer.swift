@@ -7,9 +7,11 @@ import TransportTesting
 import Testing
 import Transport
 
-/// Every wait in these tests has this deadline unless a test says otherwise: generous for a
-/// loaded 2-core machine, short enough that a broken behaviour fails fast instead of hanging.
-let liveness: Double = 5
+/// Every wait for something that should happen has this deadline: it runs out only when a test is
+/// failing anyway (a broken behaviour then fails instead of hanging), so it is long enough that a
+/// loaded 2-core machine, which can keep a test's task or the server's queue off the CPU for
+/// seconds, never reaches it. Waits that expect nothing to happen say their own, short, duration.
+let liveness: Double = 60
 
 struct TestTimeout: Error, CustomStringConvertible {
     let what: String

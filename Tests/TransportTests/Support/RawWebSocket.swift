@@ -18,7 +18,7 @@ final class RawWebSocket {
 
     /// Connects and upgrades; throws unless the answer is a 101 with the right accept value.
     convenience init(port: UInt16, path: String = "/ws", extraHeaders: [(String, String)] = [],
-                     maxMessageSize: Int = 64 << 20, timeout: Double = 5) async throws {
+                     maxMessageSize: Int = 64 << 20, timeout: Double = hangGuard) async throws {
         let socket = try await TestSocket(port: port, timeout: timeout)
         let key = WebSocketHandshake.makeClientKey()
         try await socket.send(Self.upgradeRequest(path: path, port: port, key: key, extraHeaders: extraHeaders))

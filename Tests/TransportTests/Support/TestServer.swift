@@ -33,9 +33,14 @@ final class EventLog: Sendable {
     }
 }
 
+/// How long a wait for something that should happen may take before the test fails: it runs out
+/// only when a test is failing anyway, so it is far longer than a loaded 2-core machine can stall
+/// a test's task or the server's loop. Waits that expect nothing to happen name their own duration.
+let hangGuard: Double = 60
+
 /// Polls `condition` every 10 ms until it holds or `timeout` passes; returns whether it held.
 /// For liveness only: a generous deadline, never a speed assertion.
-func eventually(timeout: Duration = .seconds(5), _ condition: () -> Bool) async -> Bool {
+func eventually(timeout: Duration = .seconds(hangGuard), _ condition: () -> Bool) async -> Bool {
     let clock = ContinuousClock()
     let deadline = clock.now + timeout
     while clock.now < deadline {
@@ -46,7 +51,7 @@ func eventually(timeout: Duration = .seconds(5), _ condition: () -> Bool) async 
 }
 
 /// The blocking variant, for code that cannot await.
-func eventuallyBlocking(timeout: Duration = .seconds(5), _ condition: () -> Bool) -> Bool {
+func eventuallyBlocking(timeout: Duration = .seconds(hangGuard), _ condition: () -> Bool) -> Bool {
     let clock = ContinuousClock()
     let deadline = clock.now + timeout
     while clock.now < deadline {
@@ -66,6 +71,8 @@ func eventuallyBlocking(timeout: Duration = .seconds(5), _ condition: () -> Bool
 ///   binary messages, one per loop turn, until the socket closes or 512 MiB went out).
 final class TestHandler: HTTPRequestHandler, WebSocketHandler {
     let log = EventLog()
+    /// Every WebSocket this handler has seen open, for tests that look at a connection's state.
+    let sockets = Locked<[WebSocketConnection]>([])
     static let floodChunk = [UInt8](repeating: 0x5A, count: 16 * 1024)
 
     func handle(_ request: HTTPRequest, responder: HTTPResponder) {
@@ -93,6 +100,7 @@ final class TestHandler: HTTPRequestHandler, WebSocketHandler {
     }
 
     func webSocketDidOpen(_ socket: WebSocketConnection) {
+        sockets.withLock { $0.append(socket) }
         log.append(.opened(ObjectIdentifier(socket)))
     }
 

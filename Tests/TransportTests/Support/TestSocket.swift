@@ -45,7 +45,7 @@ final class TestSocket {
     var pending: [UInt8] = []
 
     /// Connects to 127.0.0.1:`port`; `timeout` bounds connect, each read and each write.
-    init(port: UInt16, timeout: Double = 5) async throws {
+    init(port: UInt16, timeout: Double = hangGuard) async throws {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw TestClientError("socket: errno \(errno)") }
         self.fd = fd
@@ -75,7 +75,7 @@ final class TestSocket {
     }
 
     /// Takes over a connected socket (one end of a socketpair, say).
-    init(connectedFD fd: Int32, timeout: Double = 5) {
+    init(connectedFD fd: Int32, timeout: Double = hangGuard) {
         self.fd = fd
         var time = timeval(tv_sec: Int(timeout), tv_usec: Int((timeout - Double(Int(timeout))) * 1_000_000))
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &time, socklen_t(MemoryLayout<timeval>.size))
