@@ -55,7 +55,7 @@ let package = Package(
         .executableTarget(
             name: "leasehold",
             dependencies: [
-                "LeaseholdServer", "LeaseholdClient", "CPosix",
+                "LeaseholdServer", "LeaseholdClient", "Transport", "CPosix",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -69,7 +69,7 @@ let package = Package(
         .testTarget(name: "LeaseProtocolTests", dependencies: ["LeaseProtocol"]),
         .testTarget(
             name: "LeaseholdServerTests",
-            dependencies: ["LeaseholdServer", "LeaseholdClient", "Transport", "LeaseProtocol", "TransportTesting"]
+            dependencies: ["LeaseholdServer", "LeaseholdClient", "Transport", "HTTPCodec", "LeaseProtocol", "TransportTesting"]
         ),
         .testTarget(
             name: "LeaseholdClientTests",

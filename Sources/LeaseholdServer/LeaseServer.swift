@@ -11,6 +11,15 @@ import Glibc
 
 public struct ServerOptions: Sendable {
     public var listen: [String] = ["0.0.0.0:7400"]
+    /// Listening sockets handed over already bound (systemd socket activation), served besides
+    /// `listen`.
+    public var inheritedListeners: [Int32] = []
+    /// Proxies whose `X-Forwarded-For`/`Forwarded` and `X-Forwarded-Host` headers are believed;
+    /// they are also exempt from `maxConnectionsPerAddress`.
+    public var trustedProxies: [AddressRange] = []
+    /// The URL people open the page at (`https://lab.example`), when a proxy serves it: its origin
+    /// may use the WebSocket endpoints and its host name is one of the server's.
+    public var publicURL: String?
     public var inventoryPath: String = "deploy/lab-inventory.yaml"
     public var pingInterval: Duration = .seconds(15)
     public var deadAfter: Duration = .seconds(45)
@@ -70,7 +79,7 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         self.options = options
         self.logger = logger
         self.clock = ServerClock(clock)
-        hostNames = Self.hostNames(allowed: options.allowedHosts)
+        hostNames = Self.hostNames(allowed: options.allowedHosts + (options.publicURL.flatMap(Self.authority(ofURL:)).map { [Self.name(ofAuthority: $0)] } ?? []))
         let inventory = try Self.loadInventory(path: options.inventoryPath)
         let epochFile = try options.epochFile.map { path throws(StartupError) in
             try EpochFile(path: path, names: inventory.resources.map(\.name), block: options.epochBlock)
@@ -90,6 +99,7 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         configuration.webSocket.maxPingsPerSecond = options.maxPingsPerSecond
         configuration.maxConnections = options.maxConnections
         configuration.maxConnectionsPerAddress = options.maxConnectionsPerAddress
+        configuration.perAddressLimitExempt = options.trustedProxies
         watchers = ConnectionLimit(maximum: options.maxWatchers)
         configuration.webSocket.pingInterval = options.pingInterval
         configuration.webSocket.deadAfter = options.deadAfter
@@ -117,6 +127,13 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
     /// Binds every `--listen` address; returns the bound addresses (real ports for port 0).
     public func start() throws(StartupError) -> [SocketAddress] {
         var bound: [SocketAddress] = []
+        for fd in options.inheritedListeners {
+            do {
+                bound.append(try http.listen(adopting: fd))
+            } catch {
+                throw StartupError(message: "cannot serve the socket passed as descriptor \(fd): \(error)")
+            }
+        }
         for text in options.listen {
             do {
                 let address = try SocketAddress(parsing: text)
@@ -186,11 +203,12 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         let path = head.path
         // HEAD is answered like GET; the transport leaves out the body.
         let method = head.method == "HEAD" ? "GET" : head.method
-        if path != "/healthz", path != "/metrics", let refusal = checkHost(head) { return responder.respond(refusal) }
+        let client = ForwardedClient(peer: responder.peer, head: head, trusted: options.trustedProxies)
+        if path != "/healthz", path != "/metrics", let refusal = checkHost(client.requestedHost) { return responder.respond(refusal) }
         switch (method, path) {
         case ("GET", "/v1/lease"):
             guard !shuttingDown.isSet else { return responder.respond(.text(503, "server shutting down\n")) }
-            if let refusal = checkOrigin(head, endpoint: path) { return responder.respond(refusal) }
+            if let refusal = checkOrigin(head, requestedHost: client.requestedHost, endpoint: path) { return responder.respond(refusal) }
             var tokenName: String?
             if let tokens = options.leaseTokens {
                 switch Self.leaseTokenName(head, tokens) {
@@ -198,11 +216,11 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
                 case .failure(let refusal): return responder.respond(refusal.response)
                 }
             }
-            let session = LeaseSession(service: service, peer: responder.peer,
+            let session = LeaseSession(service: service, peer: client.peer, peerHost: client.host,
                                        requestTimeout: options.requestTimeout, tokenName: tokenName)
             responder.upgradeToWebSocket(handler: session)
         case ("GET", "/v1/watch"):
-            if let refusal = checkOrigin(head, endpoint: path) { return responder.respond(refusal) }
+            if let refusal = checkOrigin(head, requestedHost: client.requestedHost, endpoint: path) { return responder.respond(refusal) }
             responder.upgradeToWebSocket(handler: WatchSession(hub: service.watch, hubQueue: service.queue, slots: watchers))
         case ("GET", "/v1/status"):
             service.queue.async { [service] in
@@ -229,7 +247,7 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
             responder.respond(StatusPage.assetResponse(path: path, query: head.query, headers: head.headers))
         case ("POST", "/v1/reload"):
             if let refusal = authorize(head) { return responder.respond(refusal) }
-            let peer = responder.peer.description
+            let peer = client.peer
             reload { [logger, service] result in
                 switch result {
                 case .success(let message):
@@ -248,7 +266,7 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
                 guard let (name, action) = Self.adminResourceRoute(path) else {
                     return responder.respond(.jsonError(404, "no such admin route: \(path) (POST /v1/resources/NAME/free, disable or enable)"))
                 }
-                handleAdmin(action: action, resource: name, body: request.body, responder: responder)
+                handleAdmin(action: action, resource: name, body: request.body, peer: client.peer, responder: responder)
             } else if Self.adminResourceRoute(path) != nil {
                 responder.respond(.methodNotAllowed("POST"))
             } else if ["/v1/lease", "/v1/watch", "/v1/status", "/healthz", "/metrics", "/"].contains(path) {
@@ -274,7 +292,7 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
     }
 
     /// Call once `authorize` passed.
-    private func handleAdmin(action: String, resource: String, body: [UInt8], responder: HTTPResponder) {
+    private func handleAdmin(action: String, resource: String, body: [UInt8], peer: String, responder: HTTPResponder) {
         var reason = ""
         if !body.allSatisfy({ $0 == 0x20 || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 }) {
             guard let value = try? JSONValue.parse(body), case .object = value else {
@@ -294,7 +312,6 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         case "disable": coreAction = .disable
         default: coreAction = .enable
         }
-        let peer = responder.peer.description
         service.admin(coreAction, resource: resource) { [logger, reason, service] result in
             switch result {
             case .ok:
@@ -351,12 +368,13 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
     /// A WebSocket from a browser page of another site is refused, so a page opened on a lab
     /// machine can neither hold the lab's hardware nor read its state through the visitor's
     /// network position. Tools send no `Origin`; sandboxed pages and files send "null".
-    private func checkOrigin(_ head: HTTPRequestHead, endpoint: String) -> HTTPResponse? {
+    private func checkOrigin(_ head: HTTPRequestHead, requestedHost: String?, endpoint: String) -> HTTPResponse? {
         guard let origin = head.headers["Origin"] else { return nil }
-        let allowed = options.allowedOrigins
+        let allowed = options.allowedOrigins + (options.publicURL.flatMap(Self.origin).map { [$0] } ?? [])
         if allowed.contains(origin) || (origin != "null" && allowed.contains("*")) { return nil }
-        // The server's own pages: `Host` has passed `checkHost`, so this is not a rebound name.
-        if origin != "null", let host = head.headers["Host"], let scheme = origin.range(of: "://"),
+        // The server's own pages: the requested host has passed `checkHost`, so this is not a
+        // rebound name.
+        if origin != "null", let host = requestedHost, let scheme = origin.range(of: "://"),
            origin[scheme.upperBound...].lowercased() == host.lowercased() {
             return nil
         }
@@ -365,13 +383,27 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
 
     /// DNS rebinding: a page whose own name was made to resolve to this server is same-origin with
     /// it, and the browser sends that name as `Host`. Only names the server goes by are served.
-    private func checkHost(_ head: HTTPRequestHead) -> HTTPResponse? {
-        guard let host = head.headers["Host"], !hostNames.contains("*") else { return nil }
+    private func checkHost(_ requestedHost: String?) -> HTTPResponse? {
+        guard let host = requestedHost, !hostNames.contains("*") else { return nil }
         let name = Self.name(ofAuthority: host)
         if hostNames.contains(name) || name == "localhost" || name.hasSuffix(".localhost") || Self.isAddressLiteral(name) {
             return nil
         }
         return .text(403, "host '\(host)' is not a name of this server (add it with --allow-host)\n")
+    }
+
+    /// `https://lab.example:8443/sub/` → `lab.example:8443`; nil without a scheme.
+    static func authority(ofURL url: String) -> String? {
+        guard let scheme = url.range(of: "://") else { return nil }
+        let rest = url[scheme.upperBound...]
+        let authority = rest.prefix { $0 != "/" && $0 != "?" && $0 != "#" }
+        return authority.isEmpty ? nil : String(authority)
+    }
+
+    /// `https://lab.example/sub/` → `https://lab.example` (what a browser sends as `Origin`).
+    public static func origin(_ url: String) -> String? {
+        guard let scheme = url.range(of: "://"), let authority = authority(ofURL: url) else { return nil }
+        return url[..<scheme.lowerBound].lowercased() + "://" + authority.lowercased()
     }
 
     static func hostNames(allowed: [String]) -> Set<String> {

@@ -32,11 +32,11 @@ final class LeaseSession: WebSocketHandler, @unchecked Sendable {
     /// The lease token's name (see `LeaseTokens`); it prefixes the holder.
     let tokenName: String?
 
-    init(service: LeaseService, peer: SocketAddress, requestTimeout: Duration, tokenName: String? = nil) {
+    init(service: LeaseService, peer: String, peerHost: String, requestTimeout: Duration, tokenName: String? = nil) {
         self.service = service
         self.tokenName = tokenName
-        self.peer = peer.description
-        peerHost = peer.host
+        self.peer = peer
+        self.peerHost = peerHost
         self.requestTimeout = requestTimeout
     }
 

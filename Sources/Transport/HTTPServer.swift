@@ -47,6 +47,8 @@ public struct HTTPServerConfiguration: Sendable {
     public var maxConnections = 100_000
     /// Connections from one client address at most; past it, new ones get 429.
     public var maxConnectionsPerAddress = Int.max
+    /// Peers `maxConnectionsPerAddress` does not count (trusted proxies).
+    public var perAddressLimitExempt: [AddressRange] = []
     public var backlog: Int32 = 4096
     public var webSocket = WebSocketConfiguration()
 
@@ -115,7 +117,8 @@ public final class HTTPServer: @unchecked Sendable {
         // Keep a few descriptors for listeners, files and logs.
         let byDescriptors = descriptors > 64 ? descriptors - 32 : descriptors
         limit = ConnectionLimit(maximum: min(configuration.maxConnections, byDescriptors),
-                                perAddress: configuration.maxConnectionsPerAddress)
+                                perAddress: configuration.maxConnectionsPerAddress,
+                                exempt: configuration.perAddressLimitExempt)
     }
 
     public var openConnections: Int { limit.current }
@@ -128,6 +131,17 @@ public final class HTTPServer: @unchecked Sendable {
     public func listen(on address: SocketAddress) throws(SocketError) -> SocketAddress {
         let listener = try Listener(
             address: address, backlog: configuration.backlog, queue: acceptQueue,
+            onAccept: { [unowned self] fd, peer in self.accepted(fd, peer: peer) },
+            onError: { [onProblem] error in onProblem(.acceptFailed(error)) })
+        acceptQueue.sync { listeners.append(listener) }
+        return listener.address
+    }
+
+    /// Serves a socket that is already listening (passed by systemd); returns its address.
+    @discardableResult
+    public func listen(adopting fd: Int32) throws(SocketError) -> SocketAddress {
+        let listener = try Listener(
+            adopting: fd, queue: acceptQueue,
             onAccept: { [unowned self] fd, peer in self.accepted(fd, peer: peer) },
             onError: { [onProblem] error in onProblem(.acceptFailed(error)) })
         acceptQueue.sync { listeners.append(listener) }

@@ -10,6 +10,9 @@ public final class ConnectionLimit: Sendable {
     public let maximum: Int
     /// At most this many from one address (`Int.max`: no such limit).
     public let perAddress: Int
+    /// Addresses the per-address limit does not apply to (trusted proxies, whose one address
+    /// stands for every client behind them).
+    public let exempt: [AddressRange]
     private let open = Atomic<Int>(0)
     private let byAddress = Locked<[String: Int]>([:])
 
@@ -18,9 +21,14 @@ public final class ConnectionLimit: Sendable {
         case perAddress(String, Int)
     }
 
-    public init(maximum: Int, perAddress: Int = .max) {
+    public init(maximum: Int, perAddress: Int = .max, exempt: [AddressRange] = []) {
         self.maximum = maximum
         self.perAddress = perAddress
+        self.exempt = exempt
+    }
+
+    private func isCounted(_ address: String) -> Bool {
+        perAddress != .max && !exempt.contains { $0.contains(address) }
     }
 
     public var current: Int { open.load(ordering: .relaxed) }
@@ -32,7 +40,7 @@ public final class ConnectionLimit: Sendable {
             open.wrappingSubtract(1, ordering: .relaxed)
             return .total(maximum)
         }
-        guard perAddress != .max else { return nil }
+        guard isCounted(address) else { return nil }
         let admitted = byAddress.withLock { counts -> Bool in
             let count = counts[address, default: 0]
             guard count < perAddress else { return false }
@@ -49,7 +57,7 @@ public final class ConnectionLimit: Sendable {
     /// Gives back a slot that `tryAcquire(address:)` took.
     public func release(address: String) {
         open.wrappingSubtract(1, ordering: .relaxed)
-        guard perAddress != .max else { return }
+        guard isCounted(address) else { return }
         byAddress.withLock { counts in
             let count = counts[address, default: 1] - 1
             counts[address] = count > 0 ? count : nil
@@ -68,11 +76,29 @@ final class Listener: @unchecked Sendable {
     private let onError: (SocketError) -> Void
     private var paused = false
 
-    init(address: SocketAddress, backlog: Int32, queue: DispatchQueue,
-         onAccept: @escaping (Int32, SocketAddress) -> Void,
-         onError: @escaping (SocketError) -> Void) throws(SocketError) {
-        fd = try Posix.makeListeningSocket(address: address, backlog: backlog)
-        self.address = Posix.localAddress(of: fd) ?? address
+    convenience init(address: SocketAddress, backlog: Int32, queue: DispatchQueue,
+                     onAccept: @escaping (Int32, SocketAddress) -> Void,
+                     onError: @escaping (SocketError) -> Void) throws(SocketError) {
+        let fd = try Posix.makeListeningSocket(address: address, backlog: backlog)
+        self.init(listening: fd, address: Posix.localAddress(of: fd) ?? address, queue: queue,
+                  onAccept: onAccept, onError: onError)
+    }
+
+    /// Takes over a socket that is already listening (socket activation: systemd passes it).
+    convenience init(adopting fd: Int32, queue: DispatchQueue,
+                     onAccept: @escaping (Int32, SocketAddress) -> Void,
+                     onError: @escaping (SocketError) -> Void) throws(SocketError) {
+        try Posix.checkListeningStreamSocket(fd)
+        Posix.makeNonBlockingAndCloseOnExec(fd)
+        guard let address = Posix.localAddress(of: fd) else { throw .lastError("getsockname on descriptor \(fd)") }
+        self.init(listening: fd, address: address, queue: queue, onAccept: onAccept, onError: onError)
+    }
+
+    private init(listening fd: Int32, address: SocketAddress, queue: DispatchQueue,
+                 onAccept: @escaping (Int32, SocketAddress) -> Void,
+                 onError: @escaping (SocketError) -> Void) {
+        self.fd = fd
+        self.address = address
         self.queue = queue
         self.onAccept = onAccept
         self.onError = onError

@@ -163,6 +163,26 @@ enum Posix {
         return fd
     }
 
+    /// Throws unless `fd` is a TCP socket (IPv4 or IPv6) in the listening state.
+    static func checkListeningStreamSocket(_ fd: Int32) throws(SocketError) {
+        func option(_ level: Int32, _ name: Int32) -> Int32? {
+            var value: Int32 = 0
+            var length = socklen_t(MemoryLayout<Int32>.size)
+            return getsockopt(fd, level, name, &value, &length) == 0 ? value : nil
+        }
+        guard let type = option(SOL_SOCKET, SO_TYPE) else { throw .lastError("descriptor \(fd) is not a socket") }
+        let family = localAddress(of: fd)?.family
+        guard type == Int32(SOCK_STREAM.rawValue), family == AF_INET || family == AF_INET6,
+              option(SOL_SOCKET, SO_ACCEPTCONN) == 1 else {
+            throw SocketError(call: "descriptor \(fd) is not a listening TCP socket", errno: EINVAL)
+        }
+    }
+
+    static func makeNonBlockingAndCloseOnExec(_ fd: Int32) {
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+        _ = fcntl(fd, F_SETFD, fcntl(fd, F_GETFD) | FD_CLOEXEC)
+    }
+
     static func localAddress(of fd: Int32) -> SocketAddress? {
         var storage = sockaddr_storage()
         var length = socklen_t(MemoryLayout<sockaddr_storage>.size)

@@ -2,6 +2,7 @@ import ArgumentParser
 import Dispatch
 import LeaseholdServer
 import Logging
+import Transport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -11,7 +12,8 @@ struct Serve: ParsableCommand {
         abstract: "Run the lease server.",
         discussion: """
             Prints one line per listener on stdout (`leasehold listening on HOST:PORT`), then logs to \
-            stderr. SIGHUP re-reads the inventory; SIGTERM closes every connection with 1001 and exits 0.
+            stderr. Listening sockets passed by systemd (socket activation: LISTEN_FDS) are served \
+            too, and then the default address is not bound. SIGHUP re-reads the inventory; SIGTERM closes every connection with 1001 and exits 0.
             """
     )
 
@@ -62,6 +64,12 @@ struct Serve: ParsableCommand {
 
     @Option(name: .long, help: "Host name the server is reached by, besides IP addresses, localhost and this machine's name (repeatable; * for any). Requests naming another host get 403.")
     var allowHost: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("A proxy (address or CIDR block) whose X-Forwarded-For/Forwarded and X-Forwarded-Host headers are believed; it is also exempt from --max-connections-per-address (repeatable). Everyone else's forwarded headers are ignored.", valueName: "cidr"))
+    var trustedProxy: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("The URL people open the status page at through a proxy (https://lab.example): its origin may use /v1/watch and /v1/lease, and its host is a name of this server.", valueName: "url"))
+    var publicURL: String?
 
     @Option(name: .long, help: "File keeping fencing epochs growing across restarts (created if missing). Without it, epochs start at 0 on every start.")
     var epochFile: String?
@@ -141,7 +149,19 @@ struct Serve: ParsableCommand {
         let logger = Logger(label: "leasehold")
 
         var options = ServerOptions()
-        options.listen = listen.isEmpty ? ["0.0.0.0:7400"] : listen
+        options.inheritedListeners = try Self.socketsFromSystemd()
+        options.listen = listen.isEmpty && options.inheritedListeners.isEmpty ? ["0.0.0.0:7400"] : listen
+        do {
+            options.trustedProxies = try trustedProxy.map { text throws(AddressError) in try AddressRange(parsing: text) }
+        } catch {
+            throw ServeFailure("--trusted-proxy: \(error)")
+        }
+        if let url = publicURL {
+            guard url.hasPrefix("http://") || url.hasPrefix("https://"), LeaseServer.origin(url) != nil else {
+                throw ServeFailure("--public-url must be an http:// or https:// URL with a host (got '\(url)')")
+            }
+            options.publicURL = url
+        }
         options.inventoryPath = inventory
         options.pingInterval = .milliseconds(Int64(pingInterval * 1000))
         options.deadAfter = .milliseconds(Int64(deadAfter * 1000))
@@ -189,6 +209,23 @@ struct Serve: ParsableCommand {
         ])
         installSignalHandlers(server: server, logger: logger)
         dispatchMain()
+    }
+
+    /// The listening sockets systemd passed (sd_listen_fds(3): descriptors 3… when LISTEN_PID is
+    /// this process). The variables are cleared so that nothing this process starts takes them.
+    static func socketsFromSystemd() throws -> [Int32] {
+        guard let pidText = getenv("LISTEN_PID").map({ String(cString: $0) }),
+              let countText = getenv("LISTEN_FDS").map({ String(cString: $0) }) else { return [] }
+        defer {
+            unsetenv("LISTEN_PID")
+            unsetenv("LISTEN_FDS")
+            unsetenv("LISTEN_FDNAMES")
+        }
+        guard Int32(pidText) == getpid() else { return [] }
+        guard let count = Int32(countText), (0...4096).contains(count) else {
+            throw ServeFailure("LISTEN_FDS must be a number of descriptors (got '\(countText)')")
+        }
+        return Array(3..<(3 + count))
     }
 
     /// A bearer token is one word: a second line or a space would be part of no header a client sends.
