@@ -61,7 +61,9 @@ public struct LeaseTable: Sendable {
         var labels: [String: String]
         var attributes: JSONValue
         var epoch: UInt64
-        var enabled = true
+        /// Why and since when it is out of service; nil while enabled.
+        var disabled: Disabling?
+        var enabled: Bool { disabled == nil }
         /// false: removed by a reload while held ("retired"); it disappears on release.
         var inInventory = true
         /// A retired resource that was released: a tombstone until the next reload.
@@ -311,24 +313,27 @@ public struct LeaseTable: Sendable {
     /// Takes a resource out of service. Free: becomes disabled. Reserved: taken back from its
     /// waiter (which may take a free replacement). Held: the lease runs on; the resource shows
     /// `held` until the lease ends, then `disabled`. Disabling twice is `.ok`.
-    public mutating func disable(resource name: String, now: Tick, into out: inout [Effect]) -> AdminResult {
+    /// Disabling twice keeps the first reason.
+    public mutating func disable(resource name: String, reason: String = Disabling.byAdmin, now: Tick,
+                                 into out: inout [Effect]) -> AdminResult {
         let t = begin(now, &out)
         defer { finish() }
         guard let s = nameToSlot[ExactKey(name)], resources[Int(s)].inInventory else { return .notFound }
         let r = Int(s)
         guard resources[r].enabled else { return .ok }
+        let disabling = Disabling(reason: reason, since: t)
         if resources[r].owner < 0 {
             clearFree(r)
-            resources[r].enabled = false
+            resources[r].disabled = disabling
             resources[r].since = t
         } else if !resources[r].held {
             let w = Int(resources[r].owner)
-            resources[r].enabled = false
+            resources[r].disabled = disabling
             takeAway(w, r)
             resources[r].since = t
             rebalance([w], t, &out)
         } else {
-            resources[r].enabled = false
+            resources[r].disabled = disabling
         }
         return .ok
     }
@@ -340,7 +345,7 @@ public struct LeaseTable: Sendable {
         guard let s = nameToSlot[ExactKey(name)], resources[Int(s)].inInventory else { return .notFound }
         let r = Int(s)
         guard !resources[r].enabled else { return .ok }
-        resources[r].enabled = true
+        resources[r].disabled = nil
         if resources[r].owner < 0 {
             resources[r].since = t
             handoff(r, t, &out)
@@ -377,9 +382,9 @@ public struct LeaseTable: Sendable {
         return (r, out)
     }
 
-    public mutating func disable(resource name: String, now: Tick) -> (AdminResult, [Effect]) {
+    public mutating func disable(resource name: String, reason: String = Disabling.byAdmin, now: Tick) -> (AdminResult, [Effect]) {
         var out: [Effect] = []
-        let r = disable(resource: name, now: now, into: &out)
+        let r = disable(resource: name, reason: reason, now: now, into: &out)
         return (r, out)
     }
 

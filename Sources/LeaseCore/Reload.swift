@@ -46,7 +46,7 @@ extension LeaseTable {
             if let oldSlot = nameToSlot[ExactKey(spec.name)], !resources[Int(oldSlot)].gone {
                 let o = resources[Int(oldSlot)]
                 rec.epoch = o.epoch
-                rec.enabled = o.enabled
+                rec.disabled = o.disabled
                 rec.owner = o.owner
                 rec.held = o.held
                 rec.since = o.since

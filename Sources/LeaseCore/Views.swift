@@ -23,8 +23,18 @@ public struct ResourceView: Sendable, Equatable {
     public var since: Tick
     /// false: removed from the inventory by a reload, still held until its lease ends.
     public var inInventory: Bool
-    /// false when disabled by an admin (a held disabled resource still shows `held`).
-    public var enabled: Bool
+    /// Why and since when it is out of service (a held disabled resource still shows `held`);
+    /// nil while enabled.
+    public var disabled: Disabling?
+    public var enabled: Bool { disabled == nil }
+}
+
+/// Why a resource is out of service, and since when.
+public struct Disabling: Sendable, Equatable {
+    public var reason: String
+    public var since: Tick
+
+    public static let byAdmin = "disabled by an admin"
 }
 
 public struct LeaseView: Sendable, Equatable {
@@ -54,6 +64,9 @@ public struct WaiterView: Sendable, Equatable {
     public var deadline: Tick?
     /// Names of the resources it has collected so far.
     public var reserved: [String]
+    /// The granted leases, in arrival order, that hold a resource matching a group it has not
+    /// yet filled (resources reserved for an earlier waiter are not counted).
+    public var blockedBy: [LeaseID]
 }
 
 /// The whole table: resources in inventory order (then removed-but-held ones), granted leases
@@ -89,7 +102,7 @@ extension LeaseTable {
         return ResourceView(
             name: x.name, type: x.type, labels: x.labels, attributes: x.attributes, state: state(r),
             lease: owner.map { leases[$0].id }, holder: owner.map { leases[$0].request.holder },
-            epoch: x.epoch, since: x.since, inInventory: x.inInventory, enabled: x.enabled)
+            epoch: x.epoch, since: x.since, inInventory: x.inInventory, disabled: x.disabled)
     }
 
     func names(_ slots: [Int32]) -> [String] {
@@ -112,19 +125,40 @@ extension LeaseTable {
         var waiting: [WaiterView] = []
         waiting.reserveCapacity(waiterCount)
         var pos = 0
+        var holdersBySelector: [Int32: [Int32]] = [:]
         for s in queue where s >= 0 {
             pos += 1
-            waiting.append(waiterView(Int(s), position: pos))
+            waiting.append(waiterView(Int(s), position: pos, holdersBySelector: &holdersBySelector))
         }
         return Snapshot(resources: views, leases: granted.map(\.1), queue: waiting)
     }
 
-    func waiterView(_ w: Int, position: Int) -> WaiterView {
+    func waiterView(_ w: Int, position: Int, holdersBySelector: inout [Int32: [Int32]]) -> WaiterView {
         let lease = leases[w]
+        var blocking = Set<Int32>()
+        for group in lease.groups where group.filled < group.count {
+            blocking.formUnion(holders(ofSelector: group.sel, cache: &holdersBySelector))
+        }
+        let blockedBy = blocking.sorted { leases[Int($0)].seq < leases[Int($1)].seq }.map { leases[Int($0)].id }
         return WaiterView(
             id: lease.id, holder: lease.request.holder, peer: lease.request.peer, position: position,
             want: lease.request.want, meta: lease.request.meta, since: lease.arrivedAt,
-            deadline: lease.deadline == .max ? nil : Tick(nanoseconds: lease.deadline), reserved: names(lease.slots))
+            deadline: lease.deadline == .max ? nil : Tick(nanoseconds: lease.deadline), reserved: names(lease.slots),
+            blockedBy: blockedBy)
+    }
+
+    /// Lease slots of the granted leases that hold a member of selector `s`; each selector's
+    /// members are walked once per snapshot.
+    func holders(ofSelector s: Int32, cache: inout [Int32: [Int32]]) -> [Int32] {
+        if let known = cache[s] { return known }
+        var found = Set<Int32>()
+        for r in selectors[Int(s)].members {
+            let resource = resources[Int(r)]
+            if resource.owner >= 0, resource.held { found.insert(resource.owner) }
+        }
+        let list = Array(found)
+        cache[s] = list
+        return list
     }
 
     /// Where lease `id` stands; nil when unknown (never seen, or gone).

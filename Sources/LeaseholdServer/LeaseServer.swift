@@ -245,6 +245,11 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
             }
         case ("GET", _) where path.hasPrefix("/static/"):
             responder.respond(StatusPage.assetResponse(path: path, query: head.query, headers: head.headers))
+        case ("GET", "/v1/admin"):
+            // Beyond PROTOCOL.md: whether a token is the admin token, changing nothing (the page
+            // checks a token when it is entered).
+            if let refusal = authorize(head) { return responder.respond(refusal) }
+            responder.respond(.json(200, JSONValue.object([("ok", .bool(true))]).serialized()))
         case ("POST", "/v1/reload"):
             if let refusal = authorize(head) { return responder.respond(refusal) }
             let peer = client.peer
@@ -269,7 +274,7 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
                 handleAdmin(action: action, resource: name, body: request.body, peer: client.peer, responder: responder)
             } else if Self.adminResourceRoute(path) != nil {
                 responder.respond(.methodNotAllowed("POST"))
-            } else if ["/v1/lease", "/v1/watch", "/v1/status", "/healthz", "/metrics", "/"].contains(path) {
+            } else if ["/v1/lease", "/v1/watch", "/v1/status", "/healthz", "/metrics", "/", "/v1/admin"].contains(path) {
                 responder.respond(.methodNotAllowed("GET"))
             } else if path == "/v1/reload" {
                 responder.respond(.methodNotAllowed("POST"))
@@ -309,7 +314,7 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         let coreAction: LeaseService.AdminAction
         switch action {
         case "free": coreAction = .free(reason: reason.isEmpty ? "freed by an admin" : reason)
-        case "disable": coreAction = .disable
+        case "disable": coreAction = .disable(reason: reason.isEmpty ? Disabling.byAdmin : reason)
         default: coreAction = .enable
         }
         service.admin(coreAction, resource: resource) { [logger, reason, service] result in

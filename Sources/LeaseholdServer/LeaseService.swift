@@ -148,7 +148,7 @@ final class LeaseService: @unchecked Sendable {
 
     // MARK: admin (any queue; completion on the service queue)
 
-    enum AdminAction { case free(reason: String), disable, enable }
+    enum AdminAction { case free(reason: String), disable(reason: String), enable }
 
     func admin(_ action: AdminAction, resource: String, completion: @escaping @Sendable (AdminResult) -> Void) {
         queue.async { [self] in
@@ -158,8 +158,8 @@ final class LeaseService: @unchecked Sendable {
             switch action {
             case .free(let reason):
                 (result, effects) = table.revoke(resource: resource, reason: reason, now: now)
-            case .disable:
-                (result, effects) = table.disable(resource: resource, now: now)
+            case .disable(let reason):
+                (result, effects) = table.disable(resource: resource, reason: reason, now: now)
             case .enable:
                 (result, effects) = table.enable(resource: resource, now: now)
             }
@@ -279,7 +279,9 @@ final class LeaseService: @unchecked Sendable {
                           unsaved: [(name: String, failure: String)], now: Tick) {
         end(id, .withheld(names: unsaved.map(\.name), error: unsaved.map(\.failure).first ?? ""), facts, now: now)
         var effects: [Effect] = []
-        for (name, _) in unsaved { _ = table.disable(resource: name, now: now, into: &effects) }
+        for (name, failure) in unsaved {
+            _ = table.disable(resource: name, reason: "its fencing epoch could not be saved: \(failure)", now: now, into: &effects)
+        }
         table.release(id, now: now, into: &effects)
         let session = entry.session
         entry.loop.execute { session.withhold(reason: "fencing epochs cannot be saved") }
@@ -429,9 +431,13 @@ struct ServerClock: Sendable {
     let source: LoopClock
     private let wallOffsetNanoseconds: Int64
 
+    /// When this process's server started (the snapshot's `server.started`).
+    let started: Tick
+
     init(_ source: LoopClock) {
         self.source = source
         wallOffsetNanoseconds = ServerClock.wallNanoseconds() &- Int64(clamping: source.now())
+        started = Tick(nanoseconds: Int64(clamping: source.now()))
     }
 
     func now() -> Tick { Tick(nanoseconds: Int64(clamping: source.now())) }

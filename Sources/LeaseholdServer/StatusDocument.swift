@@ -7,7 +7,7 @@ enum StatusDocument {
     static func json(_ snapshot: Snapshot, clock: ServerClock) -> JSONValue {
         let resources: [JSONValue] = snapshot.resources.map { resource in
             let showsLease = resource.state == .held || resource.state == .reserved
-            return .object([
+            var members: [(String, JSONValue)] = [
                 ("name", .string(resource.name)),
                 ("type", .string(resource.type)),
                 ("labels", .labels(resource.labels)),
@@ -19,7 +19,12 @@ enum StatusDocument {
                 ("since", .string(clock.iso8601(resource.since))),
                 // Beyond PROTOCOL.md (additive): a held resource may also be disabled.
                 ("enabled", .bool(resource.enabled)),
-            ])
+            ]
+            if let disabled = resource.disabled {
+                members.append(("disabled", .object([("reason", .string(disabled.reason)),
+                                                     ("since", .string(clock.iso8601(disabled.since)))])))
+            }
+            return .object(members)
         }
         let leases: [JSONValue] = snapshot.leases.map { lease in
             .object([
@@ -42,6 +47,8 @@ enum StatusDocument {
                 ("meta", .labels(waiter.meta)),
                 ("reserved", .array(waiter.reserved.map { .string($0) })),
                 ("since", .string(clock.iso8601(waiter.since))),
+                ("until", waiter.deadline.map { .string(clock.iso8601($0)) } ?? .null),
+                ("blocked_by", .array(waiter.blockedBy.map { .string(LeaseService.format($0)) })),
             ])
         }
         return .object([
@@ -49,6 +56,7 @@ enum StatusDocument {
             ("resources", .array(resources)),
             ("leases", .array(leases)),
             ("queue", .array(queue)),
+            ("server", .object([("version", .string(leaseholdVersion)), ("started", .string(clock.iso8601(clock.started)))])),
         ])
     }
 

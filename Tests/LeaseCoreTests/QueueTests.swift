@@ -195,3 +195,40 @@ import Testing
         #expect(h.table.snapshot().queue.map(\.id) == [w1, w2])
     }
 }
+
+/// The snapshot's `blocked_by` and `disabled` (PROTOCOL.md, "Snapshot additions").
+@Suite struct WhatAWaiterWaitsFor {
+    @Test func aWaiterIsBlockedByTheLeasesHoldingWhatItStillNeedsNotByReservations() {
+        var h = Harness([res("a1", "array"), res("a2", "array"), res("s1", "switch"), res("s2", "switch")])
+        let (first, _) = h.acquire([.name("a1")])
+        let (second, _) = h.acquire([.name("a2"), .name("s2")])
+        // Wants an array (both held) and a switch (s1 is free: it reserves it).
+        let (early, _) = h.acquire([ty("array"), ty("switch")])
+        // Wants s1 too, which the earlier waiter reserved, and a2, held by `second`.
+        let (late, _) = h.acquire([.name("s1"), .name("a2")])
+        let queue = h.table.snapshot().queue
+        #expect(queue.map(\.id) == [early, late])
+        #expect(queue[0].blockedBy == [first, second], "both arrays are held; in arrival order")
+        #expect(queue[0].reserved == ["s1"])
+        #expect(queue[1].blockedBy == [second], "s1 is reserved for an earlier waiter: not listed")
+        // `second` goes: `early` is granted a2 with s1, and now holds both of what `late` needs.
+        #expect(grantedIDs(h.release(second)) == [early])
+        let after = h.table.snapshot().queue
+        #expect(after.map(\.id) == [late])
+        #expect(after.first?.blockedBy == [early])
+    }
+
+    @Test func aDisableKeepsItsReasonAndTimeAcrossAReloadUntilEnabled() {
+        var h = Harness([res("a", "array"), res("b", "array")])
+        h.now = .seconds(5)
+        #expect(h.table.disable(resource: "a", reason: "firmware", now: h.now).0 == .ok)
+        h.now = .seconds(9)
+        #expect(h.table.disable(resource: "a", reason: "again", now: h.now).0 == .ok)
+        #expect(h.table.resource(named: "a")?.disabled == Disabling(reason: "firmware", since: .seconds(5)), "the first reason stays")
+        h.reload([res("a", "array"), res("b", "array", ["new": "label"])])
+        #expect(h.table.resource(named: "a")?.disabled?.reason == "firmware")
+        h.enable("a")
+        #expect(h.table.resource(named: "a")?.disabled == nil)
+        #expect(h.table.resource(named: "b")?.disabled == nil)
+    }
+}

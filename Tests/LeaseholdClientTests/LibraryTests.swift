@@ -51,7 +51,7 @@ struct TestFailure: Error, CustomStringConvertible {
 
 /// The next event within `seconds`, or nil. A timeout cancels the stream (AsyncStream ends when a
 /// waiting `next()` is cancelled), so use it only where a timeout is a failure.
-func nextEvent(_ iterator: inout AsyncStream<LeaseEvent>.Iterator, within seconds: Double = 5) async -> LeaseEvent? {
+func nextEvent(_ iterator: inout AsyncStream<LeaseEvent>.Iterator, within seconds: Double = hangGuard) async -> LeaseEvent? {
     let box = IteratorBox(iterator)
     let event = await withTaskGroup(of: LeaseEvent?.self) { group in
         group.addTask { await box.next() }

@@ -1,5 +1,6 @@
 import Foundation
 import LeaseProtocol
+import LeaseholdServer
 import Testing
 import Transport
 
@@ -10,6 +11,45 @@ import Transport
     static func isTimestamp(_ value: JSONValue?) -> Bool {
         guard let text = value?.stringValue else { return false }
         return text.range(of: isoPattern, options: .regularExpression) != nil
+    }
+
+    @Test func aDisabledResourceSaysWhyAndSinceWhenAndAWaiterUntilWhen() async throws {
+        let server = try TestServer()
+        #expect(try await server.admin("disable", "array-03", reason: "firmware upgrade").status == 200)
+        #expect(try await server.admin("disable", "switch-02").status == 200)
+        let (holder, granted) = try await server.hold(#"[{"name":"switch-01"}]"#)
+        #expect(try await server.admin("disable", "switch-01", reason: "cable swap").status == 200)
+        let (waiter, _) = try await server.queue(#"[{"name":"switch-01"}]"#, wait: "600")
+        let document = try await server.status()
+        let resources = document["resources"]?.arrayValue ?? []
+        func entry(_ name: String) -> JSONValue? { resources.first { $0["name"] == .string(name) } }
+        #expect(entry("array-03")?["disabled"]?["reason"] == .string("firmware upgrade"))
+        #expect(Self.isTimestamp(entry("array-03")?["disabled"]?["since"]))
+        #expect(entry("switch-02")?["disabled"]?["reason"] == .string("disabled by an admin"))
+        #expect(entry("switch-01")?["state"] == .string("held"), "a held resource that is disabled stays held")
+        #expect(entry("switch-01")?["disabled"]?["reason"] == .string("cable swap"))
+        let queued = try #require(document["queue"]?.arrayValue?.first)
+        #expect(Self.isTimestamp(queued["until"]))
+        #expect(queued["blocked_by"] == .array([granted["lease"] ?? .null]))
+        // Enabled again: the key goes.
+        #expect(try await server.admin("enable", "array-03").status == 200)
+        #expect(try await server.resource("array-03")["disabled"] == nil)
+        for client in [holder, waiter] { client.close() }
+        await server.stop()
+    }
+
+    @Test func getAdminSaysWhetherATokenIsTheAdminTokenAndChangesNothing() async throws {
+        let server = try TestServer()
+        let right = try await server.http("GET", "/v1/admin", headers: [("Authorization", "Bearer secret")])
+        #expect(right.status == 200)
+        #expect(try JSONValue.parse(right.body)["ok"] == .bool(true))
+        #expect(try await server.http("GET", "/v1/admin", headers: [("Authorization", "Bearer wrong")]).status == 401)
+        #expect(try await server.http("GET", "/v1/admin").status == 401)
+        #expect(try await server.http("POST", "/v1/admin").status == 405)
+        await server.stop()
+        let closed = try TestServer(token: nil)
+        #expect(try await closed.http("GET", "/v1/admin", headers: [("Authorization", "Bearer secret")]).status == 403)
+        await closed.stop()
     }
 
     @Test func watchSendsASnapshotAtOnceAndAgainAfterAChange() async throws {
@@ -47,7 +87,9 @@ import Transport
         let watcher = try await server.watch()
         let document = try await watcher.expectEvent("snapshot")
 
-        #expect(document.objectKeys.map(Set.init) == ["event", "resources", "leases", "queue"])
+        #expect(document.objectKeys.map(Set.init) == ["event", "resources", "leases", "queue", "server"])
+        #expect(document["server"]?["version"] == .string(leaseholdVersion))
+        #expect(Self.isTimestamp(document["server"]?["started"]))
         let resources = try #require(document["resources"]?.arrayValue)
         #expect(resources.compactMap { $0["name"]?.stringValue } == ["array-01", "array-02", "array-03", "switch-01", "switch-02"],
                 "resources in inventory order")
@@ -93,6 +135,10 @@ import Transport
             #expect(Self.isTimestamp(waiting["since"]))
         }
         #expect(queue[0]["holder"] == .string("waiter"))
+        #expect(queue[0]["blocked_by"] == .array([granted["lease"] ?? .null]), "switch-01 is held by the first lease")
+        #expect(queue[1]["blocked_by"] == .array([]), "switch-02 is only reserved, for an earlier waiter: not listed")
+        #expect(queue.allSatisfy { $0["until"] == .null }, "neither gives up by itself")
+        #expect(resources.allSatisfy { $0["disabled"] == nil }, "no resource is disabled")
         #expect(queue[0]["meta"]?["job"] == .string("j"))
         #expect(queue[0]["want"]?.arrayValue?.count == 2)
         #expect(queue[0]["want"]?.arrayValue?.first?["name"] == .string("switch-01"))
