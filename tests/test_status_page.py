@@ -103,9 +103,12 @@ class Leases:
         self.server = server
         self.stack = contextlib.ExitStack()
 
-    def take(self, holder, want, meta=None, expect="granted"):
+    def take(self, holder, want, meta=None, expect="granted", wait=None):
         ws = self.stack.enter_context(self.connect(self.server.ws_url("/v1/lease"), open_timeout=5, close_timeout=2))
-        ws.send(json.dumps({"op": "acquire", "holder": holder, "want": want, "meta": meta or {}}))
+        request = {"op": "acquire", "holder": holder, "want": want, "meta": meta or {}}
+        if wait is not None:
+            request["wait"] = wait
+        ws.send(json.dumps(request))
         event = json.loads(ws.recv(timeout=5))
         assert event["event"] == expect, event
         return ws, event
@@ -198,6 +201,11 @@ const tr = document.querySelector('#' + table + ' tbody tr[data-key="' + CSS.esc
 if (!tr) return null;
 const cells = {};
 for (const td of tr.cells) cells[td.className.split(' ')[0].slice(2)] = td.textContent;
+// The state cell: the state itself, and apart from it why a disabled resource is out of service.
+const state = tr.querySelector('.c-state .state');
+if (state) cells.state = state.textContent;
+const why = tr.querySelector('.c-state .why');
+cells.why = why ? why.textContent : '';
 return {cells, hidden: tr.hidden, html: tr.innerHTML, className: tr.className};
 """
 
@@ -373,6 +381,38 @@ def test_the_queue_shows_who_waits_for_what(page, leases):
     assert page.find_element("id", "queue-empty").text == "Nobody is waiting."
 
 
+def test_the_page_says_who_blocks_a_waiter_until_when_why_a_resource_is_off_and_links_the_job(page, leases, server):
+    job = "https://ci.example/job/7"
+    _, granted = leases.take("ci/job-7", [{"name": "switch-02"}], meta={"job": job})
+    _, queued = leases.take("ci/pr-9", [{"name": "switch-02"}], expect="queued", wait=3600)
+    blocker = granted["lease"] + " · ci/job-7"
+    waiter = wait_for(lambda: row(page, "queue", queued["lease"]), 10, "the waiter in the queue")
+    assert waiter["cells"]["blocked"] == blocker
+    assert re.fullmatch(r"\d\d:\d\d:\d\d UTC", waiter["cells"]["until"]), waiter["cells"]
+    link = page.find_element("css selector", '#resources tr[data-key="switch-02"] .c-holder a')
+    assert link.get_attribute("href") == job and link.text == "ci/job-7"
+    request = urllib.request.Request(server.url + "/v1/resources/switch-03/disable", method="POST",
+                                     data=json.dumps({"reason": "cable swap in rack 4"}).encode(),
+                                     headers={"Authorization": "Bearer " + TOKEN, "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+    wait_for(lambda: row(page, "resources", "switch-03")["cells"]["why"] == "cable swap in rack 4", 10, "the reason")
+    assert row(page, "resources", "switch-03")["cells"]["state"] == "disabled"
+    version = subprocess.run([leasehold_binary(), "--version"], capture_output=True, text=True, check=True).stdout.strip()
+    assert page.find_element("id", "version").text == version
+
+    # The server's own rendering says the same, for curl and text browsers.
+    html = http_get(server.url + "/")[2].decode()
+    assert f'<span class="why">cable swap in rack 4</span>' in html
+    assert f'<a class="holder-link" href="{job}"' in html
+    assert html.count(blocker) == 2  # the chip and its title
+    assert f'<span id="version">{version}</span>' in html
+    page.get(server.url + "/")
+    wait_for(lambda: conn_state(page) == "live", 10, "the page to go live")
+    assert row(page, "queue", queued["lease"])["cells"]["blocked"] == blocker
+    assert severe_console_messages(page) == []
+
+
 def test_holder_html_renders_as_text(page, leases, server):
     evil = '<img src=x onerror="document.body.dataset.pwned=1"><script>document.body.dataset.pwned=2</script>&amp;'
     leases.take(evil, [{"name": "array-05"}], meta={"job": "javascript:document.body.dataset.pwned=3",
@@ -487,18 +527,39 @@ def test_admin_force_free_revokes_a_real_lease(page, leases):
     assert severe_console_messages(page) == []
 
 
-def test_admin_errors_read_as_sentences(page, leases):
-    enter_admin_mode(page, "not-the-token")
-    page.find_element("css selector", '#resources tr[data-key="array-03"] button[data-action="disable"]').click()
+def test_a_wrong_token_is_refused_when_entered_and_a_refused_action_runs_once_the_token_is_right(page, leases, server):
+    # A wrong token: the server is asked at once, and admin mode is not entered.
+    page.find_element("id", "admin-button").click()
+    page.find_element("id", "dialog-input").send_keys("not-the-token")
     page.find_element("id", "dialog-confirm").click()
-    error = wait_for(lambda: page.find_element("id", "dialog-error").text, 3, "the 401 message")
-    assert "did not accept the admin token (401)" in error and "Enter it again" in error
-    assert page.find_element("id", "dialog-title").text == "Admin mode"
+    error = wait_for(lambda: page.find_element("id", "dialog-error").text, 10, "the 401 message")
+    assert error == "The server did not accept this admin token (401). Enter it again."
+    assert page.find_element("id", "dialog").is_displayed()
     assert page.execute_script("return sessionStorage.getItem('leasehold.admin-token')") is None
-    assert row(page, "resources", "array-03")["cells"]["state"] == "free"
+    assert not page.find_elements("css selector", "#resources button[data-action]")
+    page.find_element("id", "dialog-cancel").click()
 
+    # A token kept in the tab that the server no longer takes: the action asks for the token and,
+    # once it is right, runs without being asked for again.
+    page.execute_script("sessionStorage.setItem('leasehold.admin-token', 'a-stale-token')")
+    page.get(server.url + "/")
+    wait_for(lambda: conn_state(page) == "live", 10, "the page to go live")
+    page.find_element("css selector", '#resources tr[data-key="array-03"] button[data-action="disable"]').click()
+    page.find_element("id", "dialog-input").send_keys("firmware upgrade")
+    page.find_element("id", "dialog-confirm").click()
+    error = wait_for(lambda: page.find_element("id", "dialog-error").text, 10, "the 401 message")
+    assert "did not accept the admin token (401)" in error and error.endswith("Enter it again.")
+    assert page.find_element("id", "dialog-title").text == "Admin mode"
+    assert page.find_element("id", "dialog-confirm").text == "Enter admin mode and retry"
+    assert row(page, "resources", "array-03")["cells"]["state"] == "free"
     page.find_element("id", "dialog-input").send_keys(TOKEN)
     page.find_element("id", "dialog-confirm").click()
+    wait_for(lambda: row(page, "resources", "array-03")["cells"]["state"] == "disabled", 10, "the retried disable")
+    assert row(page, "resources", "array-03")["cells"]["why"] == "firmware upgrade"
+    assert "Disabled array-03." in page.find_element("id", "notice").text
+    assert page.execute_script("return sessionStorage.getItem('leasehold.admin-token')") == TOKEN
+
+    # An action that comes too late reads as a sentence.
     ws, _ = leases.take("ci/short-lived", [{"name": "array-04"}])
     wait_for(lambda: page.find_elements("css selector", '#resources tr[data-key="array-04"] button[data-action="free"]'),
              1.0, "a Force free button")[0].click()

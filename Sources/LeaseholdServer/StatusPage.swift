@@ -111,7 +111,7 @@ enum StatusPage {
         html += leasesSection(snapshot, filter, byName, now: now, clock: clock)
         html += """
             </main>
-            <footer class="footer">leasehold · <a href="/v1/status">/v1/status</a> (JSON) · <code>/v1/watch</code> (live) · <a href="/metrics">/metrics</a></footer>
+            <footer class="footer">leasehold <span id="version">\(escape(leaseholdVersion))</span> · <a href="/v1/status">/v1/status</a> (JSON) · <code>/v1/watch</code> (live) · <a href="/metrics">/metrics</a></footer>
             </body>
             </html>
 
@@ -170,6 +170,7 @@ enum StatusPage {
     private static func resourcesSection(_ snapshot: Snapshot, _ filter: Filter, now: Tick, clock: ServerClock) -> String {
         var html = ""
         let shownResources = snapshot.resources.filter { filter.matches(resourceFields($0)) }
+        let leaseByID = Dictionary(snapshot.leases.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
         html += section("resources", "Resources", shown: shownResources.count, total: snapshot.resources.count)
         html += "<table id=\"resources\" class=\"grid\"><thead><tr>"
         html += "<th class=\"c-name\">Name</th><th class=\"c-type\">Type</th><th class=\"c-state\">State</th><th class=\"c-for\">For</th>"
@@ -182,9 +183,18 @@ enum StatusPage {
             html += "<tr data-key=\"\(escape(resource.name))\" class=\"s-\(state)\">"
             html += "<td class=\"c-name\">\(escape(resource.name))</td>"
             html += "<td class=\"c-type\">\(escape(resource.type))</td>"
-            html += "<td class=\"c-state\"><span class=\"state state-\(state)\">\(state)</span></td>"
+            html += "<td class=\"c-state\"\(resource.disabled.map { " title=\"disabled: \(escape($0.reason))\"" } ?? "")>"
+            html += "<span class=\"state state-\(state)\">\(state)</span>"
+            if let disabled = resource.disabled { html += "<span class=\"why\">\(escape(disabled.reason))</span>" }
+            html += "</td>"
             html += "<td class=\"c-for\">\(resource.state == .free ? "" : timeElement(resource.since, now: now, clock: clock))</td>"
-            html += "<td class=\"c-holder\"\(holder.isEmpty ? "" : " title=\"\(escape(holder))\"")>\(escape(holder))</td>"
+            let job = resource.state == .held ? resource.lease.flatMap { leaseByID[$0] }.flatMap { jobURL($0.meta) } : nil
+            html += "<td class=\"c-holder\"\(holder.isEmpty ? "" : " title=\"\(escape(holder))\"")>"
+            if let job {
+                html += "<a class=\"holder-link\" href=\"\(escape(job))\" rel=\"noopener noreferrer\" target=\"_blank\">\(escape(holder))</a></td>"
+            } else {
+                html += "\(escape(holder))</td>"
+            }
             html += "<td class=\"c-lease\">\(showsLease ? resource.lease.map { LeaseService.format($0) } ?? "" : "")</td>"
             html += chipsCell("labels", labelPairs(resource.labels))
             html += "<td class=\"c-epoch\">\(resource.epoch)</td></tr>\n"
@@ -201,7 +211,9 @@ enum StatusPage {
         html += section("queue", "Queue", shown: shownQueue.count, total: snapshot.queue.count)
         html += "<table id=\"queue\" class=\"grid\"><thead><tr>"
         html += "<th class=\"c-pos\">#</th><th class=\"c-lease\">Lease</th><th class=\"c-holder\">Holder</th><th class=\"c-wants\">Wants</th>"
-        html += "<th class=\"c-collected\">Collected</th><th class=\"c-for\">Waiting</th><th class=\"c-meta\">Details</th></tr></thead>\n<tbody>\n"
+        html += "<th class=\"c-collected\">Collected</th><th class=\"c-for\">Waiting</th><th class=\"c-until\">Until</th>"
+        html += "<th class=\"c-blocked\">Blocked by</th><th class=\"c-meta\">Details</th></tr></thead>\n<tbody>\n"
+        let leaseByID = Dictionary(snapshot.leases.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
         for waiter in shownQueue {
             let id = LeaseService.format(waiter.id)
             html += "<tr data-key=\"\(id)\">"
@@ -211,6 +223,8 @@ enum StatusPage {
             html += "<td class=\"c-wants\">\(escape(wantsText(waiter.want)))</td>"
             html += chipsCell("collected", waiter.reserved)
             html += "<td class=\"c-for\">\(timeElement(waiter.since, now: now, clock: clock))</td>"
+            html += "<td class=\"c-until\">\(waiter.deadline.map { untilText(clock.iso8601($0)) } ?? "")</td>"
+            html += chipsCell("blocked", waiter.blockedBy.map { blockerText(LeaseService.format($0), holder: leaseByID[$0]?.holder) })
             html += "<td class=\"c-meta\">\(metaChips(waiter.meta))</td></tr>\n"
         }
         html += "</tbody></table>\n"
@@ -277,6 +291,22 @@ enum StatusPage {
             }
             return "<span class=\"chip\">\(shown)</span>"
         }.joined()
+    }
+
+    /// The job a lease belongs to: the first of its `meta` values, in key order, that is a web
+    /// URL (the holder cell links to it).
+    static func jobURL(_ meta: [String: String]) -> String? {
+        meta.sorted { $0.key < $1.key }.first { isWebURL($0.value) }?.value
+    }
+
+    /// `2026-12-07T12:00:00Z` → `12:00:00 UTC`: when a waiter gives up.
+    static func untilText(_ iso: String) -> String {
+        String(iso.dropFirst(11).prefix(8)) + " UTC"
+    }
+
+    /// A blocking lease as a chip: `L1a · ci/nightly`.
+    static func blockerText(_ id: String, holder: String?) -> String {
+        holder.map { "\(id) · \($0)" } ?? id
     }
 
     static func isWebURL(_ text: String) -> Bool {

@@ -87,6 +87,20 @@
     }
   }
 
+  /** The job a lease belongs to: its first meta value, in key order, that is a web URL. */
+  function jobURL(meta) {
+    for (const [, value] of metaPairs(meta)) {
+      const href = webURL(value);
+      if (href) return href;
+    }
+    return null;
+  }
+
+  /** "2026-12-07T12:00:00Z" → "12:00:00 UTC", as the server writes it. */
+  function untilText(iso) {
+    return typeof iso === "string" && iso.length >= 19 ? iso.slice(11, 19) + " UTC" : "";
+  }
+
   function fillChips(cell, items) {
     cell.replaceChildren(...items.map((text) => el("span", "chip", text)));
   }
@@ -204,8 +218,13 @@
           }));
         } else if (this.spec.chipCells && this.spec.chipCells.includes(name)) {
           v[name] = Array.from(td.children, (chip) => chip.textContent).join("\n");
-        } else if (name !== "state") {
+        } else if (name === "state") {
+          const why = td.querySelector(".why");
+          v.why = why ? why.textContent : "";
+        } else {
           v[name] = td.textContent;
+          const link = td.querySelector("a.holder-link");
+          v[name + "Link"] = link ? link.getAttribute("href") : "";
         }
       }
       return rec;
@@ -306,6 +325,26 @@
     return true;
   }
 
+  /** A holder cell: the holder's text, linked to its job when the lease names one. */
+  function putHolder(rec, text, href) {
+    if (rec.v.holder === text && rec.v.holderLink === (href || "")) return false;
+    rec.v.holder = text;
+    rec.v.holderLink = href || "";
+    const cell = rec.cells.holder;
+    if (href) {
+      const link = el("a", "holder-link", text);
+      link.href = href;
+      link.rel = "noopener noreferrer";
+      link.target = "_blank";
+      cell.replaceChildren(link);
+    } else {
+      setText(cell, text);
+    }
+    if (text) cell.title = text;
+    else cell.removeAttribute("title");
+    return true;
+  }
+
   function putTitled(rec, name, value) {
     if (!put(rec, name, value)) return false;
     if (value) rec.cells[name].title = value;
@@ -338,18 +377,25 @@
     emptyText: "The inventory is empty.",
     noMatchText: "No resource matches the filter.",
     key: (r) => r.name,
-    fill(rec, r) {
+    fill(rec, r, ctx) {
       let changed = put(rec, "name", r.name);
       changed = put(rec, "type", str(r.type)) || changed;
       const state = STATES.has(r.state) ? r.state : "unknown";
-      if (rec.v.state !== state) {
+      const why = r.disabled && typeof r.disabled === "object" ? str(r.disabled.reason) : "";
+      if (rec.v.state !== state || rec.v.why !== why) {
         rec.v.state = state;
+        rec.v.why = why;
         rec.tr.className = "s-" + state;
-        rec.cells.state.replaceChildren(el("span", "state state-" + state, state));
+        const parts = [el("span", "state state-" + state, state)];
+        if (why) parts.push(el("span", "why", why));
+        rec.cells.state.replaceChildren(...parts);
+        if (why) rec.cells.state.title = "disabled: " + why;
+        else rec.cells.state.removeAttribute("title");
         changed = true;
       }
       const showsLease = state === "held" || state === "reserved";
-      changed = putTitled(rec, "holder", showsLease ? str(r.holder) : "") || changed;
+      const lease = state === "held" && ctx ? ctx.leaseById.get(str(r.lease)) : null;
+      changed = putHolder(rec, showsLease ? str(r.holder) : "", lease ? jobURL(lease.meta) : null) || changed;
       changed = put(rec, "lease", showsLease ? str(r.lease) : "") || changed;
       changed = putChips(rec, "labels", labelPairs(r.labels)) || changed;
       put(rec, "epoch", str(r.epoch));
@@ -397,18 +443,24 @@
   });
 
   const queue = new Table("queue", {
-    cells: ["pos", "lease", "holder", "wants", "collected", "for", "meta"],
-    chipCells: ["collected"],
+    cells: ["pos", "lease", "holder", "wants", "collected", "for", "until", "blocked", "meta"],
+    chipCells: ["collected", "blocked"],
     sinceWhat: "waiting",
     emptyText: "Nobody is waiting.",
     noMatchText: "No waiter matches the filter.",
     key: (w) => w.id,
-    fill(rec, w) {
+    fill(rec, w, ctx) {
       put(rec, "pos", str(w.position));
       let changed = put(rec, "lease", w.id);
       changed = putTitled(rec, "holder", str(w.holder)) || changed;
       changed = put(rec, "wants", wantsText(w.want)) || changed;
       changed = putChips(rec, "collected", Array.isArray(w.reserved) ? w.reserved.map(str) : []) || changed;
+      changed = put(rec, "until", untilText(w.until)) || changed;
+      const blockers = (Array.isArray(w.blocked_by) ? w.blocked_by.map(str) : []).map((id) => {
+        const lease = ctx ? ctx.leaseById.get(id) : null;
+        return lease ? id + " · " + str(lease.holder) : id;
+      });
+      changed = putChips(rec, "blocked", blockers) || changed;
       changed = putMeta(rec, metaPairs(w.meta)) || changed;
       setSince(rec, typeof w.since === "string" ? w.since : null, "waiting");
       return changed;
@@ -582,7 +634,7 @@
     const waiting = (Array.isArray(doc.queue) ? doc.queue : []).filter((w) => w && typeof w.id === "string");
     const byName = new Map(list.map((r) => [r.name, r]));
     const leaseById = new Map(leaseList.map((l) => [l.id, l]));
-    const ctx = { byName };
+    const ctx = { byName, leaseById };
     resources.update(list, ctx);
     leases.update(leaseList, ctx);
     queue.update(waiting, ctx);
@@ -590,6 +642,7 @@
     applyFilter(false);
     const overall = updateSummary(list, leaseList.length, waiting.length);
     last = { resources: list, leases: leaseList, queue: waiting, byName, leaseById, overall, total: list.length };
+    if (doc.server && typeof doc.server.version === "string") setText($("version"), doc.server.version);
     body.dataset.snapshots = String(snapshotCount);
     body.dataset.applyMs = (performance.now() - started).toFixed(1);
     updateTitle();
@@ -957,19 +1010,45 @@
     (options.input ? d.input : d.confirm).focus();
   }
 
-  function askToken(error) {
+  /**
+   * Asks for the admin token and checks it with the server before taking it. `retry`: the admin
+   * action that was refused for want of it, run again once the token is right.
+   */
+  function askToken(error, retry) {
     openDialog({
       title: "Admin mode",
       text: ["Force free, Disable and Enable need the server's admin token. It stays in this browser tab " +
         "(sessionStorage) and is sent only as an Authorization header."],
       input: { label: "Admin token", type: "password", required: true, missing: "Enter the admin token.", maxLength: 4096 },
-      confirm: "Enter admin mode",
+      confirm: retry ? "Enter admin mode and retry" : "Enter admin mode",
       error,
       submit: async (token) => {
+        const refused = await checkToken(token);
+        if (refused) return refused;
         setAdmin(token);
+        if (retry) retry();
+        else notify("Admin mode: Force free, Disable and Enable are in the Admin column.");
         return null;
       },
     });
+  }
+
+  /** Whether the server takes `token` (GET /v1/admin changes nothing): null when it does, else why not. */
+  async function checkToken(token) {
+    let response;
+    try {
+      response = await fetch("/v1/admin", {
+        method: "GET", headers: { Authorization: "Bearer " + token }, cache: "no-store", credentials: "omit",
+        redirect: "error", signal: AbortSignal.timeout(ADMIN_TIMEOUT_MS),
+      });
+    } catch (error) {
+      const why = error && error.name === "TimeoutError" ? "no answer within " + ADMIN_TIMEOUT_MS / 1000 + " s" : "network error";
+      return "Could not reach the server to check the token (" + why + "). Try again.";
+    }
+    if (response.ok) return null;
+    if (response.status === 401) return "The server did not accept this admin token (401). Enter it again.";
+    if (response.status === 403) return "Admin calls are disabled on this server (403): start it with --admin-token-file.";
+    return "The server answered " + response.status + " while checking the token. Try again.";
   }
 
   adminButton.addEventListener("click", () => {
@@ -1006,14 +1085,17 @@
     return { ok: response.ok, status: response.status, message };
   }
 
-  /** A readable sentence for a failed admin call, or null when the token was refused (handled). */
-  function explain(result, name, action) {
-    const detail = result.message ? ": " + result.message : ".";
+  /**
+   * A readable sentence for a failed admin call, or null when the token was refused: then the
+   * token dialog is open, and `retry` runs once a token the server takes is entered.
+   */
+  function explain(result, name, action, retry) {
+    const detail = result.message ? ": " + result.message + "." : ".";
     switch (result.status) {
       case 0: return result.message;
       case 401:
         setAdmin(null);
-        askToken("The server did not accept the admin token (401)" + detail + " Enter it again.");
+        askToken("The server did not accept the admin token (401)" + detail + " Enter it again.", retry);
         return null;
       case 403: return "Admin calls are disabled on this server (403)" + detail;
       case 404: return "There is no resource named " + name + " any more (404).";
@@ -1026,10 +1108,18 @@
     }
   }
 
+  const PAST = { free: "Freed", disable: "Disabled", enable: "Enabled" };
+
   async function perform(name, action, reason) {
     const result = await adminCall(name, action, reason);
     if (result.ok) return { ok: true };
-    return { ok: false, error: explain(result, name, action) };
+    // Refused for the token: once a right one is entered, the same call runs again.
+    const retry = async () => {
+      const again = await perform(name, action, reason);
+      if (again.ok) notify(PAST[action] + " " + name + ".");
+      else if (again.error) notify(again.error, true);
+    };
+    return { ok: false, error: explain(result, name, action, retry) };
   }
 
   function confirmFree(name) {
