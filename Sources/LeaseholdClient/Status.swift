@@ -15,9 +15,12 @@ public struct StatusSnapshot: Sendable, Equatable {
         public var holder: String?
         public var epoch: Int64
         public var since: String
+        /// Why an admin (or a failed epoch write) took it out of service; nil while enabled.
+        public var disabledReason: String?
 
         public static func == (lhs: Resource, rhs: Resource) -> Bool {
             lhs.name == rhs.name && lhs.type == rhs.type && lhs.state == rhs.state && lhs.lease == rhs.lease
+                && lhs.disabledReason == rhs.disabledReason
                 && lhs.holder == rhs.holder && lhs.epoch == rhs.epoch && lhs.since == rhs.since
                 && lhs.labels.count == rhs.labels.count && zip(lhs.labels, rhs.labels).allSatisfy { $0 == $1 }
         }
@@ -29,9 +32,20 @@ public struct StatusSnapshot: Sendable, Equatable {
         public var position: Int
         public var want: [JSONValue]
         public var since: String
+        /// When the wait ends by itself; nil: it waits as long as it takes.
+        public var until: String?
+        /// Ids of the granted leases holding what it still needs.
+        public var blockedBy: [String]
+    }
+
+    public struct Lease: Sendable, Equatable {
+        public var id: String
+        public var holder: String
+        public var resources: [String]
     }
 
     public var resources: [Resource]
+    public var leases: [Lease]
     public var queue: [Waiter]
     /// The whole document as the server sent it.
     public var json: JSONValue
@@ -64,7 +78,16 @@ public struct StatusSnapshot: Sendable, Equatable {
             if case .int(let value)? = item["epoch"] { epoch = value }
             resources.append(Resource(name: name, type: item["type"]?.stringValue ?? "", labels: labels, state: state,
                                       lease: item["lease"]?.stringValue, holder: item["holder"]?.stringValue,
-                                      epoch: epoch, since: item["since"]?.stringValue ?? ""))
+                                      epoch: epoch, since: item["since"]?.stringValue ?? "",
+                                      disabledReason: item["disabled"]?["reason"]?.stringValue))
+        }
+        leases = []
+        if case .array(let items)? = value["leases"] {
+            for item in items {
+                var names: [String] = []
+                if case .array(let values)? = item["resources"] { names = values.compactMap(\.stringValue) }
+                leases.append(Lease(id: item["id"]?.stringValue ?? "", holder: item["holder"]?.stringValue ?? "", resources: names))
+            }
         }
         queue = []
         if case .array(let waiters)? = value["queue"] {
@@ -73,8 +96,11 @@ public struct StatusSnapshot: Sendable, Equatable {
                 if case .int(let value)? = item["position"] { position = Int(clamping: value) }
                 var want: [JSONValue] = []
                 if case .array(let groups)? = item["want"] { want = groups }
+                var blockedBy: [String] = []
+                if case .array(let ids)? = item["blocked_by"] { blockedBy = ids.compactMap(\.stringValue) }
                 queue.append(Waiter(id: item["id"]?.stringValue ?? "", holder: item["holder"]?.stringValue ?? "",
-                                    position: position, want: want, since: item["since"]?.stringValue ?? ""))
+                                    position: position, want: want, since: item["since"]?.stringValue ?? "",
+                                    until: item["until"]?.stringValue, blockedBy: blockedBy))
             }
         }
     }
@@ -92,15 +118,31 @@ public struct StatusSnapshot: Sendable, Equatable {
         if queue.isEmpty {
             text += "\nqueue: empty\n"
         } else {
-            var waiting: [[String]] = [["POS", "LEASE", "HOLDER", "WAITING", "WANTS"]]
+            var waiting: [[String]] = [["POS", "LEASE", "HOLDER", "WAITING", "WANTS", "BLOCKED BY"]]
             for waiter in queue {
                 let waited = Self.parseTimestamp(waiter.since).map { Self.age(now - $0) } ?? "?"
+                let blockers = waiter.blockedBy.map { id in leases.first { $0.id == id }.map { "\(id) (\($0.holder))" } ?? id }
                 waiting.append([String(waiter.position), waiter.id, waiter.holder, waited,
-                                waiter.want.map(Self.describe).joined(separator: ", ")])
+                                waiter.want.map(Self.describe).joined(separator: ", "),
+                                blockers.isEmpty ? "-" : blockers.joined(separator: ", ")])
             }
             text += "\nqueue: \(queue.count) waiting\n" + Self.render(waiting)
         }
+        let disabled = resources.filter { $0.disabledReason != nil }
+        if !disabled.isEmpty {
+            text += "\ndisabled:\n" + disabled.map { "  \($0.name): \($0.disabledReason ?? "")\n" }.joined()
+        }
         return text
+    }
+
+    /// Who holds what waiter `id` still needs, for people: `lease L1 of ci/nightly (switch-01)`,
+    /// joined by "; "; nil when the waiter is unknown or nothing granted blocks it.
+    public func blockers(ofWaiter id: String) -> String? {
+        guard let waiter = queue.first(where: { $0.id == id }), !waiter.blockedBy.isEmpty else { return nil }
+        return waiter.blockedBy.map { blocker in
+            guard let lease = leases.first(where: { $0.id == blocker }) else { return "lease \(blocker)" }
+            return "lease \(blocker) of \(lease.holder) (\(lease.resources.joined(separator: ", ")))"
+        }.joined(separator: "; ")
     }
 
     /// `array x2 {proto=fc}` or `switch-03`.

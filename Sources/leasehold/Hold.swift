@@ -166,6 +166,10 @@ final class HoldController: @unchecked Sendable {
     private var stopMessage = ""
     private var waitStarted = monotonicSeconds()
     private var position: Int?
+    /// Our id in the queue, and who held what we wait for when the status was last looked at.
+    private var waiterID: String?
+    private var blockers: String?
+    private var lookingUpBlockers = false
     private var progressShown = false
     private var ticker: DispatchSourceTimer?
     private var signalSources: [DispatchSourceSignal] = []
@@ -219,8 +223,13 @@ final class HoldController: @unchecked Sendable {
 
     private func handle(_ event: LeaseEvent) {
         switch (phase, event) {
-        case (.waiting, .queued(_, let position)):
-            if position != self.position { self.position = position; showProgress() }
+        case (.waiting, .queued(let id, let position)):
+            waiterID = id
+            if position != self.position {
+                self.position = position
+                lookUpBlockers()
+                showProgress()
+            }
         case (.waiting, .granted(let lease)):
             clearProgress()
             run(lease)
@@ -228,7 +237,8 @@ final class HoldController: @unchecked Sendable {
             clearProgress()
             let waited = StatusSnapshot.age(monotonicSeconds() - waitStarted)
             let where_ = position.map { " (last at position \($0) in the queue)" } ?? ""
-            fail(.waitTimeout("waited \(waited) for \(wants())\(where_), the --wait \(request.wait.map { StatusSnapshot.age($0) } ?? "") allowed"))
+            let heldBy = blockers.map { "; held by \($0)" } ?? ""
+            fail(.waitTimeout("waited \(waited) for \(wants())\(where_)\(heldBy), the --wait \(request.wait.map { StatusSnapshot.age($0) } ?? "") allowed"))
         case (.waiting, .failed(let error)), (.connecting, .failed(let error)):
             clearProgress()
             fail(error)
@@ -255,10 +265,25 @@ final class HoldController: @unchecked Sendable {
         request.want.map { StatusSnapshot.describe($0.json) }.joined(separator: ", ")
     }
 
+    /// Asks the server's status who holds what we wait for (the snapshot's `blocked_by`), off the
+    /// main queue; the next progress line says it.
+    private func lookUpBlockers() {
+        guard let id = waiterID, !lookingUpBlockers, phase == .waiting else { return }
+        lookingUpBlockers = true
+        let http = LeaseholdHTTP(server: server, timeout: .seconds(5))
+        DispatchQueue.global().async { [self] in
+            let found = (try? http.status())?.blockers(ofWaiter: id)
+            DispatchQueue.main.async { [self] in
+                lookingUpBlockers = false
+                if let found { blockers = found }
+            }
+        }
+    }
+
     private func showProgress() {
         guard !quiet else { return }
         let waited = StatusSnapshot.age(monotonicSeconds() - waitStarted)
-        let where_ = position.map { "position \($0) in the queue" } ?? "waiting"
+        let where_ = (position.map { "position \($0) in the queue" } ?? "waiting") + (blockers.map { ", held by \($0)" } ?? "")
         if terminal {
             writeStderr("\r\u{1B}[Kleasehold: waiting for \(wants()): \(where_) (\(waited))")
             progressShown = true
@@ -276,7 +301,11 @@ final class HoldController: @unchecked Sendable {
                 let timer = DispatchSource.makeTimerSource(queue: .main)
                 let interval = DispatchTimeInterval.milliseconds(Int(progressInterval * 1000))
                 timer.schedule(deadline: .now() + interval, repeating: interval)
-                timer.setEventHandler { [self] in if phase == .waiting { showProgress() } }
+                timer.setEventHandler { [self] in
+                    guard phase == .waiting else { return }
+                    showProgress()
+                    lookUpBlockers()
+                }
                 timer.activate()
                 ticker = timer
             }

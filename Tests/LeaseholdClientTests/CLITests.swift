@@ -256,14 +256,20 @@ final class CLIServer: @unchecked Sendable {
         #expect(stderr.contains("would wait for itself"), "\(stderr)")
 
         // Waiting in a CI log (stderr is a pipe here): a heartbeat line while the position stays.
-        let holder = try server.start(["hold", "--name", "switch-01", "--", "sh", "-c", "touch \"$1\"; exec sleep 60", "sh", server.path("held")])
+        let holder = try server.start(["hold", "--name", "switch-01", "--holder", "nightly-soak", "--",
+                                       "sh", "-c", "touch \"$1\"; exec sleep 60", "sh", server.path("held")])
         #expect(await server.waitFor("held"))
         let waiter = try server.start(["hold", "--name", "switch-01", "--progress-interval", "1", "--", "true"])
+        // Each line says where it waits and, once hold has asked the status, who holds it.
+        let heldBy = ", held by lease "
         let deadline = Date().addingTimeInterval(hangGuard)
-        while waiter.stderr.components(separatedBy: "waiting for switch-01: position 1").count < 3, Date() < deadline {
+        while waiter.stderr.components(separatedBy: "waiting for switch-01: position 1").count < 3
+                || !waiter.stderr.contains(heldBy), Date() < deadline {
             try await Task.sleep(nanoseconds: 50_000_000)
         }
         #expect(waiter.stderr.components(separatedBy: "waiting for switch-01: position 1").count >= 3, "\(waiter.stderr)")
+        #expect(waiter.stderr.contains(heldBy), "\(waiter.stderr)")
+        #expect(waiter.stderr.contains(" of nightly-soak (switch-01)"), "\(waiter.stderr)")
         waiter.signal(SIGTERM)
         holder.signal(SIGTERM)
         _ = await waiter.finish()

@@ -106,6 +106,26 @@ import Testing
         #expect(table.contains("1    L9     ci/2    1m10s"))
     }
 
+    @Test func saysWhoBlocksAWaiterAndWhyAResourceIsDisabled() throws {
+        let document = """
+            {"event":"snapshot","resources":[
+              {"name":"array-01","type":"array","labels":{},"attributes":{},"state":"held","lease":"L7","holder":"ci/1","epoch":3,"since":"1970-01-01T00:00:00Z"},
+              {"name":"array-02","type":"array","labels":{},"attributes":{},"state":"disabled","lease":null,"holder":null,"epoch":0,"since":"1970-01-01T00:00:00Z",
+               "disabled":{"reason":"firmware upgrade","since":"1970-01-01T00:00:00Z"}}],
+             "leases":[{"id":"L7","holder":"ci/1","resources":["array-01"],"state":"granted"}],
+             "queue":[{"id":"L9","holder":"ci/2","position":1,"want":[{"name":"array-01"}],"since":"1970-01-01T00:01:00Z",
+                       "until":"1970-01-01T01:00:00Z","blocked_by":["L7"]}]}
+            """
+        let snapshot = try StatusSnapshot(parsing: Array(document.utf8))
+        #expect(snapshot.blockers(ofWaiter: "L9") == "lease L7 of ci/1 (array-01)")
+        #expect(snapshot.blockers(ofWaiter: "L1") == nil)
+        #expect(snapshot.queue.first?.until == "1970-01-01T01:00:00Z")
+        let table = snapshot.table(now: 130)
+        #expect(table.contains("BLOCKED BY"))
+        #expect(table.contains("L7 (ci/1)"))
+        #expect(table.contains("disabled:\n  array-02: firmware upgrade"), "\(table)")
+    }
+
     @Test func refusesADocumentWithoutResources() {
         #expect(throws: LeaseholdError.self) { try StatusSnapshot(parsing: Array("{\"queue\":[]}".utf8)) }
         #expect(throws: LeaseholdError.self) { try StatusSnapshot(parsing: Array("not json".utf8)) }
