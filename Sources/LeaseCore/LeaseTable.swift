@@ -253,13 +253,14 @@ public struct LeaseTable: Sendable {
         let waitNs = request.wait.map { max(0, $0.saturatingNanoseconds) }
         if waitNs == 0 {
             // Not grantable at once and may not queue: give back what it took.
+            let heldBy = blockers(of: w)
             for k in leases[w].slots where k >= 0 {
                 let r = Int(k)
                 resources[r].owner = -1
                 resources[r].since = t
                 setFree(r)
             }
-            out.append(.failed(id, .waitTimeout, LeaseFacts(holder: request.holder, arrivedAt: t, grantedAt: nil)))
+            out.append(.failed(id, .waitTimeout(heldBy: heldBy), LeaseFacts(holder: request.holder, arrivedAt: t, grantedAt: nil)))
             dropLease(w)
             return
         }
@@ -430,7 +431,8 @@ public struct LeaseTable: Sendable {
         while let top = deadlines.top, top.deadline <= t {
             deadlines.pop()
             guard deadlineValid(top) else { continue }
-            removeWaiter(Int(top.slot), Tick(nanoseconds: t), failure: .waitTimeout, &out)
+            let w = Int(top.slot)
+            removeWaiter(w, Tick(nanoseconds: t), failure: .waitTimeout(heldBy: blockers(of: w)), &out)
         }
     }
 }

@@ -213,7 +213,8 @@ public enum FailureReason: Sendable, Equatable {
     /// inventory has (counting disabled and held resources), or a reload made it so.
     case unsatisfiable(String)
     /// Close 4408 `wait_timeout`: `wait` ran out, or `wait: 0` and not grantable at once.
-    case waitTimeout
+    /// `heldBy`: the granted leases that held what it still needed then (as `blocked_by`).
+    case waitTimeout(heldBy: [LeaseID])
 }
 
 /// What the table knew of a lease it ended, for whoever records the ending.

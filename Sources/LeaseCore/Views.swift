@@ -135,11 +135,7 @@ extension LeaseTable {
 
     func waiterView(_ w: Int, position: Int, holdersBySelector: inout [Int32: [Int32]]) -> WaiterView {
         let lease = leases[w]
-        var blocking = Set<Int32>()
-        for group in lease.groups where group.filled < group.count {
-            blocking.formUnion(holders(ofSelector: group.sel, cache: &holdersBySelector))
-        }
-        let blockedBy = blocking.sorted { leases[Int($0)].seq < leases[Int($1)].seq }.map { leases[Int($0)].id }
+        let blockedBy = blockers(of: w, cache: &holdersBySelector)
         return WaiterView(
             id: lease.id, holder: lease.request.holder, peer: lease.request.peer, position: position,
             want: lease.request.want, meta: lease.request.meta, since: lease.arrivedAt,
@@ -147,8 +143,23 @@ extension LeaseTable {
             blockedBy: blockedBy)
     }
 
-    /// Lease slots of the granted leases that hold a member of selector `s`; each selector's
-    /// members are walked once per snapshot.
+    /// The granted leases, in arrival order, that hold a resource matching a group of waiter `w`
+    /// that it has not filled yet.
+    func blockers(of w: Int) -> [LeaseID] {
+        var cache: [Int32: [Int32]] = [:]
+        return blockers(of: w, cache: &cache)
+    }
+
+    func blockers(of w: Int, cache: inout [Int32: [Int32]]) -> [LeaseID] {
+        var blocking = Set<Int32>()
+        for group in leases[w].groups where group.filled < group.count {
+            blocking.formUnion(holders(ofSelector: group.sel, cache: &cache))
+        }
+        return blocking.sorted { leases[Int($0)].seq < leases[Int($1)].seq }.map { leases[Int($0)].id }
+    }
+
+    /// Lease slots of the granted leases that hold a member of selector `s`; with a cache kept
+    /// over a snapshot, each selector's members are walked once.
     func holders(ofSelector s: Int32, cache: inout [Int32: [Int32]]) -> [Int32] {
         if let known = cache[s] { return known }
         var found = Set<Int32>()

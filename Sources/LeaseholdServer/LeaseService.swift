@@ -245,11 +245,33 @@ final class LeaseService: @unchecked Sendable {
             }
             let session = entry.session
             let granted = resources
-            let queueWasFull = entry.queueWasFull ? (waiterLimits.total, waiterLimits.perAddress) : nil
-            entry.loop.execute { session.deliver(effect, granted: granted, queueWasFull: queueWasFull) }
+            var failure: String?
+            if case .failed(_, .waitTimeout(let heldBy), let facts) = effect {
+                failure = waitTimeoutMessage(heldBy: heldBy, facts: facts, queueWasFull: entry.queueWasFull, now: now)
+            }
+            entry.loop.execute { [failure] in session.deliver(effect, granted: granted, waitTimeoutMessage: failure) }
         }
         if !effects.isEmpty { markChanged() }
         armTimer()
+    }
+
+    /// What a waiter that gave up is told: how long it waited and who held what it still needed,
+    /// or that the queue was full when it asked.
+    private func waitTimeoutMessage(heldBy: [LeaseID], facts: LeaseFacts, queueWasFull: Bool, now: Tick) -> String {
+        if queueWasFull {
+            return "the queue is full (at most \(waiterLimits.total) waiters, \(waiterLimits.perAddress) from one address) and the request cannot be granted now; try again later"
+        }
+        var message = "not granted within the requested wait (waited \(StatusPage.duration(now.nanoseconds - facts.arrivedAt.nanoseconds)))"
+        let shown = heldBy.prefix(5).map { id -> String in
+            let holder = table.facts(of: id)?.holder ?? "?"
+            guard case .granted(let names)? = table.lease(id) else { return "lease \(Self.format(id)) of \(holder)" }
+            return "lease \(Self.format(id)) of \(holder) (\(names.joined(separator: ", ")))"
+        }
+        if !shown.isEmpty {
+            message += "; held by " + shown.joined(separator: "; ")
+            if heldBy.count > shown.count { message += "; and \(heldBy.count - shown.count) more leases" }
+        }
+        return message
     }
 
     /// Makes the grant's epochs durable before it is sent; returns the names whose epoch could
@@ -331,7 +353,8 @@ final class LeaseService: @unchecked Sendable {
             let (code, message): (String, String)
             switch why {
             case .unsatisfiable(let text): (code, message) = ("unsatisfiable", text)
-            case .waitTimeout: (code, message) = ("wait_timeout", "not granted within the requested wait")
+            case .waitTimeout(let heldBy):
+                (code, message) = ("wait_timeout", waitTimeoutMessage(heldBy: heldBy, facts: facts, queueWasFull: entry.queueWasFull, now: now))
             }
             log(.info, "failed", ["code": .string(code), "why": .string(message)])
             line = [("event", .string("failed"))] + line + [("code", .string(code)), ("reason", .string(message)), waited]

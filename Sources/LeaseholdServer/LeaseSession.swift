@@ -137,9 +137,9 @@ final class LeaseSession: WebSocketHandler, @unchecked Sendable {
         socket.close(code: 1011, reason: reason)
     }
 
-    /// `queueWasFull`: the request came while the queue was at its limits (total, per address),
-    /// so it could only be granted at once.
-    func deliver(_ effect: Effect, granted: [LeaseProtocol.GrantedResource], queueWasFull: (Int, Int)? = nil) {
+    /// `waitTimeoutMessage`: what a wait timeout tells the client (the service knows who held
+    /// what it waited for).
+    func deliver(_ effect: Effect, granted: [LeaseProtocol.GrantedResource], waitTimeoutMessage: String? = nil) {
         guard let id = leaseID, id == effect.lease, let socket, socket.isOpen else { return }
         let text = LeaseService.format(id)
         defer { sendHeldBack() }
@@ -153,11 +153,7 @@ final class LeaseSession: WebSocketHandler, @unchecked Sendable {
             fail(.unsatisfiable, message)
         case .failed(_, .waitTimeout, _):
             state = .closed
-            if let (total, perAddress) = queueWasFull {
-                fail(.waitTimeout, "the queue is full (at most \(total) waiters, \(perAddress) from one address) and the request cannot be granted now; try again later")
-            } else {
-                fail(.waitTimeout, "not granted within the requested wait")
-            }
+            fail(.waitTimeout, waitTimeoutMessage ?? "not granted within the requested wait")
         case .revoked(_, let reason, _):
             state = .closed
             send(.revoked(lease: text, reason: reason))

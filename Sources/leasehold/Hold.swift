@@ -233,11 +233,13 @@ final class HoldController: @unchecked Sendable {
         case (.waiting, .granted(let lease)):
             clearProgress()
             run(lease)
-        case (.waiting, .failed(.waitTimeout)):
+        case (.waiting, .failed(.waitTimeout(let answer))):
             clearProgress()
             let waited = StatusSnapshot.age(monotonicSeconds() - waitStarted)
             let where_ = position.map { " (last at position \($0) in the queue)" } ?? ""
-            let heldBy = blockers.map { "; held by \($0)" } ?? ""
+            // Who held it: the server says so as the wait ends; else what hold last looked up.
+            let heldBy = answer.range(of: "; held by ").map { String(answer[$0.lowerBound...]) }
+                ?? blockers.map { "; held by \($0)" } ?? ""
             fail(.waitTimeout("waited \(waited) for \(wants())\(where_)\(heldBy), the --wait \(request.wait.map { StatusSnapshot.age($0) } ?? "") allowed"))
         case (.waiting, .failed(let error)), (.connecting, .failed(let error)):
             clearProgress()

@@ -144,7 +144,7 @@ let lab: [ResourceSpec] = [
         let (w, e) = h.acquire([ty("array", count: 3)])
         #expect(queuedPosition(e, w) == 1)
         let (z, e0) = h.acquire([.name("array-03")], wait: 0)
-        #expect(failure(e0, z) == .waitTimeout)
+        #expect(failure(e0, z) == .waitTimeout(heldBy: []), "array-03 is disabled, not held")
         _ = a
     }
 

@@ -51,7 +51,7 @@ import Testing
         #expect(r1.isEmpty)
         #expect(h.state("a") == .reserved)
         let (w2, e) = h.acquire([.name("a")], wait: 0)
-        #expect(failure(e, w2) == .waitTimeout)
+        #expect(failure(e, w2) == .waitTimeout(heldBy: []), "a is only reserved, for an earlier waiter")
         let r2 = h.release(lb)
         #expect(granted(r2, w1) == ["a", "b"])
     }
@@ -71,7 +71,7 @@ import Testing
         var h = Harness([res("a", "array"), res("b", "array")])
         let (l, _) = h.acquire([.name("b")])
         let (w, e) = h.acquire([ty("array", count: 2)], wait: 0)
-        #expect(e == [.failed(w, .waitTimeout, h.facts(w))])
+        #expect(e == [.failed(w, .waitTimeout(heldBy: [l]), h.facts(w))])
         #expect(h.state("a") == .free)
         let (g, e2) = h.acquire([.name("a")], wait: 0)
         #expect(granted(e2, g) == ["a"])
@@ -87,7 +87,7 @@ import Testing
         #expect(queuedPosition(e, w) == 1)
         #expect(h.table.nextDeadline == .seconds(10 + wait))
         #expect(h.tick(at: 10 + wait - 0.001).isEmpty)
-        #expect(h.tick(at: 10 + wait) == [.failed(w, .waitTimeout, h.facts(w))])
+        #expect(h.tick(at: 10 + wait) == [.failed(w, .waitTimeout(heldBy: [l]), h.facts(w))])
         #expect(h.table.lease(w) == nil)
         #expect(h.table.nextDeadline == nil)
         _ = l
@@ -98,7 +98,7 @@ import Testing
         let (lb, _) = h.acquire([.name("b")])
         let (w1, _) = h.acquire([.name("a"), .name("b")], wait: 1)
         let (w2, _) = h.acquire([.name("a")])
-        #expect(h.tick(at: 1) == [.failed(w1, .waitTimeout, h.facts(w1)), .granted(w2, [GrantedResource(
+        #expect(h.tick(at: 1) == [.failed(w1, .waitTimeout(heldBy: [lb]), h.facts(w1)), .granted(w2, [GrantedResource(
             name: "a", type: "array", labels: [:], attributes: .emptyObject, epoch: 1)])])
         _ = lb
     }
@@ -136,7 +136,7 @@ import Testing
         let (w2, _) = h.acquire([.name("a")])
         h.now = .seconds(2)
         let r = h.release(la)
-        #expect(failure(r, w1) == .waitTimeout)
+        #expect(failure(r, w1) == .waitTimeout(heldBy: [la]), "expired before la's release is looked at")
         #expect(grantedIDs(r) == [w2])
     }
 }

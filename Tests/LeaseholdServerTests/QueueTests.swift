@@ -123,13 +123,17 @@ import Transport
     @Test func aShortWaitQueuesThenTimesOut() async throws {
         let clock = ManualClock()
         let server = try TestServer(clock: clock)
-        let (holder, _) = try await server.hold(#"[{"name":"switch-01"}]"#)
+        let (holder, granted) = try await server.hold(#"[{"name":"switch-01"}]"#, holder: "ci/nightly")
         let (client, queued) = try await server.queue(#"[{"name":"switch-01"}]"#, wait: "30.5")
         #expect(queued["position"] == .int(1))
         clock.advance(by: .milliseconds(30_499))
         try await client.expectOnlyPositionUpdates(0.05)
         clock.advance(by: .milliseconds(1))
-        try await client.expectFailure("wait_timeout", closeCode: 4408)
+        // The message says how long it waited and who held what it waited for.
+        let message = try await client.expectError("wait_timeout")
+        let lease = granted["lease"]?.stringValue ?? "?"
+        #expect(message == "not granted within the requested wait (waited 30s); held by lease \(lease) of ci/nightly (switch-01)")
+        #expect(try await client.expectClose().code == 4408)
         try await server.waitForStatus("the queue empty") { $0["queue"]?.arrayValue?.isEmpty == true }
         holder.close()
         await server.stop()
