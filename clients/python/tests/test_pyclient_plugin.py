@@ -188,10 +188,10 @@ def test_revocation_interrupts_and_fails_the_test_with_the_reason(pytester, serv
             "*_ test_interrupted _*",
             ">*time.sleep(30)*",
             "E * leasehold.errors.Revoked: lease L* on array-01 was revoked by an admin: "
-            "disk shelf replaced (CHG-77) during this test",
+            "disk shelf replaced (CHG-77) during this test. Ask the lab's admins before taking it again.",
             "*_ test_later_user_fails_too _*",
             "E * leasehold.errors.Revoked: lease L* on array-01 was revoked by an admin: "
-            "disk shelf replaced (CHG-77) (it ended during test_rev.py::test_interrupted)",
+            "disk shelf replaced (CHG-77) (it ended during test_rev.py::test_interrupted). Ask the lab's admins before taking it again.",
             "FAILED test_rev.py::test_interrupted - leasehold.errors.Revoked*",
             "FAILED test_rev.py::test_later_user_fails_too - leasehold.errors.Revoked*",
         ]
@@ -222,7 +222,7 @@ def test_revocation_fails_a_test_that_returns_normally(pytester, server):
         [
             "*_ test_finishes_anyway _*",
             "E * leasehold.errors.Revoked: lease L* on switch-01 was revoked by an admin: "
-            "moved to rack 7 during this test",
+            "moved to rack 7 during this test. Ask the lab's admins before taking it again.",
         ]
     )
 

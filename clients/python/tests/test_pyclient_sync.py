@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import re
 import time
 
 import pytest
@@ -124,6 +125,11 @@ def test_wait_timeout(server):
         with pytest.raises(leasehold.WaitTimeout) as info:
             leasehold.lease(name="array-03", server=server.url, wait=0).acquire()
         assert info.value.code == "wait_timeout" and info.value.close_code == 4408
+        # How long, what for, held by whom, and the option that sets the wait.
+        text = str(info.value)
+        assert "waited 0s" in text and "asked for array-03 with wait=0" in text, text
+        assert re.search(r"held by lease L\w+ of .+ \(array-03\)", text), text
+        assert "--leasehold-wait" in text and "wait=None" in text, text
         assert time.monotonic() - t0 < 3
 
         positions: list[int] = []

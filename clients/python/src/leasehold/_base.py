@@ -316,7 +316,7 @@ class LeaseBase:
             except (TimeoutError, asyncio.TimeoutError):
                 gave_up = WaitTimeout(
                     f"no grant within wait={self.wait}s and the server did not say so; "
-                    "giving up"
+                    f"gave up waiting for {self.describe()}"
                 )
                 gave_up.close_code = None  # the client decided: no close code came
                 raise gave_up from None
@@ -389,7 +389,12 @@ class LeaseBase:
             return True
         if kind == "error":
             code = str(event.get("code") or "protocol")
-            raise error_for_code(code, str(event.get("message") or ""))
+            message = str(event.get("message") or "")
+            if code == "wait_timeout":
+                # The server says how long and who held it; say what was asked, and at what wait.
+                where = f", last at position {self.position} in the queue" if self.position else ""
+                message = f"{message.rstrip('.')}; asked for {self.describe()} with wait={self.wait}{where}"
+            raise error_for_code(code, message)
         if kind == "revoked":
             raise ConnectionLost(
                 f"revoked before the grant: {event.get('reason') or ''}",

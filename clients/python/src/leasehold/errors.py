@@ -87,6 +87,8 @@ class RequestError(LeaseholdError):
     CODE: str = ""
     #: WebSocket close code the server closes with for this error.
     CLOSE_CODE: int | None = None
+    #: What to do about it, said after the server's message.
+    HINT: str = ""
 
     def __init__(
         self,
@@ -98,7 +100,10 @@ class RequestError(LeaseholdError):
         self.message = message
         self.code = code if code is not None else self.CODE
         self.close_code = close_code if close_code is not None else self.CLOSE_CODE
-        super().__init__(f"{self.code}: {message}" if self.code else message)
+        text = f"{self.code}: {message}" if self.code else message
+        if self.HINT:
+            text = f"{text.rstrip('.')}. {self.HINT}"
+        super().__init__(text)
 
 
 class BadRequest(RequestError):
@@ -106,6 +111,8 @@ class BadRequest(RequestError):
 
     CODE = "bad_request"
     CLOSE_CODE = 4400
+    HINT = ("Fix the request: the want groups (name=, or type= with count= and labels=), "
+            "holder= and meta= as PROTOCOL.md describes them.")
 
 
 class Unsatisfiable(RequestError):
@@ -117,16 +124,21 @@ class Unsatisfiable(RequestError):
 
     CODE = "unsatisfiable"
     CLOSE_CODE = 4404
+    HINT = ("Check the names, types and labels against the inventory "
+            "(the server's status page, or `leasehold status`).")
 
 
 class WaitTimeout(RequestError):
     """The request waited longer than ``wait`` (``wait_timeout``, close 4408).
 
-    Also raised for ``wait=0`` when the resources are not free at once.
+    Also raised for ``wait=0`` when the resources are not free at once. The
+    message says how long it waited, what it asked for and who held it.
     """
 
     CODE = "wait_timeout"
     CLOSE_CODE = 4408
+    HINT = ("Wait longer with wait=SECONDS (pytest: --leasehold-wait), or wait=None "
+            "to wait as long as it takes; the status page shows who holds what.")
 
 
 class ProtocolError(RequestError):
@@ -135,6 +147,7 @@ class ProtocolError(RequestError):
 
     CODE = "protocol"
     CLOSE_CODE = 1008
+    HINT = "Is the URL a leasehold server of protocol version 1, and this client up to date?"
 
 
 class LeaseEnded(LeaseholdError):
@@ -181,7 +194,8 @@ class Revoked(LeaseEnded):
         names = ", ".join(r.name for r in resources) or "its resources"
         super().__init__(
             f"lease {lease_id or '?'} on {names} was revoked by an admin: "
-            f"{reason or '(no reason given)'}",
+            f"{(reason or '(no reason given)').rstrip('.')}. "
+            "Ask the lab's admins before taking it again.",
             lease_id=lease_id,
             resources=resources,
         )
@@ -214,6 +228,8 @@ class ConnectionLost(LeaseEnded):
             message = f"lease {lease_id or '?'} on {names} was lost: {detail}"
         else:
             message = f"connection to the leasehold server lost: {detail}"
+        message = (f"{message.rstrip('.')}. Check that the server is up (its /healthz, or "
+                   "`leasehold status`), then ask again.")
         super().__init__(message, lease_id=lease_id, resources=resources)
 
 
