@@ -148,3 +148,36 @@ def test_the_debian_package_installs_a_binary_that_runs_its_units_and_a_man_page
     assert man.startswith(".TH LEASEHOLD 1") and "--trusted-proxy" in man and "--wait" in man
     unit = (root / "lib/systemd/system/leasehold.service").read_text()
     assert "ExecStart=/usr/bin/leasehold serve" in unit
+
+    # Installing makes the admin token the service needs (once), and purging removes it.
+    control_dir = tmp_path / "control"
+    subprocess.run(["dpkg-deb", "--control", str(packages[0]), str(control_dir)], check=True)
+    environment = dict(os.environ, DPKG_ROOT=str(root))
+    subprocess.run(["sh", str(control_dir / "postinst"), "configure"], env=environment, check=True, capture_output=True)
+    token = root / "etc/leasehold/admin-token"
+    assert token.stat().st_mode & 0o777 == 0o600
+    first = token.read_text()
+    assert len(first) >= 32 and first.isalnum()
+    subprocess.run(["sh", str(control_dir / "postinst"), "configure"], env=environment, check=True, capture_output=True)
+    assert token.read_text() == first, "a second configure keeps the token"
+    # The installed server takes it: GET /v1/admin with it is 200.
+    server = subprocess.Popen([str(root / "usr/bin/leasehold"), "serve", "--listen", "127.0.0.1:0",
+                               "--inventory", str(root / "etc/leasehold/inventory.yaml"), "--admin-token-file", str(token)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        address = server.stdout.readline().strip().removeprefix("leasehold listening on ")
+        host, port = address.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=WAIT) as client:
+            client.settimeout(WAIT)
+            client.sendall(f"GET /v1/admin HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {first}\r\n"
+                           "Connection: close\r\n\r\n".encode())
+            answer = b""
+            while chunk := client.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+    finally:
+        server.terminate()
+        server.communicate(timeout=WAIT)
+    subprocess.run(["sh", str(control_dir / "postrm"), "purge"], env=environment, check=True)
+    assert not token.exists()
