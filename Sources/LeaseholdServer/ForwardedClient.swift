@@ -11,6 +11,8 @@ struct ForwardedClient: Equatable {
     var host: String
     /// The `Host` the client asked for (`X-Forwarded-Host` through a trusted proxy).
     var requestedHost: String?
+    /// The scheme the client used, when a trusted proxy says (`X-Forwarded-Proto`); nil otherwise.
+    var requestedScheme: String?
 
     init(peer: SocketAddress, head: HTTPRequestHead, trusted: [AddressRange]) {
         self.peer = peer.description
@@ -19,6 +21,10 @@ struct ForwardedClient: Equatable {
         guard trusted.contains(where: { $0.contains(peer.host) }) else { return }
         if let forwardedHost = head.headers["X-Forwarded-Host"]?.split(separator: ",").first {
             requestedHost = forwardedHost.trimmingWhitespace()
+        }
+        if let proto = head.headers["X-Forwarded-Proto"]?.split(separator: ",").first?.trimmingWhitespace().lowercased(),
+           proto == "http" || proto == "https" {
+            requestedScheme = proto
         }
         // The nearest hop that is not a trusted proxy is the client (RFC 7239 section 7.4).
         let hops = Self.forwardedFor(head)

@@ -208,7 +208,7 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         switch (method, path) {
         case ("GET", "/v1/lease"):
             guard !shuttingDown.isSet else { return responder.respond(.text(503, "server shutting down\n")) }
-            if let refusal = checkOrigin(head, requestedHost: client.requestedHost, endpoint: path) { return responder.respond(refusal) }
+            if let refusal = checkOrigin(head, client, endpoint: path) { return responder.respond(refusal) }
             var tokenName: String?
             if let tokens = options.leaseTokens {
                 switch Self.leaseTokenName(head, tokens) {
@@ -220,7 +220,7 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
                                        requestTimeout: options.requestTimeout, tokenName: tokenName)
             responder.upgradeToWebSocket(handler: session)
         case ("GET", "/v1/watch"):
-            if let refusal = checkOrigin(head, requestedHost: client.requestedHost, endpoint: path) { return responder.respond(refusal) }
+            if let refusal = checkOrigin(head, client, endpoint: path) { return responder.respond(refusal) }
             responder.upgradeToWebSocket(handler: WatchSession(hub: service.watch, hubQueue: service.queue, slots: watchers))
         case ("GET", "/v1/status"):
             service.queue.async { [service] in
@@ -373,13 +373,15 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
     /// A WebSocket from a browser page of another site is refused, so a page opened on a lab
     /// machine can neither hold the lab's hardware nor read its state through the visitor's
     /// network position. Tools send no `Origin`; sandboxed pages and files send "null".
-    private func checkOrigin(_ head: HTTPRequestHead, requestedHost: String?, endpoint: String) -> HTTPResponse? {
+    private func checkOrigin(_ head: HTTPRequestHead, _ client: ForwardedClient, endpoint: String) -> HTTPResponse? {
         guard let origin = head.headers["Origin"] else { return nil }
         let allowed = options.allowedOrigins + (options.publicURL.flatMap(Self.origin).map { [$0] } ?? [])
         if allowed.contains(origin) || (origin != "null" && allowed.contains("*")) { return nil }
         // The server's own pages: the requested host has passed `checkHost`, so this is not a
         // rebound name.
-        if origin != "null", let host = requestedHost, let scheme = origin.range(of: "://"),
+        // Through a proxy that says which scheme the page was served under, the scheme counts too.
+        if origin != "null", let host = client.requestedHost, let scheme = origin.range(of: "://"),
+           client.requestedScheme.map({ origin.lowercased().hasPrefix($0 + "://") }) ?? true,
            origin[scheme.upperBound...].lowercased() == host.lowercased() {
             return nil
         }

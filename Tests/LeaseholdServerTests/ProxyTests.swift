@@ -85,6 +85,19 @@ import Transport
         _ = try await holder.expectEvent("granted")
         let status = try await server.status()
         #expect(status["leases"]?.arrayValue?.first?["peer"] == .string("203.0.113.7"))
+        // The page's own host under another scheme than the proxy served it with is not the page.
+        let downgraded = [("Host", "127.0.0.1:\(server.port)"), ("Origin", "http://lab2.example"),
+                          ("X-Forwarded-Host", "lab2.example"), ("X-Forwarded-Proto", "https")]
+        let other = try TestServer {
+            $0.trustedProxies = [try! AddressRange(parsing: "127.0.0.1/32")]
+            $0.allowedHosts = ["lab2.example"]
+        }
+        #expect(try await other.http("GET", "/v1/watch", headers: HardeningTests.upgrade + downgraded.map { $0.0 == "Host" ? ("Host", "127.0.0.1:\(other.port)") : $0 }).status == 403)
+        let same = try await WSClient.connect(port: other.port, path: "/v1/watch", headers: [
+            ("Origin", "https://lab2.example"), ("X-Forwarded-Host", "lab2.example"), ("X-Forwarded-Proto", "https"),
+        ])
+        same.close()
+        await other.stop()
         // Another site's page is still refused, forwarded or not.
         let foreign = [("Host", "127.0.0.1:\(server.port)")] + proxied.map { $0.0 == "Origin" ? ("Origin", "https://evil.example") : $0 }
         #expect(try await server.http("GET", "/v1/watch", headers: HardeningTests.upgrade + foreign).status == 403)
