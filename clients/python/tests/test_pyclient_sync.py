@@ -97,6 +97,7 @@ def test_unsatisfiable(server):
     with pytest.raises(leasehold.Unsatisfiable) as info:
         leasehold.lease(type="tape-library", server=server.url, wait=5).acquire()
     assert info.value.code == "unsatisfiable" and info.value.close_code == 4404
+    assert str(info.value).endswith("(the server's status page, or `leasehold status`).")
     with pytest.raises(leasehold.Unsatisfiable):
         leasehold.lease(type="array", count=4, server=server.url).acquire()
     with pytest.raises(leasehold.Unsatisfiable):
@@ -111,6 +112,7 @@ def test_bad_request(server):
     with pytest.raises(leasehold.BadRequest) as info:
         leasehold.lease(type="array", count=0, server=server.url).acquire()
     assert info.value.code == "bad_request" and info.value.close_code == 4400
+    assert "Fix the request" in str(info.value)
     with pytest.raises(leasehold.BadRequest):
         leasehold.lease(want=[], server=server.url).acquire()
     with pytest.raises(leasehold.BadRequest):
@@ -191,6 +193,7 @@ def test_connection_lost_when_server_stops(server):
     assert isinstance(lease.error, leasehold.ConnectionLost)
     assert lease.error.close_code == 1001
     assert "switch-01" in str(lease.error)
+    assert str(lease.error).endswith("Check that the server is up (its /healthz, or `leasehold status`), then ask again.")
     lease.release()  # harmless after the end
     assert not lease.released
 
