@@ -37,6 +37,9 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SEED = int(os.environ.get("LEASEHOLD_STRESS_SEED", "1234"))
+# Set (seconds) for soaks (scripts/soak): the server runs with this --dead-after (pinging at a
+# third of it), and some holders go silent as a crashed or frozen process would.
+DEAD_AFTER = float(os.environ["LEASEHOLD_STRESS_DEAD_AFTER"]) if os.environ.get("LEASEHOLD_STRESS_DEAD_AFTER") else None
 TOKEN = "stress-admin-token"
 REQUEST_TIMEOUT = 2.0
 CLOSE_CODES = {"bad_request": 4400, "unsatisfiable": 4404, "wait_timeout": 4408,
@@ -461,7 +464,8 @@ class Churn:
         label = f"client {cid}.{it} want={want} wait={wait} ({cls})"
         wait_plan = rng.choice(["patient", "patient", "patient", "release", "close", "rst", "garbage", "binary"])
         wait_patience = rng.uniform(0.1, 3.0)
-        hold_plan = rng.choice(["release", "close", "rst", "binary", "second_acquire", "garbage"])
+        hold_plan = rng.choice(["release", "close", "rst", "binary", "second_acquire", "garbage"]
+                               + (["silent"] if DEAD_AFTER else []))
         hold_time = rng.choice([0, 0.01, 0.05, 0.2, 0.5])
         message = {"op": "acquire", "want": want, "holder": f"c{cid}.{it}", "meta": {"client": str(cid)}}
         if wait is not None or rng.random() < 0.5:
@@ -531,6 +535,15 @@ class Churn:
                 elif plan == "rst":
                     reset(ws)
                     self.count("rst")
+                    self.pending_liveness.discard(label)
+                    return
+                elif plan == "silent":
+                    # A holder that stops (it stopped using the resource above): it reads
+                    # nothing and answers no ping, until the server has had time to give up on it.
+                    ws.transport.pause_reading()
+                    self.count("silent")
+                    await asyncio.sleep(DEAD_AFTER * 1.5 + 1)
+                    reset(ws)
                     self.pending_liveness.discard(label)
                     return
                 elif plan == "binary":
@@ -895,7 +908,10 @@ class Churn:
 @pytest.fixture
 def churn_server(tmp_path):
     loops = os.environ.get("LEASEHOLD_STRESS_LOOPS")
-    server = Server(tmp_path, inventory_yaml(FULL_VARIANT, 0), ["--loops", loops] if loops else [])
+    args = ["--loops", loops] if loops else []
+    if DEAD_AFTER:
+        args += ["--ping-interval", str(max(0.5, DEAD_AFTER / 3)), "--dead-after", str(DEAD_AFTER)]
+    server = Server(tmp_path, inventory_yaml(FULL_VARIANT, 0), args)
     yield server
     server.stop()
 
@@ -953,6 +969,11 @@ def test_churn_safety_and_liveness(churn_server):
     for name in ("leasehold_leases", "leasehold_waiters"):
         if metric(text, name) != 0:
             churn.problems.add(f"{name} is {metric(text, name)} at the end")
+    if churn.outcomes.get("silent"):
+        dead = re.search(r'^leasehold_releases_total\{reason="dead_peer"\} (\d+)', text, re.M)
+        print(f"silent holders: {churn.outcomes['silent']}, freed as dead peers by the server: {dead and dead.group(1)}")
+        if not dead or int(dead.group(1)) == 0:
+            churn.problems.add("holders went silent, but the server freed none of them as a dead peer")
     try:
         wait_for_connections(server, 0)
     except AssertionError as error:
