@@ -14,8 +14,8 @@ public struct ServerOptions: Sendable {
     /// Listening sockets handed over already bound (systemd socket activation), served besides
     /// `listen`.
     public var inheritedListeners: [Int32] = []
-    /// Proxies whose `X-Forwarded-For`/`Forwarded` and `X-Forwarded-Host` headers are believed;
-    /// they are also exempt from `maxConnectionsPerAddress`.
+    /// Proxies whose `X-Forwarded-For`/`Forwarded`, `X-Forwarded-Host` and `X-Forwarded-Proto`
+    /// headers are believed; they are also exempt from `maxConnectionsPerAddress`.
     public var trustedProxies: [AddressRange] = []
     /// The URL people open the page at (`https://lab.example`), when a proxy serves it: its origin
     /// may use the WebSocket endpoints and its host name is one of the server's.

@@ -13,7 +13,8 @@ struct Serve: ParsableCommand {
         discussion: """
             Prints one line per listener on stdout (`leasehold listening on HOST:PORT`), then logs to \
             stderr. Listening sockets passed by systemd (socket activation: LISTEN_FDS) are served \
-            too, and then the default address is not bound. SIGHUP re-reads the inventory; SIGTERM closes every connection with 1001 and exits 0.
+            too, and then the default address is not bound. SIGHUP re-reads the inventory; SIGTERM \
+            closes every connection with 1001 and exits 0.
             """
     )
 
@@ -65,7 +66,7 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "Host name the server is reached by, besides IP addresses, localhost and this machine's name (repeatable; * for any). Requests naming another host get 403.")
     var allowHost: [String] = []
 
-    @Option(name: .long, help: ArgumentHelp("A proxy (address or CIDR block) whose X-Forwarded-For/Forwarded and X-Forwarded-Host headers are believed; it is also exempt from --max-connections-per-address (repeatable). Everyone else's forwarded headers are ignored.", valueName: "cidr"))
+    @Option(name: .long, help: ArgumentHelp("A proxy (address or CIDR block) whose X-Forwarded-For/Forwarded, X-Forwarded-Host and X-Forwarded-Proto headers are believed; it is also exempt from --max-connections-per-address (repeatable). Everyone else's forwarded headers are ignored.", valueName: "cidr"))
     var trustedProxy: [String] = []
 
     @Option(name: .long, help: ArgumentHelp("The URL people open the status page at through a proxy (https://lab.example): its origin may use /v1/watch and /v1/lease, and its host is a name of this server.", valueName: "url"))
