@@ -29,6 +29,8 @@ let package = Package(
 
         // Sockets, event loops, HTTP and WebSocket connections.
         .target(name: "CPosix"),
+        // OpenSSL from the system (libssl-dev): SHA-256 of resume tokens.
+        .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
         .target(name: "Transport", dependencies: ["CPosix", "WebSocketCodec", "HTTPCodec"]),
         // For tests, never shipped: a clock that moves only when a test says so, a TSan-visible lock.
         .target(name: "TransportTesting", dependencies: ["Transport"]),
@@ -42,7 +44,7 @@ let package = Package(
         .target(
             name: "LeaseholdServer",
             dependencies: [
-                "Transport", "HTTPCodec", "LeaseCore", "LeaseProtocol",
+                "Transport", "HTTPCodec", "LeaseCore", "LeaseProtocol", "COpenSSL",
                 .product(name: "Logging", package: "swift-log"),
                 // InventoryFile also imports Yams' CYaml (libyaml's events show anchors and aliases,
                 // which Yams' tree hides); Yams exports no product for it.

@@ -107,8 +107,10 @@ def test_take_hold_and_release_a_lease_while_a_second_client_queues(server, clie
 
     waiter = acquire(clients, server, [{"type": "switch"}], holder="py/waiter")
     queued = event(waiter)
-    assert queued == {"event": "queued", "lease": queued["lease"], "position": 1}
+    assert queued == {"event": "queued", "lease": queued["lease"], "position": 1, "resume": queued["resume"]}
     assert queued["lease"] != granted["lease"]
+    # Resume tokens: 128 random bits or more, one per lease.
+    assert len(granted["resume"]) >= 32 and granted["resume"] != queued["resume"]
 
     holder.send(json.dumps({"op": "release"}))
     with pytest.raises(ConnectionClosed) as closed:

@@ -335,6 +335,11 @@ extension LeaseTable {
             leases[w].lastSentPos = 0
             leases[w].lastSentAt = .min
             leases[w].holdsSelectorRefs = true
+            leases[w].orphanUntil = .max
+            leases[w].revokingUntil = .max
+            leases[w].revokeReason = ""
+            leases[w].expiresAt = .max
+            leases[w].holdLimit = .max
         } else {
             w = leases.count
             leases.append(LeaseRec(
@@ -357,6 +362,7 @@ extension LeaseTable {
     /// Forgets a lease record (the caller has already moved its resources).
     mutating func dropLease(_ w: Int) {
         releaseSelectorRefs(w)
+        if leases[w].orphanUntil != .max { orphanCount -= 1 }
         leaseIndex.removeValue(forKey: leases[w].id)
         leases[w].alive = false
         leases[w].waiting = false
@@ -676,6 +682,7 @@ extension LeaseTable {
         leases[w].grantedAt = t
         leases[w].grantedGeneration = inventoryGeneration
         grantedLeaseCount += 1
+        startHoldLimit(w, t)
         out.append(.granted(leases[w].id, list))
     }
 

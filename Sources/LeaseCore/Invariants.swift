@@ -130,7 +130,7 @@ extension LeaseTable {
 
     /// The queue, the lease index and the counters; then each lease on its own.
     private func checkLeases(_ p: inout [String]) {
-        var granted = 0, waiting = 0, withDeadline = 0
+        var granted = 0, waiting = 0, withDeadline = 0, orphans = 0
         var lastSeq: UInt64 = 0
         var pos = 0
         for (qi, s) in queue.enumerated() where s >= 0 {
@@ -147,6 +147,10 @@ extension LeaseTable {
             if leaseIndex[lease.id] != Int32(w) { p.append("lease index wrong for \(lease.id)") }
             let mine = lease.slots.filter { $0 >= 0 }.map { Int($0) }
             if Set(mine).count != mine.count { p.append("\(lease.id) lists a resource twice") }
+            if lease.orphanUntil != .max { orphans += 1 }
+            if lease.revokingUntil != .max && (lease.waiting || lease.orphanUntil != .max) {
+                p.append("\(lease.id) is revoking while waiting or orphaned")
+            }
             for r in mine where resources[r].owner != Int32(w) { p.append("\(lease.id) lists \(resources[r].name) owned by another") }
             if lease.waiting {
                 waiting += 1
@@ -157,6 +161,7 @@ extension LeaseTable {
                 checkGranted(lease, holding: mine, &p)
             }
         }
+        if orphans != orphanCount { p.append("orphan count \(orphanCount) expected \(orphans)") }
         if granted != grantedLeaseCount { p.append("granted count \(grantedLeaseCount) expected \(granted)") }
         if waiting != waiterCount { p.append("waiter count \(waiterCount) expected \(waiting)") }
         if pos != waiting { p.append("queue holds \(pos) waiters, expected \(waiting)") }

@@ -74,6 +74,8 @@ public struct LeaseTable: Sendable {
         var since: Tick
         var memberships: [Membership] = []
         var nameSel: Int32 = -1
+        /// The inventory's `max_hold` in nanoseconds; `.max`: none.
+        var maxHold: Int64 = .max
 
         var isFree: Bool { owner < 0 && enabled && inInventory }
     }
@@ -168,6 +170,12 @@ public struct LeaseTable: Sendable {
         var lastSentPos: Int32
         var lastSentAt: Int64
         var holdsSelectorRefs: Bool
+        /// Lifecycle beyond waiting and granted (see Lifecycle.swift); `.max`: not in force.
+        var orphanUntil: Int64 = .max
+        var revokingUntil: Int64 = .max
+        var revokeReason = ""
+        var expiresAt: Int64 = .max
+        var holdLimit: Int64 = .max
     }
 
     var leases: [LeaseRec] = []
@@ -186,6 +194,9 @@ public struct LeaseTable: Sendable {
     var deadlines = MinHeap<DeadlineRef>()
     var deadlineLive = 0
     var lastNow: Int64 = .min
+    /// Orphan, revocation and `max_hold` deadlines of leases (stale entries are skipped).
+    var leaseTimers = MinHeap<LeaseTimerRef>()
+    public internal(set) var orphanCount = 0
 
     // MARK: Scratch (reused to avoid per-event allocation)
     var scratchResolved: [GroupRec] = []
@@ -214,6 +225,7 @@ public struct LeaseTable: Sendable {
     public var nextDeadline: Tick? {
         var t = nextPositionWalk
         if let d = deadlines.top?.deadline, d < t { t = d }
+        if let d = leaseTimers.top?.at, d < t { t = d }
         return t == .max ? nil : Tick(nanoseconds: t)
     }
 
@@ -240,18 +252,30 @@ public struct LeaseTable: Sendable {
         let t = begin(now, &out)
         defer { finish() }
         guard leaseIndex[id] == nil else { return }
-        if let message = resolve(request) {
-            out.append(.failed(id, .unsatisfiable(message), LeaseFacts(holder: request.holder, arrivedAt: t, grantedAt: nil)))
-            return
+        let waitNs = request.wait.map { max(0, $0.saturatingNanoseconds) }
+        var deadline: Int64?
+        if let ns = waitNs {
+            let (d, o) = t.nanosecondsValue.addingReportingOverflow(ns)
+            deadline = o ? Int64.max - 1 : min(d, Int64.max - 1)
         }
-        let w = newLease(id, request, t)
+        _ = admit(id, request, arrivedAt: t, now: t, deadline: deadline, mayQueue: waitNs != 0, &out)
+    }
+
+    /// A request enters the table: granted, queued (with `deadline`, if any) or failed. Returns
+    /// its slot while it is live.
+    mutating func admit(_ id: LeaseID, _ request: Request, arrivedAt: Tick, now t: Tick, deadline: Int64?,
+                        mayQueue: Bool, _ out: inout [Effect]) -> Int? {
+        if let message = resolve(request) {
+            out.append(.failed(id, .unsatisfiable(message), LeaseFacts(holder: request.holder, arrivedAt: arrivedAt, grantedAt: nil)))
+            return nil
+        }
+        let w = newLease(id, request, arrivedAt)
         let complete = fill(w, t)
         if complete {
             grant(w, t, &out)
-            return
+            return w
         }
-        let waitNs = request.wait.map { max(0, $0.saturatingNanoseconds) }
-        if waitNs == 0 {
+        if !mayQueue {
             // Not grantable at once and may not queue: give back what it took.
             let heldBy = blockers(of: w)
             for k in leases[w].slots where k >= 0 {
@@ -260,9 +284,9 @@ public struct LeaseTable: Sendable {
                 resources[r].since = t
                 setFree(r)
             }
-            out.append(.failed(id, .waitTimeout(heldBy: heldBy), LeaseFacts(holder: request.holder, arrivedAt: t, grantedAt: nil)))
+            out.append(.failed(id, .waitTimeout(heldBy: heldBy), LeaseFacts(holder: request.holder, arrivedAt: arrivedAt, grantedAt: nil)))
             dropLease(w)
-            return
+            return nil
         }
         // Becomes a waiter.
         leases[w].waiting = true
@@ -270,15 +294,14 @@ public struct LeaseTable: Sendable {
         let pos = Int32(waiterCount)
         leases[w].lastSentPos = pos
         leases[w].lastSentAt = t.nanosecondsValue
-        if let ns = waitNs {
-            let (d, o) = t.nanosecondsValue.addingReportingOverflow(ns)
-            let deadline = o ? Int64.max - 1 : min(d, Int64.max - 1)
+        if let deadline {
             leases[w].deadline = deadline
             deadlines.push(DeadlineRef(deadline: deadline, seq: leases[w].seq, slot: Int32(w)))
             deadlineLive += 1
         }
         updateUsableGroups(w)
         out.append(.queued(id, position: Int(pos)))
+        return w
     }
 
     /// Release op or connection closed, for a granted lease or a waiter. Unknown ids are a
@@ -293,22 +316,6 @@ public struct LeaseTable: Sendable {
         } else {
             releaseGranted(w, t, &out)
         }
-    }
-
-    /// Admin force-free: revokes the whole lease that holds `resource`. `.notFound` for an unknown
-    /// name, `.notHeld` if it is free, reserved or disabled. Effects: `.revoked(lease, reason)`,
-    /// then grants caused by the freed resources.
-    public mutating func revoke(resource name: String, reason: String, now: Tick,
-                                into out: inout [Effect]) -> AdminResult {
-        let t = begin(now, &out)
-        defer { finish() }
-        guard let s = nameToSlot[ExactKey(name)], !resources[Int(s)].gone else { return .notFound }
-        let r = Int(s)
-        guard resources[r].owner >= 0, resources[r].held else { return .notHeld }
-        let w = Int(resources[r].owner)
-        out.append(.revoked(leases[w].id, reason: reason, facts(w)))
-        releaseGranted(w, t, &out)
-        return .ok
     }
 
     /// Takes a resource out of service. Free: becomes disabled. Reserved: taken back from its
@@ -377,9 +384,9 @@ public struct LeaseTable: Sendable {
         return out
     }
 
-    public mutating func revoke(resource name: String, reason: String, now: Tick) -> (AdminResult, [Effect]) {
+    public mutating func revoke(resource name: String, reason: String, now: Tick, immediately: Bool = false) -> (AdminResult, [Effect]) {
         var out: [Effect] = []
-        let r = revoke(resource: name, reason: reason, now: now, into: &out)
+        let r = revoke(resource: name, reason: reason, now: now, immediately: immediately, into: &out)
         return (r, out)
     }
 
@@ -407,6 +414,7 @@ public struct LeaseTable: Sendable {
         let t = max(now.nanoseconds, lastNow)
         lastNow = t
         expireDue(t, &out)
+        fireLeaseTimers(t, &out)
         return Tick(nanoseconds: t)
     }
 
@@ -414,6 +422,13 @@ public struct LeaseTable: Sendable {
     mutating func finish() {
         sweepIdleSelectors()
         while let top = deadlines.top, !deadlineValid(top) { deadlines.pop() }
+        while let top = leaseTimers.top, !timerValid(top) { leaseTimers.pop() }
+        if leaseTimers.count > 3 * leases.count + 32 {
+            var heap = leaseTimers
+            leaseTimers = MinHeap()
+            heap.compact { timerValid($0) }
+            leaseTimers = heap
+        }
         if deadlines.count > 2 * deadlineLive + 32 {
             var heap = deadlines
             deadlines = MinHeap()

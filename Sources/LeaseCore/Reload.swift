@@ -43,6 +43,7 @@ extension LeaseTable {
         for (i, spec) in inventory.resources.enumerated() {
             var rec = ResourceRec(name: spec.name, type: spec.type, labels: spec.labels,
                           attributes: spec.attributes, epoch: 0, since: t)
+            rec.maxHold = spec.maxHold.map { max(0, $0.saturatingNanoseconds) } ?? .max
             if let oldSlot = nameToSlot[ExactKey(spec.name)], !resources[Int(oldSlot)].gone {
                 let o = resources[Int(oldSlot)]
                 rec.epoch = o.epoch

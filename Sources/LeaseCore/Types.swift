@@ -90,13 +90,17 @@ public struct ResourceSpec: Sendable, Equatable {
     public var type: String
     public var labels: [String: String]
     public var attributes: JSONValue
+    /// The longest a lease may hold it (the inventory's `max_hold`, type and resource merged);
+    /// nil: no limit.
+    public var maxHold: Duration?
 
     public init(name: String, type: String, labels: [String: String] = [:],
-                attributes: JSONValue = .emptyObject) {
+                attributes: JSONValue = .emptyObject, maxHold: Duration? = nil) {
         self.name = name
         self.type = type
         self.labels = labels
         self.attributes = attributes
+        self.maxHold = maxHold
     }
 }
 
@@ -187,14 +191,21 @@ public struct Request: Sendable, Equatable {
     public var peer: String
     /// nil: wait as long as it takes; zero: do not queue; otherwise the queue time limit.
     public var wait: Duration?
+    /// After a revocation the resources stay out of reach until the client closes, at most
+    /// this long; nil or zero: freed at once.
+    public var revokeWait: Duration?
+    /// The client's own hold limit (the inventory's may be smaller); nil: none asked.
+    public var maxHold: Duration?
 
     public init(want: [Group], holder: String = "", meta: [String: String] = [:],
-                peer: String = "", wait: Duration? = nil) {
+                peer: String = "", wait: Duration? = nil, revokeWait: Duration? = nil, maxHold: Duration? = nil) {
         self.want = want
         self.holder = holder
         self.meta = meta
         self.peer = peer
         self.wait = wait
+        self.revokeWait = revokeWait
+        self.maxHold = maxHold
     }
 }
 
@@ -205,6 +216,14 @@ public struct GrantedResource: Sendable, Equatable {
     public var labels: [String: String]
     public var attributes: JSONValue
     public var epoch: UInt64
+
+    public init(name: String, type: String, labels: [String: String], attributes: JSONValue, epoch: UInt64) {
+        self.name = name
+        self.type = type
+        self.labels = labels
+        self.attributes = attributes
+        self.epoch = epoch
+    }
 }
 
 /// Why a lease attempt ended without (or before) a grant.
@@ -241,13 +260,20 @@ public enum Effect: Sendable, Equatable {
     case positionChanged(LeaseID, position: Int)
     /// The lease attempt is over and gone from the table.
     case failed(LeaseID, FailureReason, LeaseFacts)
-    /// An admin freed one of the lease's resources; the lease is gone from the table.
+    /// The lease was revoked (an admin, or its `max_hold`) and its resources are free again;
+    /// the lease is gone from the table. Preceded by `.revoking` when the lease asked for a
+    /// `revokeWait` (then the reason was told already).
     case revoked(LeaseID, reason: String, LeaseFacts)
+    /// The lease is revoked but keeps its resources out of reach until its client closes or
+    /// `until` (its `revokeWait`) passes; then `.revoked` follows.
+    case revoking(LeaseID, reason: String, until: Tick)
+    /// An orphan (lease or waiter) was not resumed in time; it is gone from the table.
+    case expired(LeaseID, LeaseFacts)
 
     public var lease: LeaseID {
         switch self {
         case .granted(let l, _), .queued(let l, _), .positionChanged(let l, _),
-             .failed(let l, _, _), .revoked(let l, _, _):
+             .failed(let l, _, _), .revoked(let l, _, _), .revoking(let l, _, _), .expired(let l, _):
             return l
         }
     }

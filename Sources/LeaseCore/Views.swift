@@ -48,6 +48,12 @@ public struct LeaseView: Sendable, Equatable {
     /// Grant time.
     public var since: Tick
     public var arrivedAt: Tick
+    /// `.granted`, `.orphaned` or `.revoking`.
+    public var phase: LeasePhase = .granted
+    /// When an orphaned or revoking lease ends by itself.
+    public var until: Tick?
+    /// When its `max_hold` runs out.
+    public var expires: Tick?
 }
 
 public struct WaiterView: Sendable, Equatable {
@@ -67,6 +73,8 @@ public struct WaiterView: Sendable, Equatable {
     /// The granted leases, in arrival order, that hold a resource matching a group it has not
     /// yet filled (resources reserved for an earlier waiter are not counted).
     public var blockedBy: [LeaseID]
+    /// When it ends as an orphan, unless resumed (nil: connected).
+    public var orphanUntil: Tick?
 }
 
 /// The whole table: resources in inventory order (then removed-but-held ones), granted leases
@@ -119,7 +127,9 @@ extension LeaseTable {
             let lease = leases[w]
             granted.append((lease.seq, LeaseView(
                 id: lease.id, holder: lease.request.holder, peer: lease.request.peer, resources: names(lease.slots),
-                meta: lease.request.meta, want: lease.request.want, since: lease.grantedAt, arrivedAt: lease.arrivedAt)))
+                meta: lease.request.meta, want: lease.request.want, since: lease.grantedAt, arrivedAt: lease.arrivedAt,
+                phase: phase(w), until: [lease.orphanUntil, lease.revokingUntil].min().flatMap { $0 == .max ? nil : Tick(nanoseconds: $0) },
+                expires: lease.expiresAt == .max ? nil : Tick(nanoseconds: lease.expiresAt))))
         }
         granted.sort { $0.0 < $1.0 }
         var waiting: [WaiterView] = []
@@ -140,7 +150,7 @@ extension LeaseTable {
             id: lease.id, holder: lease.request.holder, peer: lease.request.peer, position: position,
             want: lease.request.want, meta: lease.request.meta, since: lease.arrivedAt,
             deadline: lease.deadline == .max ? nil : Tick(nanoseconds: lease.deadline), reserved: names(lease.slots),
-            blockedBy: blockedBy)
+            blockedBy: blockedBy, orphanUntil: lease.orphanUntil == .max ? nil : Tick(nanoseconds: lease.orphanUntil))
     }
 
     /// The granted leases, in arrival order, that hold a resource matching a group of waiter `w`

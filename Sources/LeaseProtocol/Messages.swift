@@ -5,6 +5,7 @@ public enum ErrorCode: String, Sendable, CaseIterable {
     case waitTimeout = "wait_timeout"
     case requestTimeout = "request_timeout"
     case `protocol` = "protocol"
+    case resumeRefused = "resume_refused"
 
     /// The close code that follows an error event with this code.
     public var closeCode: UInt16 {
@@ -13,6 +14,7 @@ public enum ErrorCode: String, Sendable, CaseIterable {
         case .unsatisfiable: return CloseCode.unsatisfiable
         case .waitTimeout: return CloseCode.waitTimeout
         case .requestTimeout, .protocol: return CloseCode.policy
+        case .resumeRefused: return CloseCode.resumeRefused
         }
     }
 }
@@ -55,16 +57,27 @@ public struct AcquireRequest: Equatable, Sendable {
     public var meta: [(String, String)]
     /// Seconds; nil: wait as long as it takes.
     public var wait: Double?
+    /// Seconds the lease survives an abrupt end of its connection, as an orphan; nil: none.
+    public var grace: Double?
+    /// Seconds the resources stay out of reach after a revocation, until the client closes.
+    public var revokeWait: Double?
+    /// The longest the client means to hold the lease, in seconds (positive).
+    public var maxHold: Double?
 
-    public init(want: [WantGroup], holder: String? = nil, meta: [(String, String)] = [], wait: Double? = nil) {
+    public init(want: [WantGroup], holder: String? = nil, meta: [(String, String)] = [], wait: Double? = nil,
+                grace: Double? = nil, revokeWait: Double? = nil, maxHold: Double? = nil) {
         self.want = want
         self.holder = holder
         self.meta = meta
         self.wait = wait
+        self.grace = grace
+        self.revokeWait = revokeWait
+        self.maxHold = maxHold
     }
 
     public static func == (lhs: AcquireRequest, rhs: AcquireRequest) -> Bool {
         lhs.want == rhs.want && lhs.holder == rhs.holder && lhs.wait == rhs.wait
+            && lhs.grace == rhs.grace && lhs.revokeWait == rhs.revokeWait && lhs.maxHold == rhs.maxHold
             && lhs.meta.count == rhs.meta.count && zip(lhs.meta, rhs.meta).allSatisfy { $0 == $1 }
     }
 
@@ -73,6 +86,9 @@ public struct AcquireRequest: Equatable, Sendable {
         if let holder { members.append(("holder", .string(holder))) }
         if !meta.isEmpty { members.append(("meta", .object(meta.map { ($0.0, .string($0.1)) }))) }
         if let wait { members.append(("wait", .double(wait))) }
+        if let grace { members.append(("grace", .double(grace))) }
+        if let revokeWait { members.append(("revoke_wait", .double(revokeWait))) }
+        if let maxHold { members.append(("max_hold", .double(maxHold))) }
         return .object(members)
     }
 }
@@ -80,6 +96,17 @@ public struct AcquireRequest: Equatable, Sendable {
 public enum ClientMessage: Equatable, Sendable {
     case acquire(AcquireRequest)
     case release
+    /// Take over a kept lease (after a restart or a lost connection).
+    case resume(lease: String, token: String)
+
+    public var json: JSONValue {
+        switch self {
+        case .acquire(let request): return request.json
+        case .release: return .object([("op", .string("release"))])
+        case .resume(let lease, let token):
+            return .object([("op", .string("resume")), ("lease", .string(lease)), ("token", .string(token))])
+        }
+    }
 }
 
 public enum ProtocolLimits {
@@ -108,10 +135,15 @@ extension ClientMessage {
             return parseAcquire(value).map { .acquire($0) }
         case .string("release"):
             return .success(.release)
+        case .string("resume"):
+            guard case .string(let lease)? = value["lease"], case .string(let token)? = value["token"] else {
+                return .failure(RequestError(.badRequest, "\"resume\" needs \"lease\" and \"token\" strings"))
+            }
+            return .success(.resume(lease: lease, token: token))
         case .none:
-            return .failure(RequestError(.badRequest, "missing \"op\" (expected \"acquire\" or \"release\")"))
+            return .failure(RequestError(.badRequest, "missing \"op\" (expected \"acquire\", \"resume\" or \"release\")"))
         case .some(let op):
-            return .failure(RequestError(.badRequest, "unknown op \(op.serialized()) (expected \"acquire\" or \"release\")"))
+            return .failure(RequestError(.badRequest, "unknown op \(op.serialized()) (expected \"acquire\", \"resume\" or \"release\")"))
         }
     }
 
@@ -171,10 +203,33 @@ extension ClientMessage {
             guard seconds >= 0 else { return bad("\"wait\" must not be negative") }
             wait = seconds
         }
-        return .success(AcquireRequest(want: want, holder: holder, meta: meta, wait: wait))
+
+        /// A non-negative number of seconds, or null/absent.
+        func seconds(_ key: String, positive: Bool = false) -> Result<Double?, RequestError> {
+            switch message[key] {
+            case .none, .some(.null): return .success(nil)
+            case .some(let value):
+                guard let seconds = value.numberValue, seconds.isFinite else {
+                    return .failure(RequestError(.badRequest, "\"\(key)\" must be a number of seconds or null"))
+                }
+                if positive {
+                    guard seconds > 0 else { return .failure(RequestError(.badRequest, "\"\(key)\" must be a positive number of seconds")) }
+                } else {
+                    guard seconds >= 0 else { return .failure(RequestError(.badRequest, "\"\(key)\" must not be negative")) }
+                }
+                return .success(seconds)
+            }
+        }
+        let grace: Double?, revokeWait: Double?, maxHold: Double?
+        switch (seconds("grace"), seconds("revoke_wait"), seconds("max_hold", positive: true)) {
+        case (.success(let g), .success(let r), .success(let m)): (grace, revokeWait, maxHold) = (g, r, m)
+        case (.failure(let e), _, _), (_, .failure(let e), _), (_, _, .failure(let e)): return .failure(e)
+        }
+        return .success(AcquireRequest(want: want, holder: holder, meta: meta, wait: wait,
+                                       grace: grace, revokeWait: revokeWait, maxHold: maxHold))
     }
 
-    static func parseGroup(_ group: JSONValue, index: Int) -> Result<WantGroup, RequestError> {
+    public static func parseGroup(_ group: JSONValue, index: Int) -> Result<WantGroup, RequestError> {
         func bad(_ text: String) -> Result<WantGroup, RequestError> {
             .failure(RequestError(.badRequest, "want[\(index)]: \(text)"))
         }
@@ -260,17 +315,24 @@ extension JSONValue {
 
 /// Events the server sends on `/v1/lease`.
 public enum ServerEvent: Equatable, Sendable {
-    case queued(lease: String, position: Int)
-    case granted(lease: String, resources: [GrantedResource])
+    /// `resume`: the lease's resume token, on the first `queued` only.
+    case queued(lease: String, position: Int, resume: String? = nil)
+    /// `resume`: the lease's resume token; `expires`: RFC 3339 time its `max_hold` runs out.
+    case granted(lease: String, resources: [GrantedResource], resume: String? = nil, expires: String? = nil)
     case revoked(lease: String, reason: String)
     case error(code: ErrorCode, message: String)
 
     public var json: JSONValue {
         switch self {
-        case .queued(let lease, let position):
-            return .object([("event", .string("queued")), ("lease", .string(lease)), ("position", .int(Int64(position)))])
-        case .granted(let lease, let resources):
-            return .object([("event", .string("granted")), ("lease", .string(lease)), ("resources", .array(resources.map(\.json)))])
+        case .queued(let lease, let position, let resume):
+            var members: [(String, JSONValue)] = [("event", .string("queued")), ("lease", .string(lease)), ("position", .int(Int64(position)))]
+            if let resume { members.append(("resume", .string(resume))) }
+            return .object(members)
+        case .granted(let lease, let resources, let resume, let expires):
+            var members: [(String, JSONValue)] = [("event", .string("granted")), ("lease", .string(lease)), ("resources", .array(resources.map(\.json)))]
+            if let resume { members.append(("resume", .string(resume))) }
+            if let expires { members.append(("expires", .string(expires))) }
+            return .object(members)
         case .revoked(let lease, let reason):
             return .object([("event", .string("revoked")), ("lease", .string(lease)), ("reason", .string(reason))])
         case .error(let code, let message):
@@ -286,7 +348,7 @@ public enum ServerEvent: Equatable, Sendable {
         switch event {
         case "queued":
             guard let lease = value["lease"]?.stringValue, case .int(let position)? = value["position"] else { return nil }
-            return .queued(lease: lease, position: Int(clamping: position))
+            return .queued(lease: lease, position: Int(clamping: position), resume: value["resume"]?.stringValue)
         case "granted":
             guard let lease = value["lease"]?.stringValue, case .array(let items)? = value["resources"] else { return nil }
             var resources: [GrantedResource] = []
@@ -301,7 +363,8 @@ public enum ServerEvent: Equatable, Sendable {
                                                  attributes: item["attributes"] ?? .object([]),
                                                  epoch: UInt64(clamping: epoch)))
             }
-            return .granted(lease: lease, resources: resources)
+            return .granted(lease: lease, resources: resources, resume: value["resume"]?.stringValue,
+                            expires: value["expires"]?.stringValue)
         case "revoked":
             guard let lease = value["lease"]?.stringValue else { return nil }
             return .revoked(lease: lease, reason: value["reason"]?.stringValue ?? "")

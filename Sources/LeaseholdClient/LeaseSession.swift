@@ -147,12 +147,12 @@ public final class LeaseSession: WebSocketHandler, @unchecked Sendable {
     public func webSocket(_ socket: WebSocketConnection, didReceiveText text: [UInt8]) {
         guard let event = ServerEvent.parse(text) else { return }  // unknown events: room for later versions
         switch event {
-        case .queued(let lease, let position):
+        case .queued(let lease, let position, _):
             guard state == .acquiring || state == .queued else { return }
             state = .queued
             leaseID = lease
             emit(.queued(lease: lease, position: position))
-        case .granted(let lease, let resources):
+        case .granted(let lease, let resources, _, _):
             guard state == .acquiring || state == .queued else { return }
             state = .granted
             leaseID = lease
@@ -239,7 +239,7 @@ extension LeaseholdError {
         case .badRequest: self = .badRequest(message)
         case .unsatisfiable: self = .unsatisfiable(message)
         case .waitTimeout: self = .waitTimeout(message)
-        case .requestTimeout, .protocol: self = .protocolViolation("\(code.rawValue): \(message)")
+        case .requestTimeout, .protocol, .resumeRefused: self = .protocolViolation("\(code.rawValue): \(message)")
         }
     }
 }

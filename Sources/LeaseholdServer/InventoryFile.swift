@@ -9,6 +9,16 @@ public struct InventoryEntry: Equatable, Sendable {
     public var labels: [String: String]
     public var attributes: JSONValue
     public var line: Int
+    /// The longest a lease may hold it, in seconds: the smaller of its own `max_hold` and its
+    /// type's; nil: no limit.
+    public var maxHold: Double?
+}
+
+/// What the inventory's `types:` section says about every resource of a type (PROTOCOL.md
+/// "Lease time limits", "Resetting hardware"); a resource's own keys override or tighten it.
+public struct TypePolicy: Equatable, Sendable {
+    /// Seconds (positive); nil: no limit.
+    public var maxHold: Double?
 }
 
 public struct InventoryError: Error, Equatable, Sendable, CustomStringConvertible {
@@ -23,7 +33,8 @@ public struct InventoryError: Error, Equatable, Sendable, CustomStringConvertibl
 
 /// Reads the YAML inventory format of PROTOCOL.md, naming the line and the problem on any error.
 public enum InventoryFile {
-    static let resourceKeys: Set<String> = ["name", "type", "labels", "attributes"]
+    static let resourceKeys: Set<String> = ["name", "type", "labels", "attributes", "max_hold"]
+    static let typeKeys: Set<String> = ["max_hold"]
 
     public static func parse(_ text: String) throws(InventoryError) -> [InventoryEntry] {
         if let anchor = firstAnchor(in: text) { throw anchor }
@@ -39,9 +50,10 @@ public enum InventoryFile {
             throw InventoryError(line: root?.mark?.line, problem: "the file must be a mapping with a 'resources' list")
         }
         try checkDuplicateKeys(top)
-        for (key, value) in top where key.string != "resources" {
-            throw InventoryError(line: value.mark?.line ?? key.mark?.line, problem: "unknown top-level key '\(key.string ?? "?")' (expected 'resources')")
+        for (key, value) in top where key.string != "resources" && key.string != "types" {
+            throw InventoryError(line: value.mark?.line ?? key.mark?.line, problem: "unknown top-level key '\(key.string ?? "?")' (expected 'resources' and optionally 'types')")
         }
+        let types = try top["types"].map { node throws(InventoryError) in try parseTypes(node) } ?? [:]
         guard let list = top["resources"] else {
             throw InventoryError(line: root.mark?.line, problem: "missing 'resources' list")
         }
@@ -53,7 +65,10 @@ public enum InventoryFile {
         // By scalars: "é" and "e" + U+0301 are two names to the protocol.
         var seen: [[UInt8]: Int] = [:]
         for item in items {
-            let entry = try parseResource(item)
+            var entry = try parseResource(item)
+            if let typeLimit = types[entry.type]?.maxHold {
+                entry.maxHold = min(entry.maxHold ?? typeLimit, typeLimit)
+            }
             if let first = seen[Array(entry.name.utf8)] {
                 throw InventoryError(line: entry.line, problem: "duplicate resource name '\(entry.name)' (first defined on line \(first))")
             }
@@ -61,6 +76,45 @@ public enum InventoryFile {
             entries.append(entry)
         }
         return entries
+    }
+
+    /// `types: {array: {max_hold: 28800}}`.
+    static func parseTypes(_ node: Node) throws(InventoryError) -> [String: TypePolicy] {
+        if isNull(node) { return [:] }
+        guard case .mapping(let mapping) = node else {
+            throw InventoryError(line: node.mark?.line, problem: "'types' must be a mapping of type names to settings (max_hold)")
+        }
+        try checkDuplicateKeys(mapping)
+        var policies: [String: TypePolicy] = [:]
+        for (key, value) in mapping {
+            let type = try string(key, what: "a type name under 'types'")
+            var policy = TypePolicy()
+            if !isNull(value) {
+                guard case .mapping(let settings) = value else {
+                    throw InventoryError(line: value.mark?.line ?? key.mark?.line, problem: "the settings of type '\(type)' must be a mapping (max_hold)")
+                }
+                try checkDuplicateKeys(settings)
+                for (settingKey, settingValue) in settings {
+                    guard let setting = settingKey.string, typeKeys.contains(setting) else {
+                        throw InventoryError(line: settingKey.mark?.line ?? settingValue.mark?.line,
+                                             problem: "unknown key '\(settingKey.string ?? "?")' in the settings of type '\(type)' (a type has max_hold)")
+                    }
+                }
+                policy.maxHold = try settings["max_hold"].map { node throws(InventoryError) in try seconds(node, what: "'max_hold' of type '\(type)'") }
+            }
+            policies[type] = policy
+        }
+        return policies
+    }
+
+    /// A positive, finite number of seconds.
+    static func seconds(_ node: Node, what: String) throws(InventoryError) -> Double {
+        guard case .scalar(let scalar) = node,
+              [Tag.Name.int.rawValue, Tag.Name.float.rawValue].contains(node.tag.rawValue),
+              let value = Double(scalar.string.replacingUnderscores), value.isFinite, value > 0, value <= 1e9 else {
+            throw InventoryError(line: node.mark?.line, problem: "\(what) must be a positive number of seconds (at most 10^9)")
+        }
+        return value
     }
 
     static func parseResource(_ node: Node) throws(InventoryError) -> InventoryEntry {
@@ -72,7 +126,7 @@ public enum InventoryFile {
         for (key, value) in mapping {
             guard let name = key.string, resourceKeys.contains(name) else {
                 throw InventoryError(line: key.mark?.line ?? value.mark?.line ?? line,
-                                     problem: "unknown key '\(key.string ?? "?")' (a resource has name, type, labels, attributes)")
+                                     problem: "unknown key '\(key.string ?? "?")' (a resource has name, type, labels, attributes, max_hold)")
             }
         }
         guard let nameNode = mapping["name"] else { throw InventoryError(line: line, problem: "resource without 'name'") }
@@ -102,7 +156,8 @@ public enum InventoryFile {
             }
             attributes = try json(attributesNode, depth: 0)
         }
-        return InventoryEntry(name: name, type: type, labels: labels, attributes: attributes, line: line)
+        let maxHold = try mapping["max_hold"].map { node throws(InventoryError) in try seconds(node, what: "'max_hold' of '\(name)'") }
+        return InventoryEntry(name: name, type: type, labels: labels, attributes: attributes, line: line, maxHold: maxHold)
     }
 
     /// The first anchor or alias in `text`, as an error; nil when there is none (or the text is
@@ -209,6 +264,11 @@ public enum InventoryFile {
             throw InventoryError(line: node.mark?.line, problem: "YAML aliases are not supported in attributes")
         }
     }
+}
+
+extension String {
+    /// YAML 1.1 allows `28_800`.
+    var replacingUnderscores: String { String(filter { $0 != "_" }) }
 }
 
 extension YamlError {

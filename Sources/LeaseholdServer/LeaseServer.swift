@@ -53,6 +53,13 @@ public struct ServerOptions: Sendable {
     var epochBlock: UInt64 = EpochFile.block
     /// Audit journal (JSON lines: grants with meta, lease ends, admin actions); nil: logs only.
     public var auditFile: String?
+    /// Where leases, waiters and epochs outlive the process; nil: a stop ends every lease.
+    public var stateDirectory: String?
+    /// How long a lease kept over a restart waits for its client to resume it.
+    public var resumeGrace: Duration = .seconds(60)
+    /// The largest `grace` an acquire may ask for, and the largest `revoke_wait` honoured.
+    public var maxGrace: Double = 300
+    public var maxRevokeWait: Double = 60
 
     public init() {}
 }
@@ -86,13 +93,23 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         }
         let clock = self.clock
         let journal = try options.auditFile.map { path throws(StartupError) in try AuditJournal(path: path, clock: clock) }
+        let serviceQueue = DispatchQueue(label: "leasehold.leases")
+        let store = try options.stateDirectory.map { directory throws(StartupError) in
+            try FileLeaseStore(directory: directory, queue: serviceQueue, logger: logger)
+        }
+        var limits = LeaseService.Limits()
+        limits.waitersTotal = options.maxWaiters
+        limits.waitersPerAddress = options.maxWaitersPerAddress
+        limits.resumeGrace = options.resumeGrace
+        limits.maxGrace = options.maxGrace
+        limits.maxRevokeWait = options.maxRevokeWait
         do {
-            service = try LeaseService(inventory: inventory, epochFile: epochFile, journal: journal, clock: clock,
-                                       logger: logger, metrics: Metrics(), shutdown: shuttingDown,
-                                       waiterLimits: .init(total: options.maxWaiters, perAddress: options.maxWaitersPerAddress))
+            service = try LeaseService(queue: serviceQueue, inventory: inventory, epochFile: epochFile, journal: journal, store: store,
+                                       clock: clock, logger: logger, metrics: Metrics(), shutdown: shuttingDown, limits: limits)
         } catch {
             throw StartupError(message: "inventory \(options.inventoryPath): \(error)")
         }
+        journal?.record([("event", .string("started")), ("version", .string(leaseholdVersion))])
         group = EventLoopGroup(count: max(1, options.loops), label: "leasehold.loop", clock: clock.source)
         var configuration = HTTPServerConfiguration()
         configuration.webSocket.maxMessageSize = options.maxMessageSize
@@ -147,12 +164,18 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         return bound
     }
 
-    /// Stops accepting, closes every connection with 1001, then calls `completion`.
+    /// Stops accepting and closes every connection, then calls `completion`. With a state
+    /// directory the leases and waiters are kept for the next process (close 1012, "resume it")
+    /// and `completion` waits until the state is durable; without one they end (1001).
     public func shutdown(completion: @escaping @Sendable () -> Void) {
         shuttingDown.set()
         http.stopAccepting()
-        http.closeAllConnections(code: CloseCode.goingAway, reason: "server shutting down", timeout: .seconds(5)) {
-            completion()
+        let keeping = options.stateDirectory != nil
+        let code = keeping ? CloseCode.serviceRestart : CloseCode.goingAway
+        let reason = keeping ? "server restarting; resume the lease" : "server shutting down"
+        http.closeAllConnections(code: code, reason: reason, timeout: .seconds(5)) { [service] in
+            service.journal?.record([("event", .string("stopped")), ("kept", .bool(keeping))])
+            service.whenDurable { completion() }
         }
     }
 
@@ -192,7 +215,8 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
             throw StartupError(message: "invalid inventory \(path): \(error.description)")
         }
         return Inventory(resources: entries.map {
-            ResourceSpec(name: $0.name, type: $0.type, labels: $0.labels, attributes: $0.attributes)
+            ResourceSpec(name: $0.name, type: $0.type, labels: $0.labels, attributes: $0.attributes,
+                         maxHold: $0.maxHold.map(LeaseService.duration))
         })
     }
 
@@ -227,7 +251,11 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
                 responder.respond(.json(200, bytes: service.snapshotJSON()))
             }
         case ("GET", "/healthz"):
-            responder.respond(shuttingDown.isSet ? .text(503, "shutting down\n") : .text(200, "ok\n"))
+            if shuttingDown.isSet { return responder.respond(.text(503, "shutting down\n")) }
+            if let store = service.store, !store.isHealthy {
+                return responder.respond(.text(503, "the lease state cannot be written; grants are held back (see the log)\n"))
+            }
+            responder.respond(.text(200, "ok\n"))
         case ("GET", "/metrics"):
             let connections = http.openConnections
             service.queue.async { [service] in
@@ -299,6 +327,7 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
     /// Call once `authorize` passed.
     private func handleAdmin(action: String, resource: String, body: [UInt8], peer: String, responder: HTTPResponder) {
         var reason = ""
+        var immediately = false
         if !body.allSatisfy({ $0 == 0x20 || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 }) {
             guard let value = try? JSONValue.parse(body), case .object = value else {
                 return responder.respond(.jsonError(400, "the body must be JSON like {\"reason\": \"text\"}"))
@@ -310,10 +339,15 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
                 reason = text
             default: return responder.respond(.jsonError(400, "\"reason\" must be a string"))
             }
+            switch value["now"] {
+            case .none, .some(.null): break
+            case .some(.bool(let flag)): immediately = flag
+            default: return responder.respond(.jsonError(400, "\"now\" must be true or false"))
+            }
         }
         let coreAction: LeaseService.AdminAction
         switch action {
-        case "free": coreAction = .free(reason: reason.isEmpty ? "freed by an admin" : reason)
+        case "free": coreAction = .free(reason: reason.isEmpty ? "freed by an admin" : reason, now: immediately)
         case "disable": coreAction = .disable(reason: reason.isEmpty ? Disabling.byAdmin : reason)
         default: coreAction = .enable
         }

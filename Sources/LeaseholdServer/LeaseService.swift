@@ -10,9 +10,9 @@ import Transport
 /// Owns the lease table on one serial queue. Sessions and admin routes call in from their loops;
 /// the table's effects go back out to the sessions' loops. Nothing else touches the table.
 final class LeaseService: @unchecked Sendable {
-    let queue = DispatchQueue(label: "leasehold.leases")
+    let queue: DispatchQueue
     private var table: LeaseTable
-    private var sessions: [LeaseID: SessionEntry] = [:]
+    private var leases: [LeaseID: LeaseEntry] = [:]
     private let clock: ServerClock
     private let logger: Logger
     let metrics: Metrics
@@ -21,73 +21,109 @@ final class LeaseService: @unchecked Sendable {
     private var nextRawID: UInt64
     private let shutdown: ShutdownFlag
     private let idLock = DispatchQueue(label: "leasehold.lease-ids")
+    let limits: Limits
+    /// Where leases outlive the process (`--state-dir`); nil: they end with it.
+    let store: LeaseStore?
 
     let watch: WatchHub
 
-    /// The I/O side of a lease: where its effects go. Holder, arrival and grant time are the
-    /// table's (`LeaseFacts`).
-    private struct SessionEntry {
-        let session: LeaseSession
-        let loop: EventLoop
-        /// In the order the client sent it (the table keeps a dictionary); kept only when there is
-        /// an audit journal to write it to.
+    /// The I/O side of a lease or waiter: where its effects go (nowhere while it is orphaned),
+    /// and what the table does not keep. Holder, arrival and grant time are the table's
+    /// (`LeaseFacts`).
+    private struct LeaseEntry {
+        /// nil while orphaned.
+        var session: LeaseSession?
+        var loop: EventLoop?
+        let peer: String
+        /// What per-address limits count by.
+        let peerHost: String
+        let tokenName: String?
+        /// In the order the client sent it (the table keeps a dictionary); kept only when there
+        /// is an audit journal or a store to write it to.
         let meta: [(String, String)]
+        /// The resume token, while this process knows it: it makes it, or hears it in `resume`
+        /// (after a restart only its hash is known). Never logged or stored.
+        var token: String?
+        let tokenHash: String
+        /// How long it survives an abrupt end of its connection; nil: not at all.
+        let grace: Duration?
         /// In the queue (counted in `waitingTotal` and `waitingByAddress`).
         var queued = false
         /// Asked while the queue was full: it could only be granted at once.
         var queueWasFull = false
+        /// Set once revoked while its client stops (`revoke_wait`).
+        var revokeReason: String?
     }
 
-    /// The most waiters in all and from one client address; past them a request that cannot be
-    /// granted at once fails (as with `wait: 0`) instead of queueing.
-    struct WaiterLimits {
-        var total = 10_000
-        var perAddress = 2_000
+    /// Server settings for the lease lifecycle.
+    struct Limits {
+        /// The most waiters in all and from one client address; past them a request that cannot
+        /// be granted at once fails (as with `wait: 0`) instead of queueing.
+        var waitersTotal = 10_000
+        var waitersPerAddress = 2_000
+        /// How long a lease kept over a restart waits for its client.
+        var resumeGrace: Duration = .seconds(60)
+        /// The largest `grace` an acquire may ask for (more is `bad_request`).
+        var maxGrace: Double = 300
+        /// The largest `revoke_wait` honoured (more is capped).
+        var maxRevokeWait: Double = 60
     }
-    private let waiterLimits: WaiterLimits
     private var waitingTotal = 0
     private var waitingByAddress: [String: Int] = [:]
 
-    private func countWaiting(_ entry: SessionEntry, _ delta: Int) {
+    private func countWaiting(_ entry: LeaseEntry, _ delta: Int) {
         waitingTotal += delta
-        let count = waitingByAddress[entry.session.peerHost, default: 0] + delta
-        waitingByAddress[entry.session.peerHost] = count > 0 ? count : nil
+        let count = waitingByAddress[entry.peerHost, default: 0] + delta
+        waitingByAddress[entry.peerHost] = count > 0 ? count : nil
     }
 
     /// A logger whose lines carry the lease id, holder and peer (built only when logging, so a
     /// held lease does not keep a metadata dictionary around).
-    private func leaseLogger(_ id: LeaseID, _ entry: SessionEntry, holder: String) -> Logger {
+    private func leaseLogger(_ id: LeaseID, _ entry: LeaseEntry, holder: String) -> Logger {
         var leaseLogger = logger
         leaseLogger[metadataKey: "lease.id"] = .string(Self.format(id))
         leaseLogger[metadataKey: "lease.holder"] = .string(holder)
-        leaseLogger[metadataKey: "connection.peer"] = .string(entry.session.peer)
+        leaseLogger[metadataKey: "connection.peer"] = .string(entry.peer)
         return leaseLogger
     }
 
     private let epochFile: EpochFile?
     let journal: AuditJournal?
 
-    init(inventory: Inventory, epochFile: EpochFile?, journal: AuditJournal?, clock: ServerClock, logger: Logger,
-         metrics: Metrics, shutdown: ShutdownFlag, waiterLimits: WaiterLimits = WaiterLimits()) throws(LeaseCore.InventoryError) {
+    /// `store`: the state kept by a previous process is restored from it, its leases and waiters
+    /// orphaned for `limits.resumeGrace` (or what remains of their own grace, if longer).
+    /// `queue`: the service's own (the store calls back on it).
+    init(queue: DispatchQueue = DispatchQueue(label: "leasehold.leases"), inventory: Inventory, epochFile: EpochFile?,
+         journal: AuditJournal?, store: LeaseStore? = nil, clock: ServerClock,
+         logger: Logger, metrics: Metrics, shutdown: ShutdownFlag, limits: Limits = Limits()) throws(StartupError) {
+        self.queue = queue
         self.shutdown = shutdown
-        self.waiterLimits = waiterLimits
+        self.limits = limits
         self.journal = journal
         self.clock = clock
         self.logger = logger
         self.metrics = metrics
         self.epochFile = epochFile
-        table = try LeaseTable(inventory: inventory, epochs: epochFile?.seeds ?? [:], now: clock.now())
+        self.store = store
+        let kept = try store?.load() ?? KeptState()
+        let epochs = (epochFile?.seeds ?? [:]).merging(kept.epochs, uniquingKeysWith: max)
+        do {
+            table = try LeaseTable(inventory: inventory, epochs: epochs, now: clock.now())
+        } catch {
+            throw StartupError(message: "\(error)")
+        }
         var generator = SystemRandomNumberGenerator()
-        // Ids unlikely to repeat across restarts, so a log line names one lease.
-        nextRawID = (generator.next() as UInt64) >> 24
+        // Ids unlikely to repeat across restarts, so a log line names one lease; above every kept one.
+        nextRawID = max((generator.next() as UInt64) >> 24, kept.leases.map(\.id.raw).max() ?? 0)
         watch = WatchHub(queue: queue, clock: clock)
         let tick = TimerTarget()
         timer = clock.source.makeTimer(queue: queue) { tick.service?.tick() }
         tick.service = self
         watch.render = { [unowned self] in self.snapshotJSON() }
+        if !kept.leases.isEmpty || !kept.disabled.isEmpty { queue.sync { restore(kept) } }
     }
 
-    /// The table and the sessions are this queue's alone (checked in debug builds).
+    /// The table and the leases are this queue's alone (checked in debug builds).
     @inline(__always)
     private func assertOnQueue() {
         #if DEBUG
@@ -97,6 +133,13 @@ final class LeaseService: @unchecked Sendable {
 
     static func format(_ id: LeaseID) -> String {
         "L" + String(id.raw, radix: 36)
+    }
+
+    /// `L…` as `format` writes it; nil for anything else.
+    static func parseID(_ text: String) -> LeaseID? {
+        guard text.hasPrefix("L"), text.utf8.count <= 14, let raw = UInt64(text.dropFirst(), radix: 36),
+              format(LeaseID(raw)) == text else { return nil }
+        return LeaseID(raw)
     }
 
     func newLeaseID() -> LeaseID {
@@ -110,35 +153,73 @@ final class LeaseService: @unchecked Sendable {
 
     func acquire(_ id: LeaseID, _ request: AcquireRequest, session: LeaseSession) {
         guard let loop = session.loop else { return }
+        let holder = session.tokenName.map { "\($0)/" + (request.holder ?? session.peer) } ?? request.holder ?? session.peer
         let asked = Request(
             want: request.want.map(Self.coreGroup),
-            holder: session.tokenName.map { "\($0)/" + (request.holder ?? session.peer) } ?? request.holder ?? session.peer,
+            holder: holder,
             meta: Dictionary(request.meta, uniquingKeysWith: { _, last in last }),
             peer: session.peer,
             // Clamped to 10^9 s (31 years, "as long as it takes"): 10^12 s in nanoseconds overflows Int64.
-            wait: request.wait.map { Duration.nanoseconds(Int64(min($0, 1e9) * 1e9)) })
+            wait: request.wait.map(Self.duration),
+            revokeWait: request.revokeWait.map { Self.duration(min($0, limits.maxRevokeWait)) },
+            maxHold: request.maxHold.map(Self.duration))
+        let token = ResumeToken.make()
         queue.async { [self] in
             var coreRequest = asked
             let now = clock.now()
-            var entry = SessionEntry(session: session, loop: loop, meta: journal == nil ? [] : request.meta)
-            if waitingTotal >= waiterLimits.total || waitingByAddress[session.peerHost, default: 0] >= waiterLimits.perAddress {
+            var entry = LeaseEntry(session: session, loop: loop, peer: session.peer, peerHost: session.peerHost,
+                                   tokenName: session.tokenName,
+                                   meta: journal == nil && store == nil ? [] : request.meta,
+                                   token: token, tokenHash: ResumeToken.hash(token),
+                                   grace: request.grace.flatMap { $0 > 0 ? Self.duration($0) : nil })
+            if waitingTotal >= limits.waitersTotal || waitingByAddress[session.peerHost, default: 0] >= limits.waitersPerAddress {
                 coreRequest.wait = .zero
                 entry.queueWasFull = true
             }
-            sessions[id] = entry
+            leases[id] = entry
             if logger.logLevel <= .info {
                 leaseLogger(id, entry, holder: coreRequest.holder).info("acquire", metadata: ["want": .string(request.want.map { $0.json.serialized() }.joined(separator: ","))])
             }
+            store?.recordArrival(KeptLease(
+                id: id, tokenHash: entry.tokenHash, holder: coreRequest.holder, peer: entry.peer, peerHost: entry.peerHost,
+                tokenName: entry.tokenName, want: request.want, meta: request.meta, arrivedAt: clock.wallNanoseconds(now),
+                waitUntil: coreRequest.wait.map { clock.wallNanoseconds(now.advanced(by: $0)) },
+                grace: request.grace, revokeWait: request.revokeWait.map { min($0, limits.maxRevokeWait) }, maxHold: request.maxHold))
             let effects = table.acquire(id, coreRequest, now: now)
             apply(effects, now: now)
         }
     }
 
-    func release(_ id: LeaseID, reason: ReleaseReason) {
+    /// The connection of lease `id` ended. `abrupt`: without a release (no `release` op, no close
+    /// frame with 1000); such a lease that asked for a `grace` is kept as an orphan instead.
+    /// A connection that no longer carries the lease (resumed elsewhere) changes nothing.
+    func release(_ id: LeaseID, reason: ReleaseReason, abrupt: Bool, session: LeaseSession) {
         queue.async { [self] in
             let now = clock.now()
-            guard let facts = table.facts(of: id),
-                  end(id, .released(shutdown.isSet ? .shutdown : reason), facts, now: now) != nil else { return }
+            guard var entry = leases[id], entry.session === session else { return }
+            // Restarting with a state directory: everything is kept for the next process.
+            if shutdown.isSet && store != nil { return }
+            if abrupt, !shutdown.isSet, let grace = entry.grace {
+                var effects: [Effect] = []
+                let until = now.advanced(by: grace)
+                if table.orphan(id, until: until, now: now, into: &effects) {
+                    entry.session = nil
+                    entry.loop = nil
+                    leases[id] = entry
+                    store?.recordOrphan(id, until: clock.wallNanoseconds(until))
+                    journalLine(id, entry, "orphaned", [("reason", .string(reason.rawValue)), ("until", .string(clock.iso8601(until)))])
+                    if logger.logLevel <= .info, let facts = table.facts(of: id) {
+                        leaseLogger(id, entry, holder: facts.holder).info("orphaned", metadata: ["reason": .string(reason.rawValue), "until": .string(clock.iso8601(until))])
+                    }
+                    apply(effects, now: now)
+                    markChanged()
+                    return
+                }
+                apply(effects, now: now)
+            }
+            guard let facts = table.facts(of: id) else { return }
+            let ending: Ending = entry.revokeReason.map { .revoked($0) } ?? .released(shutdown.isSet ? .shutdown : reason)
+            guard end(id, ending, facts, now: now) != nil else { return }
             let effects = table.release(id, now: now)
             apply(effects, now: now)
             // The table changed even when nobody was waiting for what was freed (no effects).
@@ -146,9 +227,121 @@ final class LeaseService: @unchecked Sendable {
         }
     }
 
+    /// A client takes a kept lease or waiter back (`{"op":"resume"}`): with the right token it
+    /// moves to `session` (a connection that still had it is closed with 4002); otherwise the
+    /// session is refused (4410).
+    func resume(_ idText: String, token: String, session: LeaseSession) {
+        guard let loop = session.loop else { return }
+        let hash = ResumeToken.hash(token)
+        queue.async { [self] in
+            let now = clock.now()
+            guard let id = Self.parseID(idText), var entry = leases[id], constantTimeEquals(hash, entry.tokenHash) else {
+                metrics.resumes["refused", default: 0] += 1
+                logger.notice("resume refused", metadata: ["lease.id": .string(String(idText.prefix(20))), "connection.peer": .string(session.peer)])
+                loop.execute { session.refuseResume("no lease \(idText.prefix(20)) is kept for this token") }
+                return
+            }
+            guard entry.revokeReason == nil else {
+                metrics.resumes["refused", default: 0] += 1
+                loop.execute { session.refuseResume("lease \(idText) was revoked") }
+                return
+            }
+            var effects: [Effect] = []
+            let wasOrphan = table.phase(of: id) == .orphaned
+            guard let resumption = table.resume(id, now: now, into: &effects) else { return }
+            if let old = entry.session, old !== session, let oldLoop = entry.loop {
+                oldLoop.execute { old.resumedElsewhere() }
+            }
+            entry.session = session
+            entry.loop = loop
+            entry.token = token
+            leases[id] = entry
+            if wasOrphan { store?.recordOrphan(id, until: nil) }
+            metrics.resumes["ok", default: 0] += 1
+            journalLine(id, entry, "resumed", [("peer", .string(session.peer))])
+            if logger.logLevel <= .info, let facts = table.facts(of: id) {
+                leaseLogger(id, entry, holder: facts.holder).info("resumed", metadata: ["connection.new_peer": .string(session.peer)])
+            }
+            let text = Self.format(id)
+            let event: ServerEvent
+            switch resumption {
+            case .granted(let resources):
+                event = .granted(lease: text, resources: resources.map(Self.wireResource), resume: token, expires: expiresText(id))
+            case .waiting(let position):
+                event = .queued(lease: text, position: position, resume: token)
+            }
+            deliver(entry, id, event)
+            apply(effects, now: now)
+            markChanged()
+        }
+    }
+
+    /// A `resume` refused before it reached the service (no lease id at all).
+    func countRefusedResume() {
+        queue.async { [self] in metrics.resumes["refused", default: 0] += 1 }
+    }
+
+    /// Puts the leases and waiters a previous process kept back in the table, orphaned.
+    private func restore(_ kept: KeptState) {
+        let now = clock.now()
+        var effects: [Effect] = []
+        // Out of service before, out of service still (before anyone can be granted them).
+        for (name, disabled) in kept.disabled.sorted(by: { $0.key < $1.key }) {
+            if table.disable(resource: name, reason: disabled.reason, now: clock.tick(wallNanoseconds: disabled.since), into: &effects) == .notFound {
+                store?.recordDisabled(name, nil)
+            }
+        }
+        var restored: [RestoredLease] = []
+        for lease in kept.leases {
+            if lease.revoking {
+                // Revoked and waiting for its client to stop: the restart ended that connection.
+                store?.recordEnd(lease.id)
+                journal?.record([("event", .string("released")), ("lease", .string(Self.format(lease.id))),
+                                 ("holder", .string(lease.holder)), ("reason", .string("revoked"))])
+                continue
+            }
+            let grace = lease.grace.map(Self.duration) ?? .zero
+            let ownUntil = lease.orphanUntil.map(clock.tick(wallNanoseconds:)) ?? now.advanced(by: grace)
+            let until = max(now.advanced(by: limits.resumeGrace), ownUntil)
+            let request = Request(want: lease.want.map(Self.coreGroup), holder: lease.holder,
+                                  meta: Dictionary(lease.meta, uniquingKeysWith: { _, last in last }), peer: lease.peer,
+                                  wait: nil, revokeWait: lease.revokeWait.map(Self.duration), maxHold: lease.maxHold.map(Self.duration))
+            let grant = lease.grant.map { grant in
+                RestoredLease.Grant(resources: grant.resources.map(Self.coreResource), grantedAt: clock.tick(wallNanoseconds: grant.at),
+                                    expires: grant.expires.map(clock.tick(wallNanoseconds:)), holdLimit: grant.holdLimit.map { .nanoseconds($0) })
+            }
+            restored.append(RestoredLease(id: lease.id, request: request, arrivedAt: clock.tick(wallNanoseconds: lease.arrivedAt),
+                                          deadline: lease.waitUntil.map(clock.tick(wallNanoseconds:)), grant: grant, orphanUntil: until))
+            leases[lease.id] = LeaseEntry(session: nil, loop: nil, peer: lease.peer, peerHost: lease.peerHost, tokenName: lease.tokenName,
+                                          meta: lease.meta, token: nil, tokenHash: lease.tokenHash,
+                                          grace: lease.grace.flatMap { $0 > 0 ? Self.duration($0) : nil })
+            store?.recordOrphan(lease.id, until: clock.wallNanoseconds(until))
+        }
+        let refused = table.restore(restored, now: now, into: &effects)
+        for id in refused {
+            logger.critical("a kept lease names a resource another kept lease holds; it is dropped", metadata: ["lease.id": .string(Self.format(id))])
+            leases[id] = nil
+            store?.recordEnd(id)
+        }
+        for lease in restored where !refused.contains(lease.id) {
+            if let entry = leases[lease.id], table.phase(of: lease.id) == .orphaned {
+                journalLine(lease.id, entry, "orphaned", [("reason", .string("restart")), ("until", .string(clock.iso8601(lease.orphanUntil)))])
+            }
+        }
+        logger.notice("leases restored from the state directory", metadata: [
+            "leases": .stringConvertible(table.grantedLeaseCount), "waiters": .stringConvertible(table.waiterCount),
+        ])
+        apply(effects, now: now)
+    }
+
+    /// Seconds (as the protocol sends them) as a duration, clamped to 10^9 s.
+    static func duration(_ seconds: Double) -> Duration {
+        .nanoseconds(Int64(max(0, min(seconds, 1e9)) * 1e9))
+    }
+
     // MARK: admin (any queue; completion on the service queue)
 
-    enum AdminAction { case free(reason: String), disable(reason: String), enable }
+    enum AdminAction { case free(reason: String, now: Bool), disable(reason: String), enable }
 
     func admin(_ action: AdminAction, resource: String, completion: @escaping @Sendable (AdminResult) -> Void) {
         queue.async { [self] in
@@ -156,12 +349,16 @@ final class LeaseService: @unchecked Sendable {
             let result: AdminResult
             let effects: [Effect]
             switch action {
-            case .free(let reason):
-                (result, effects) = table.revoke(resource: resource, reason: reason, now: now)
+            case .free(let reason, let immediately):
+                (result, effects) = table.revoke(resource: resource, reason: reason, now: now, immediately: immediately)
             case .disable(let reason):
                 (result, effects) = table.disable(resource: resource, reason: reason, now: now)
+                if result == .ok, let disabled = table.resource(named: resource)?.disabled {
+                    store?.recordDisabled(resource, KeptState.Disabled(reason: disabled.reason, since: clock.wallNanoseconds(disabled.since)))
+                }
             case .enable:
                 (result, effects) = table.enable(resource: resource, now: now)
+                if result == .ok { store?.recordDisabled(resource, nil) }
             }
             apply(effects, now: now)
             if result == .ok { markChanged() }
@@ -181,17 +378,38 @@ final class LeaseService: @unchecked Sendable {
         }
     }
 
+    /// Calls `completion` (on the service queue) once everything the store was told is durable.
+    func whenDurable(_ completion: @escaping @Sendable () -> Void) {
+        queue.async { [self] in
+            guard let store else { return completion() }
+            store.whenDurable(completion)
+        }
+    }
+
     // MARK: effects
+
+    /// Sends `event` (and the close that follows, if any) to the lease's connection, once what
+    /// the store was told so far is durable: a client is never told of a grant a crash could
+    /// forget. Deliveries keep their order.
+    private func deliver(_ entry: LeaseEntry, _ id: LeaseID, _ event: ServerEvent?, close: (code: UInt16, reason: String)? = nil) {
+        guard let session = entry.session, let loop = entry.loop else { return }
+        let send = { loop.execute { session.deliver(id, event, close: close) } }
+        if let store { store.whenDurable(send) } else { send() }
+    }
+
+    private func expiresText(_ id: LeaseID) -> String? {
+        table.holdLimit(of: id).map { clock.iso8601Precise($0.expires) }
+    }
 
     private func apply(_ effects: [Effect], now: Tick) {
         assertOnQueue()
         for effect in effects {
             let id = effect.lease
-            guard var entry = sessions[id] else { continue }
-            var resources: [LeaseProtocol.GrantedResource] = []
+            guard var entry = leases[id] else { continue }
+            let text = Self.format(id)
             switch effect {
             case .granted(_, let granted):
-                if shutdown.isSet {
+                if shutdown.isSet && store == nil {
                     // Every connection is closing: a grant now would reach nobody (and count a
                     // grant and an epoch for it). The waiter leaves instead; what it would have
                     // had stays free.
@@ -205,7 +423,7 @@ final class LeaseService: @unchecked Sendable {
                 if entry.queued {
                     entry.queued = false
                     countWaiting(entry, -1)
-                    sessions[id] = entry
+                    leases[id] = entry
                 }
                 guard let facts = table.facts(of: id) else { continue }
                 let unsaved = reserveEpochs(granted, for: id, entry, holder: facts.holder)
@@ -213,53 +431,83 @@ final class LeaseService: @unchecked Sendable {
                     withhold(id, entry, facts, unsaved: unsaved, now: now)
                     continue
                 }
+                let limit = table.holdLimit(of: id)
+                store?.recordGrant(id, KeptLease.Grant(
+                    resources: granted.map(Self.wireResource), at: clock.wallNanoseconds(now),
+                    expires: limit.map { clock.wallNanoseconds($0.expires) }, holdLimit: limit.map { $0.limit.saturatedNanoseconds }))
                 if let journal {
                     var line: [(String, JSONValue)] = [
-                        ("event", .string("granted")), ("lease", .string(Self.format(id))), ("holder", .string(facts.holder)),
-                        ("peer", .string(entry.session.peer)),
+                        ("event", .string("granted")), ("lease", .string(text)), ("holder", .string(facts.holder)),
+                        ("peer", .string(entry.peer)),
                     ]
-                    if let token = entry.session.tokenName { line.append(("token", .string(token))) }
+                    if let token = entry.tokenName { line.append(("token", .string(token))) }
                     line += [
                         ("resources", .array(granted.map { .object([("name", .string($0.name)), ("epoch", .int(Int64(clamping: $0.epoch)))]) })),
                         ("meta", .object(entry.meta.map { ($0.0, .string($0.1)) })),
                         ("waited_seconds", .double(Self.seconds(now.duration(since: facts.arrivedAt)))),
                     ]
+                    if let limit { line.append(("expires", .string(clock.iso8601Precise(limit.expires)))) }
                     journal.record(line)
                 }
-                resources = granted.map(Self.wireResource)
                 metrics.grants += 1
                 metrics.grantWait.observe(Self.seconds(now.duration(since: facts.arrivedAt)))
                 if logger.logLevel <= .info { leaseLogger(id, entry, holder: facts.holder).info("granted", metadata: [
                     "resources": .string(granted.map { "\($0.name)#\($0.epoch)" }.joined(separator: ",")),
                 ]) }
+                deliver(entry, id, .granted(lease: text, resources: granted.map(Self.wireResource), resume: entry.token,
+                                            expires: limit.map { clock.iso8601Precise($0.expires) }))
+            case .revoking(_, let reason, let until):
+                entry.revokeReason = reason
+                leases[id] = entry
+                store?.recordRevoking(id)
+                journalLine(id, entry, "revoking", [("reason", .string(reason)), ("until", .string(clock.iso8601(until)))])
+                if logger.logLevel <= .notice, let facts = table.facts(of: id) {
+                    leaseLogger(id, entry, holder: facts.holder).notice("revoked; waiting for the holder to stop", metadata: [
+                        "reason": .string(reason), "until": .string(clock.iso8601(until)),
+                    ])
+                }
+                deliver(entry, id, .revoked(lease: text, reason: reason))
             case .revoked(_, let reason, let facts):
                 end(id, .revoked(reason), facts, now: now)
+                deliver(entry, id, entry.revokeReason == nil ? .revoked(lease: text, reason: reason) : nil,
+                        close: (CloseCode.revoked, "revoked"))
+            case .expired(_, let facts):
+                metrics.resumes["expired", default: 0] += 1
+                end(id, .released(.expired), facts, now: now)
             case .failed(_, let why, let facts):
                 end(id, .failed(why), facts, now: now)
-            case .queued:
+                switch why {
+                case .unsatisfiable(let message):
+                    deliver(entry, id, .error(code: .unsatisfiable, message: message), close: (CloseCode.unsatisfiable, ErrorCode.unsatisfiable.rawValue))
+                case .waitTimeout(let heldBy):
+                    let message = waitTimeoutMessage(heldBy: heldBy, facts: facts, queueWasFull: entry.queueWasFull, now: now)
+                    deliver(entry, id, .error(code: .waitTimeout, message: message), close: (CloseCode.waitTimeout, ErrorCode.waitTimeout.rawValue))
+                }
+            case .queued(_, let position):
                 entry.queued = true
                 countWaiting(entry, 1)
-                sessions[id] = entry
-            case .positionChanged:
-                break
+                leases[id] = entry
+                deliver(entry, id, .queued(lease: text, position: position, resume: entry.token))
+            case .positionChanged(_, let position):
+                deliver(entry, id, .queued(lease: text, position: position))
             }
-            let session = entry.session
-            let granted = resources
-            var failure: String?
-            if case .failed(_, .waitTimeout(let heldBy), let facts) = effect {
-                failure = waitTimeoutMessage(heldBy: heldBy, facts: facts, queueWasFull: entry.queueWasFull, now: now)
-            }
-            entry.loop.execute { [failure] in session.deliver(effect, granted: granted, waitTimeoutMessage: failure) }
         }
         if !effects.isEmpty { markChanged() }
         armTimer()
+    }
+
+    /// A journal line about a lease that goes on (orphaned, resumed, revoking).
+    private func journalLine(_ id: LeaseID, _ entry: LeaseEntry, _ event: String, _ fields: [(String, JSONValue)]) {
+        guard let journal else { return }
+        let holder = table.facts(of: id)?.holder ?? ""
+        journal.record([("event", .string(event)), ("lease", .string(Self.format(id))), ("holder", .string(holder))] + fields)
     }
 
     /// What a waiter that gave up is told: how long it waited and who held what it still needed,
     /// or that the queue was full when it asked.
     private func waitTimeoutMessage(heldBy: [LeaseID], facts: LeaseFacts, queueWasFull: Bool, now: Tick) -> String {
         if queueWasFull {
-            return "the queue is full (at most \(waiterLimits.total) waiters, \(waiterLimits.perAddress) from one address) and the request cannot be granted now; try again later"
+            return "the queue is full (at most \(limits.waitersTotal) waiters, \(limits.waitersPerAddress) from one address) and the request cannot be granted now; try again later"
         }
         var message = "not granted within the requested wait (waited \(StatusPage.duration(now.nanoseconds - facts.arrivedAt.nanoseconds)))"
         let shown = heldBy.prefix(5).map { id -> String in
@@ -276,7 +524,7 @@ final class LeaseService: @unchecked Sendable {
 
     /// Makes the grant's epochs durable before it is sent; returns the names whose epoch could
     /// not be (with why). A fencing token that can repeat after a crash is worse than none.
-    private func reserveEpochs(_ granted: [LeaseCore.GrantedResource], for id: LeaseID, _ entry: SessionEntry,
+    private func reserveEpochs(_ granted: [LeaseCore.GrantedResource], for id: LeaseID, _ entry: LeaseEntry,
                                holder: String) -> [(name: String, failure: String)] {
         guard let epochFile else { return [] }
         var unsaved: [(name: String, failure: String)] = []
@@ -297,16 +545,20 @@ final class LeaseService: @unchecked Sendable {
     /// A grant whose epochs cannot be made durable is not sent: the resources that need the
     /// write are disabled (so nobody cycles through them), the rest of the lease is freed, and
     /// the connection closes with 1011.
-    private func withhold(_ id: LeaseID, _ entry: SessionEntry, _ facts: LeaseFacts,
+    private func withhold(_ id: LeaseID, _ entry: LeaseEntry, _ facts: LeaseFacts,
                           unsaved: [(name: String, failure: String)], now: Tick) {
         end(id, .withheld(names: unsaved.map(\.name), error: unsaved.map(\.failure).first ?? ""), facts, now: now)
         var effects: [Effect] = []
         for (name, failure) in unsaved {
-            _ = table.disable(resource: name, reason: "its fencing epoch could not be saved: \(failure)", now: now, into: &effects)
+            let reason = "its fencing epoch could not be saved: \(failure)"
+            if table.disable(resource: name, reason: reason, now: now, into: &effects) == .ok {
+                store?.recordDisabled(name, KeptState.Disabled(reason: reason, since: clock.wallNanoseconds(now)))
+            }
         }
         table.release(id, now: now, into: &effects)
-        let session = entry.session
-        entry.loop.execute { session.withhold(reason: "fencing epochs cannot be saved") }
+        if let session = entry.session, let loop = entry.loop {
+            loop.execute { session.withhold(reason: "fencing epochs cannot be saved") }
+        }
         apply(effects, now: now)
         markChanged()
     }
@@ -325,10 +577,11 @@ final class LeaseService: @unchecked Sendable {
     /// line, the journal line and the metrics, once. A second end of the same lease finds no
     /// session and does nothing. Returns the entry that ended.
     @discardableResult
-    private func end(_ id: LeaseID, _ ending: Ending, _ facts: LeaseFacts, now: Tick) -> SessionEntry? {
+    private func end(_ id: LeaseID, _ ending: Ending, _ facts: LeaseFacts, now: Tick) -> LeaseEntry? {
         assertOnQueue()
-        guard let entry = sessions.removeValue(forKey: id) else { return nil }
+        guard let entry = leases.removeValue(forKey: id) else { return nil }
         if entry.queued { countWaiting(entry, -1) }
+        store?.recordEnd(id)
         func log(_ level: Logger.Level, _ message: Logger.Message, _ metadata: Logger.Metadata) {
             guard logger.logLevel <= level else { return }  // no lease logger built for nothing
             leaseLogger(id, entry, holder: facts.holder).log(level: level, message, metadata: metadata)
@@ -337,6 +590,10 @@ final class LeaseService: @unchecked Sendable {
         let held = ("held_seconds", JSONValue.double(Self.seconds(now.duration(since: facts.grantedAt ?? now))))
         let waited = ("waited_seconds", JSONValue.double(Self.seconds(now.duration(since: facts.arrivedAt))))
         switch ending {
+        case .released(.expired):
+            log(.notice, "expired: not resumed in time", [:])
+            if facts.grantedAt != nil { metrics.releases[.expired, default: 0] += 1 }
+            line = [("event", .string("expired"))] + line + [facts.grantedAt != nil ? held : waited]
         case .released(let reason) where facts.grantedAt != nil:
             metrics.releases[reason, default: 0] += 1
             log(.info, "released", ["reason": .string(reason.rawValue)])
@@ -404,6 +661,7 @@ final class LeaseService: @unchecked Sendable {
         assertOnQueue()
         metrics.leases = table.grantedLeaseCount
         metrics.waiters = table.waiterCount
+        metrics.orphans = table.orphanCount
         var counts: [Metrics.ResourceCountKey: Int] = [:]
         let present = table.resourceCounts()
         for type in Set(present.map(\.type)) {
@@ -418,6 +676,11 @@ final class LeaseService: @unchecked Sendable {
 
 
     // MARK: conversions
+
+    /// `300`, `2.5`.
+    static func secondsText(_ seconds: Double) -> String {
+        seconds == seconds.rounded() && abs(seconds) < 1e15 ? String(Int64(seconds)) : String(seconds)
+    }
 
     static func seconds(_ duration: Duration) -> Double {
         Double(duration.saturatedNanoseconds) / 1e9
@@ -435,6 +698,11 @@ final class LeaseService: @unchecked Sendable {
         case .name(let name): return .name(name)
         case .type(let type, let labels, let count): return .type(type, labels: labels, count: count)
         }
+    }
+
+    static func coreResource(_ resource: LeaseProtocol.GrantedResource) -> LeaseCore.GrantedResource {
+        LeaseCore.GrantedResource(name: resource.name, type: resource.type, labels: resource.labels,
+                                  attributes: resource.attributes, epoch: resource.epoch)
     }
 
     static func wireResource(_ resource: LeaseCore.GrantedResource) -> LeaseProtocol.GrantedResource {
@@ -468,6 +736,21 @@ struct ServerClock: Sendable {
     /// Milliseconds since the Unix epoch for a core time (what the page's script counts from).
     func unixMilliseconds(_ tick: Tick) -> Int64 {
         (tick.nanoseconds &+ wallOffsetNanoseconds) / 1_000_000
+    }
+
+    /// Wall-clock nanoseconds since the Unix epoch for a core time (what the state directory keeps).
+    func wallNanoseconds(_ tick: Tick) -> Int64 { tick.nanoseconds &+ wallOffsetNanoseconds }
+
+    /// The core time of a wall-clock instant (one a previous process recorded).
+    func tick(wallNanoseconds: Int64) -> Tick { Tick(nanoseconds: wallNanoseconds &- wallOffsetNanoseconds) }
+
+    /// `2026-11-25T16:04:45.250Z`: with milliseconds, for deadlines a client acts on.
+    func iso8601Precise(_ tick: Tick) -> String {
+        let milliseconds = (tick.nanoseconds &+ wallOffsetNanoseconds) / 1_000_000
+        let whole = milliseconds >= 0 ? milliseconds / 1000 : (milliseconds - 999) / 1000
+        let fraction = milliseconds - whole * 1000
+        let text = ISO8601.format(unixSeconds: whole)
+        return String(text.dropLast()) + "." + String(String(fraction + 1000).dropFirst()) + "Z"
     }
 
     /// `2026-11-25T16:04:45Z` for a core time.

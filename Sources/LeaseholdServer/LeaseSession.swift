@@ -64,10 +64,21 @@ final class LeaseSession: WebSocketHandler, @unchecked Sendable {
         case .awaitingAcquire:
             switch message {
             case .success(.acquire(let request)):
+                if let grace = request.grace, grace > service.limits.maxGrace {
+                    return fail(.badRequest, "\"grace\" may be at most \(LeaseService.secondsText(service.limits.maxGrace)) seconds on this server")
+                }
                 socket.applicationDeadline = .max
                 let id = service.newLeaseID()
                 state = .leased(id)
                 service.acquire(id, request, session: self)
+            case .success(.resume(let lease, let token)):
+                guard let id = LeaseService.parseID(lease) else {
+                    service.countRefusedResume()
+                    return fail(.resumeRefused, "no lease \(lease.prefix(20)) is kept for this token")
+                }
+                socket.applicationDeadline = .max
+                state = .leased(id)
+                service.resume(lease, token: token, session: self)
             case .success(.release):
                 fail(.badRequest, "nothing to release: the first message must be an acquire request")
             case .failure(let error):
@@ -79,8 +90,8 @@ final class LeaseSession: WebSocketHandler, @unchecked Sendable {
                 endReason = .release
                 state = .closed
                 socket.close(code: CloseCode.released, reason: "released")
-                service.release(id, reason: .release)
-            case .success(.acquire):
+                service.release(id, reason: .release, abrupt: false, session: self)
+            case .success(.acquire), .success(.resume):
                 reply(.error(code: .badRequest, message: "this connection already has a request; open another connection for another lease"))
             case .failure(let error):
                 reply(.error(code: .badRequest, message: error.message))
@@ -99,7 +110,15 @@ final class LeaseSession: WebSocketHandler, @unchecked Sendable {
         state = .closed
         guard let id else { return }
         let why: ReleaseReason = socket.end == .deadPeer ? .deadPeer : endReason
-        service.release(id, reason: why)
+        // Only the client's own clean close (1000) or a release is a release; the server's own
+        // closes (errors, revocation) and protocol violations end the lease too.
+        let abrupt: Bool
+        switch socket.end {
+        case .closedByPeer: abrupt = code != CloseCode.released
+        case .deadPeer, .connectionLost, .slowReader, .none: abrupt = true
+        case .closedByUs, .protocolViolation, .aborted: abrupt = false
+        }
+        service.release(id, reason: why, abrupt: abrupt, session: self)
     }
 
     /// Sends an error event and closes with the code's close code; the service hears the release.
@@ -137,28 +156,29 @@ final class LeaseSession: WebSocketHandler, @unchecked Sendable {
         socket.close(code: 1011, reason: reason)
     }
 
-    /// `waitTimeoutMessage`: what a wait timeout tells the client (the service knows who held
-    /// what it waited for).
-    func deliver(_ effect: Effect, granted: [LeaseProtocol.GrantedResource], waitTimeoutMessage: String? = nil) {
-        guard let id = leaseID, id == effect.lease, let socket, socket.isOpen else { return }
-        let text = LeaseService.format(id)
-        defer { sendHeldBack() }
-        switch effect {
-        case .granted:
-            send(.granted(lease: text, resources: granted))
-        case .queued(_, let position), .positionChanged(_, let position):
-            send(.queued(lease: text, position: position))
-        case .failed(_, .unsatisfiable(let message), _):
+    /// The lease was resumed on another connection: this one no longer carries it.
+    func resumedElsewhere() {
+        guard leaseID != nil, let socket, socket.isOpen else { return }
+        state = .closed
+        socket.close(code: CloseCode.resumedElsewhere, reason: "resumed on another connection")
+    }
+
+    /// A `resume` the service refused (4410).
+    func refuseResume(_ message: String) {
+        guard leaseID != nil else { return }
+        state = .closed
+        fail(.resumeRefused, message)
+    }
+
+    /// An event of the lease from the service, then the close that ends the connection, if any.
+    func deliver(_ id: LeaseID, _ event: ServerEvent?, close: (code: UInt16, reason: String)?) {
+        guard leaseID == id, let socket, socket.isOpen else { return }
+        if let event { send(event) }
+        if let close {
             state = .closed
-            fail(.unsatisfiable, message)
-        case .failed(_, .waitTimeout, _):
-            state = .closed
-            fail(.waitTimeout, waitTimeoutMessage ?? "not granted within the requested wait")
-        case .revoked(_, let reason, _):
-            state = .closed
-            send(.revoked(lease: text, reason: reason))
-            socket.close(code: CloseCode.revoked, reason: "revoked")
+            socket.close(code: close.code, reason: close.reason)
         }
+        sendHeldBack()
     }
 }
 
@@ -169,6 +189,8 @@ enum ReleaseReason: String, CaseIterable {
     case deadPeer = "dead_peer"
     case revoked
     case shutdown
+    /// An orphan nobody resumed in time.
+    case expired
 }
 
 extension Duration {

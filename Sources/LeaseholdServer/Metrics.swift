@@ -6,6 +6,9 @@ final class Metrics: @unchecked Sendable {
     var releases: [ReleaseReason: Int] = [:]
     var leases = 0
     var waiters = 0
+    var orphans = 0
+    /// Resumes by result: `ok`, `refused`, `expired` (an orphan nobody resumed in time).
+    var resumes: [String: Int] = [:]
     /// (type, state) → count.
     var resourceCounts: [ResourceCountKey: Int] = [:]
     var grantWait = Histogram(bounds: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600])
@@ -45,6 +48,12 @@ final class Metrics: @unchecked Sendable {
         out += "leasehold_leases \(leases)\n"
         family("leasehold_waiters", "gauge", "Requests waiting in the queue.")
         out += "leasehold_waiters \(waiters)\n"
+        family("leasehold_orphans", "gauge", "Leases and waiters kept for a client to resume them.")
+        out += "leasehold_orphans \(orphans)\n"
+        family("leasehold_resumes_total", "counter", "Resumes of kept leases and waiters, by result.")
+        for result in ["ok", "refused", "expired"] {
+            out += "leasehold_resumes_total{result=\"\(result)\"} \(resumes[result, default: 0])\n"
+        }
         family("leasehold_grants_total", "counter", "Leases granted.")
         out += "leasehold_grants_total \(grants)\n"
         family("leasehold_releases_total", "counter", "Granted leases that ended, by reason.")

@@ -27,18 +27,24 @@ enum StatusDocument {
             return .object(members)
         }
         let leases: [JSONValue] = snapshot.leases.map { lease in
-            .object([
+            var members: [(String, JSONValue)] = [
                 ("id", .string(LeaseService.format(lease.id))),
                 ("holder", .string(lease.holder)),
                 ("peer", .string(lease.peer)),
-                ("state", .string("granted")),
+                // granted, orphaned (kept for its client to resume) or revoking.
+                ("state", .string(lease.phase.rawValue)),
                 ("resources", .array(lease.resources.map { .string($0) })),
                 ("meta", .labels(lease.meta)),
                 ("since", .string(clock.iso8601(lease.since))),
-            ])
+            ]
+            if let until = lease.until { members.append(("until", .string(clock.iso8601Precise(until)))) }
+            if let expires = lease.expires { members.append(("expires", .string(clock.iso8601Precise(expires)))) }
+            return .object(members)
         }
         let queue: [JSONValue] = snapshot.queue.map { waiter in
-            .object([
+            // It ends by itself at the earlier of its `wait` and its orphan grace.
+            let until = [waiter.deadline, waiter.orphanUntil].compactMap { $0 }.min()
+            return .object([
                 ("id", .string(LeaseService.format(waiter.id))),
                 ("holder", .string(waiter.holder)),
                 ("peer", .string(waiter.peer)),
@@ -47,8 +53,10 @@ enum StatusDocument {
                 ("meta", .labels(waiter.meta)),
                 ("reserved", .array(waiter.reserved.map { .string($0) })),
                 ("since", .string(clock.iso8601(waiter.since))),
-                ("until", waiter.deadline.map { .string(clock.iso8601($0)) } ?? .null),
+                ("until", until.map { .string(clock.iso8601($0)) } ?? .null),
                 ("blocked_by", .array(waiter.blockedBy.map { .string(LeaseService.format($0)) })),
+                // Beyond PROTOCOL.md (additive): `waiting`, or `orphaned` until its client resumes it.
+                ("state", .string(waiter.orphanUntil == nil ? "waiting" : "orphaned")),
             ])
         }
         return .object([

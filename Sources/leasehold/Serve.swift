@@ -14,7 +14,8 @@ struct Serve: ParsableCommand {
             Prints one line per listener on stdout (`leasehold listening on HOST:PORT`), then logs to \
             stderr. Listening sockets passed by systemd (socket activation: LISTEN_FDS) are served \
             too, and then the default address is not bound. SIGHUP re-reads the inventory; SIGTERM \
-            closes every connection with 1001 and exits 0.
+            closes every connection with 1001 and exits 0 (with --state-dir: with 1012, keeping \
+            every lease for the next start).
             """
     )
 
@@ -78,6 +79,18 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "Audit journal: JSON lines for every grant (with meta), lease end and admin action, appended to FILE.")
     var auditFile: String?
 
+    @Option(name: .long, help: ArgumentHelp("Directory where leases, waiters and fencing epochs outlive the process (created if missing): a stop by SIGTERM closes connections with 1012 and the next start restores every lease for its client to resume; a crash restores them too. Without it, a stop ends every lease.", valueName: "dir"))
+    var stateDir: String?
+
+    @Option(name: .long, help: "Seconds a lease kept over a restart waits for its client to resume it.")
+    var resumeGrace: Double = 60
+
+    @Option(name: .long, help: "The largest grace (seconds a lease survives a dropped connection) an acquire may ask for.")
+    var maxGrace: Double = 300
+
+    @Option(name: .long, help: "The largest revoke_wait (seconds a revoked lease keeps its resources while its client stops) honoured; more is capped.")
+    var maxRevokeWait: Double = 60
+
     @Option(name: .long, help: "Event loops (serial queues) for connections.")
     var loops: Int = 2
 
@@ -91,6 +104,9 @@ struct Serve: ParsableCommand {
         try Self.check(pingInterval, "--ping-interval", in: Self.pingIntervalRange)
         try Self.check(deadAfter, "--dead-after", in: Self.deadAfterRange)
         try Self.check(requestTimeout, "--request-timeout", in: Self.requestTimeoutRange)
+        try Self.check(resumeGrace, "--resume-grace", in: 0...604_800)
+        try Self.check(maxGrace, "--max-grace", in: 0...604_800)
+        try Self.check(maxRevokeWait, "--max-revoke-wait", in: 0...86_400)
         guard deadAfter > pingInterval else {
             throw ValidationError("--dead-after must be longer than --ping-interval, or live peers would be dropped")
         }
@@ -179,6 +195,10 @@ struct Serve: ParsableCommand {
         options.loops = loops
         options.epochFile = epochFile
         options.auditFile = auditFile
+        options.stateDirectory = stateDir
+        options.resumeGrace = .milliseconds(Int64(resumeGrace * 1000))
+        options.maxGrace = maxGrace
+        options.maxRevokeWait = maxRevokeWait
         options.adminToken = try adminToken()
         if let path = leaseTokenFile {
             do {

@@ -38,7 +38,7 @@ struct Harness {
         log += effects
         for e in effects {
             switch e {
-            case .failed(let id, _, let facts), .revoked(let id, _, let facts):
+            case .failed(let id, _, let facts), .revoked(let id, _, let facts), .expired(let id, let facts):
                 #expect(facts == expectedFacts[id], "facts of \(id)", sourceLocation: loc)
             case .granted(let id, _):
                 expectedFacts[id]?.grantedAt = now
@@ -59,12 +59,14 @@ struct Harness {
 
     @discardableResult
     mutating func acquire(_ want: [Group], wait: Double? = nil, holder: String = "",
-                          meta: [String: String] = [:],
+                          meta: [String: String] = [:], revokeWait: Double? = nil, maxHold: Double? = nil,
                           sourceLocation: SourceLocation = #_sourceLocation) -> (LeaseID, [Effect]) {
         let id = LeaseID(nextID)
         nextID += 1
         let req = Request(want: want, holder: holder.isEmpty ? "h\(id.raw)" : holder, meta: meta,
-                          peer: "10.0.0.1:\(id.raw)", wait: wait.map { .nanoseconds(Int64($0 * 1e9)) })
+                          peer: "10.0.0.1:\(id.raw)", wait: wait.map { .nanoseconds(Int64($0 * 1e9)) },
+                          revokeWait: revokeWait.map { .nanoseconds(Int64($0 * 1e9)) },
+                          maxHold: maxHold.map { .nanoseconds(Int64($0 * 1e9)) })
         expectedFacts[id] = LeaseFacts(holder: req.holder, arrivedAt: now, grantedAt: nil)
         let e = table.acquire(id, req, now: now)
         record(e, sourceLocation)
@@ -84,6 +86,30 @@ struct Harness {
         let (r, e) = table.revoke(resource: name, reason: reason, now: now)
         record(e, sourceLocation)
         return (r, e)
+    }
+
+    @discardableResult
+    mutating func revokeNow(_ name: String, reason: String = "admin",
+                            sourceLocation: SourceLocation = #_sourceLocation) -> (AdminResult, [Effect]) {
+        let (r, e) = table.revoke(resource: name, reason: reason, now: now, immediately: true)
+        record(e, sourceLocation)
+        return (r, e)
+    }
+
+    @discardableResult
+    mutating func orphan(_ id: LeaseID, for seconds: Double, sourceLocation: SourceLocation = #_sourceLocation) -> Bool {
+        var e: [Effect] = []
+        let ok = table.orphan(id, until: now.advanced(by: .nanoseconds(Int64(seconds * 1e9))), now: now, into: &e)
+        record(e, sourceLocation)
+        return ok
+    }
+
+    @discardableResult
+    mutating func resume(_ id: LeaseID, sourceLocation: SourceLocation = #_sourceLocation) -> Resumption? {
+        var e: [Effect] = []
+        let r = table.resume(id, now: now, into: &e)
+        record(e, sourceLocation)
+        return r
     }
 
     @discardableResult

@@ -70,9 +70,11 @@ struct RandomRun {
                 waiting.insert(id)
             case .positionChanged(let id, _):
                 #expect(waiting.contains(id))
-            case .failed(let id, _, _), .revoked(let id, _, _):
+            case .failed(let id, _, _), .revoked(let id, _, _), .expired(let id, _):
                 live.remove(id)
                 waiting.remove(id)
+            case .revoking(let id, _, _):
+                #expect(live.contains(id) && !waiting.contains(id))
             }
         }
     }
@@ -88,7 +90,9 @@ struct RandomRun {
             live.insert(id)
             wants[id] = want
             arrival[id] = h.nextID
-            let (_, e) = h.acquire(want, wait: wait)
+            let revokeWait: Double? = admin && rng.next() % 3 == 0 ? Double(rng.next() % 6) / 2 : nil
+            let maxHold: Double? = admin && rng.next() % 4 == 0 ? Double(1 + rng.next() % 8) / 2 : nil
+            let (_, e) = h.acquire(want, wait: wait, revokeWait: revokeWait, maxHold: maxHold)
             let mine = e.filter { $0.lease == id }
             #expect(mine.count == 1, "acquire gave \(mine)")
             absorb(e)
@@ -97,10 +101,29 @@ struct RandomRun {
             live.remove(id)
             waiting.remove(id)
             absorb(h.release(id))
-        case 62..<72 where admin:
+        case 62..<67 where admin:
             let (result, e) = h.revoke(pick(universe + ["nope"]))
+            if result == .ok, let first = e.first {
+                switch first {
+                case .revoked, .revoking: break
+                default: Issue.record("revoke began with \(first)")
+                }
+            }
+            absorb(e)
+        case 67..<69 where admin:
+            let (result, e) = h.revokeNow(pick(universe + ["nope"]))
             if result == .ok { #expect(e.first.map { if case .revoked = $0 { true } else { false } } == true) }
             absorb(e)
+        case 69..<71:
+            guard let id = live.sorted().first(where: { _ in rng.next() % 3 == 0 }) else { return }
+            let phase = h.table.phase(of: id)
+            let ok = h.orphan(id, for: Double(rng.next() % 6) / 2)
+            #expect(ok == (phase != .revoking), "orphan of a \(String(describing: phase)) lease")
+        case 71..<72:
+            guard let id = live.sorted().first(where: { h.table.phase(of: $0) == .orphaned }) else { return }
+            let r = h.resume(id)
+            #expect(r != nil)
+            #expect(h.table.phase(of: id) == .granted || h.table.phase(of: id) == .waiting)
         case 72..<80 where admin:
             absorb(h.disable(pick(universe)).1)
         case 80..<88 where admin:
@@ -116,6 +139,42 @@ struct RandomRun {
             clock += Double(rng.next() % 16) / 10
             absorb(h.tick(at: clock))
         }
+    }
+
+    /// A restart: a fresh table with the same inventory and epochs gets every live lease back
+    /// through `restore`, and the run goes on with it. Granted leases keep their resources and
+    /// epochs, the queue its order; nobody is granted by the restore itself (without admin
+    /// operations nothing free was usable before either).
+    mutating func restart(orphanedFor seconds: Double) {
+        let old = h.table
+        let kept = old.keptForTest(orphanUntil: h.now.advanced(by: .nanoseconds(Int64(seconds * 1e9))))
+        guard var fresh = try? LeaseTable(inventory: Inventory(universe.map { name in
+            old.resources.first { $0.name == name && $0.inInventory }.map { res($0.name, $0.type, $0.labels) } ?? res(name, "x")
+        }), epochs: old.epochs, now: h.now) else {
+            Issue.record("inventory refused on restart")
+            return
+        }
+        var effects: [Effect] = []
+        let refused = fresh.restore(kept, now: h.now, into: &effects)
+        #expect(refused.isEmpty)
+        h.table = fresh
+        h.record(effects, #_sourceLocation)
+        let before = old.snapshot(), after = fresh.snapshot()
+        // Every lease keeps what it held. (With admin operations, a waiter may be granted at
+        // once: this fresh table has nothing disabled; the server restores disables first.)
+        let afterLeases = Dictionary(uniqueKeysWithValues: after.leases.map { ($0.id, $0.resources) })
+        for lease in before.leases { #expect(afterLeases[lease.id] == lease.resources) }
+        for view in before.resources where view.state == .held {
+            #expect(fresh.resource(named: view.name)?.lease == view.lease)
+            #expect(fresh.resource(named: view.name)?.epoch == view.epoch)
+        }
+        if !admin {
+            #expect(after.leases.map(\.id) == before.leases.map(\.id))
+            #expect(grantedIDs(effects).isEmpty)
+            #expect(after.queue.map(\.id) == before.queue.map(\.id))
+        }
+        #expect(fresh.orphanCount == fresh.grantedLeaseCount + fresh.waiterCount, "every restored lease is orphaned")
+        absorb(effects)
     }
 
     /// Enable everything and release every holder until the queue drains: every waiter that
@@ -144,10 +203,38 @@ struct RandomRun {
         run.drain()
     }
 
+    @Test("a restart restores every lease and waiter, and the run goes on", arguments: 0..<60)
+    func restored(_ seed: Int) {
+        var run = RandomRun(seed: UInt64(seed) &* 6_151 &+ 5, admin: seed % 2 == 0)
+        for _ in 0..<60 { run.step() }
+        run.restart(orphanedFor: Double(seed % 4))
+        for _ in 0..<60 { run.step() }
+        run.drain()
+    }
+
     @Test("random sequences without admin operations: identical requests keep arrival order", arguments: 0..<100)
     func fifo(_ seed: Int) {
         var run = RandomRun(seed: UInt64(seed) &* 104_729 &+ 3, admin: false)
         for _ in 0..<120 { run.step() }
         run.drain()
+    }
+}
+
+extension LeaseTable {
+    /// What a store would keep of every live lease, in arrival order (for restore tests).
+    func keptForTest(orphanUntil: Tick) -> [RestoredLease] {
+        leases.indices.filter { leases[$0].alive }.sorted { leases[$0].seq < leases[$1].seq }.map { w in
+            let lease = leases[w]
+            var grant: RestoredLease.Grant?
+            if !lease.waiting {
+                grant = RestoredLease.Grant(
+                    resources: grantedList(w), grantedAt: lease.grantedAt,
+                    expires: lease.expiresAt == .max ? nil : Tick(nanoseconds: lease.expiresAt),
+                    holdLimit: lease.holdLimit == .max ? nil : .nanoseconds(lease.holdLimit))
+            }
+            return RestoredLease(id: lease.id, request: lease.request, arrivedAt: lease.arrivedAt,
+                                 deadline: lease.deadline == .max ? nil : Tick(nanoseconds: lease.deadline),
+                                 grant: grant, orphanUntil: orphanUntil)
+        }
     }
 }

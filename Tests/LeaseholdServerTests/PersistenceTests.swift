@@ -99,6 +99,9 @@ struct PersistenceTests {
         #expect(lines.dropFirst().first?["reason"]?.stringValue == "rack move")
         #expect(lines.last?["action"]?.stringValue == "disable")
         #expect(lines.allSatisfy { $0["time"]?.stringValue?.hasSuffix("Z") == true })
+        let all = try await journalLines(path, atLeast: 6, lifecycle: true)
+        #expect(all.first?["event"]?.stringValue == "started" && all.first?["version"]?.stringValue == leaseholdVersion)
+        #expect(all.last?["event"]?.stringValue == "stopped" && all.last?["kept"] == .bool(false))
     }
 
     @Test func everyEndOfALeaseOrAWaitIsJournalledOnce() async throws {
@@ -135,7 +138,7 @@ struct PersistenceTests {
         #expect(try await holder.expectClose().code == 1001)
         #expect(try await waiter.expectClose().code == 1001)
         let lines = try await journalLines(path, atLeast: 3)
-        let ends = lines.dropFirst().map { "\($0["event"]?.stringValue ?? "?") \($0["holder"]?.stringValue ?? "?") \($0["reason"]?.stringValue ?? "")" }
+        let ends = lines.filter { $0["event"]?.stringValue != "granted" }.map { "\($0["event"]?.stringValue ?? "?") \($0["holder"]?.stringValue ?? "?") \($0["reason"]?.stringValue ?? "")" }
         #expect(Set(ends) == ["released holder shutdown", "left_queue waiter shutdown"], "journal: \(ends)")
     }
 }

@@ -260,12 +260,15 @@ func sleep(seconds: Double) async {
 }
 
 /// The journal's lines once it has `count` (it is written on a queue of its own).
-func journalLines(_ path: String, atLeast count: Int) async throws -> [JSONValue] {
+/// The journal's lines once there are `count`; the server's own `started` and `stopped` lines
+/// only with `lifecycle`.
+func journalLines(_ path: String, atLeast count: Int, lifecycle: Bool = false) async throws -> [JSONValue] {
     var lines: [JSONValue] = []
     let deadline = Date().addingTimeInterval(liveness)
     while Date() < deadline {
         let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
         lines = text.split(separator: "\n").compactMap { try? JSONValue.parse(String($0)) }
+        if !lifecycle { lines.removeAll { ["started", "stopped"].contains($0["event"]?.stringValue ?? "") } }
         if lines.count >= count { break }
         try await Task.sleep(nanoseconds: 50_000_000)
     }
