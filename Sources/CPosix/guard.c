@@ -79,6 +79,15 @@ pid_t leasehold_spawn_guarded(const char *file, char *const argv[], char *const 
     }
     if (guard == 0) {
         close(report[0]);
+        // The guard keeps none of hold's descriptors, its lease connection above all: when hold
+        // dies the server sees the connection end at once, and the lease's grace (hold asks for
+        // more than its SIGTERM-to-SIGKILL time) keeps the resources out of reach while the
+        // guard stops the command.
+        if (report[1] != 3) {
+            if (dup3(report[1], 3, O_CLOEXEC) < 0) _exit(127);
+            report[1] = 3;
+        }
+        close_range(4, ~0U, 0);
         setpgid(0, 0);
         prctl(PR_SET_PDEATHSIG, SIGUSR1);
         for (int number = 1; number < NSIG; number++) {

@@ -42,6 +42,11 @@ public final class LeaseSession: WebSocketHandler, @unchecked Sendable {
     private var socket: WebSocketConnection?
     private var state = State.open
     private var leaseID: String?
+    private var resumeToken: String?
+    /// What the request asked: whether a dropped connection leaves a lease to resume, and
+    /// whether a revocation leaves closing to us.
+    private var grace: Double = 0
+    private var revokeWait: Double = 0
 
     /// The loop every client connection of this process runs on, unless the caller brings one.
     public static let sharedLoop = EventLoop(index: 0, label: "leasehold.client")
@@ -99,10 +104,28 @@ public final class LeaseSession: WebSocketHandler, @unchecked Sendable {
         loop.execute { [self] in
             guard state == .open, let socket else { return }
             state = .acquiring
+            grace = request.grace ?? 0
+            revokeWait = request.revokeWait ?? 0
             socket.send(text: request.json.serialized())
             if let wait = request.wait, wait.isFinite {
                 socket.applicationDeadline = loop.clock.deadline(after: .seconds(fractional: wait) + configuration.waitSlack)
             }
+        }
+    }
+
+    /// Takes over a lease (or a place in the queue) that an earlier session held: after an
+    /// `.interrupted` event. Events follow as for `acquire`: `granted` (same id, resources and
+    /// epochs) or `queued`; `.failed(.resumeRefused)` when the server no longer keeps it.
+    /// `grace` and `revokeWait`: what the original request asked.
+    public func resume(lease: String, token: String, grace: Double = 0, revokeWait: Double = 0) {
+        loop.execute { [self] in
+            guard state == .open, let socket else { return }
+            state = .acquiring
+            leaseID = lease
+            resumeToken = token
+            self.grace = grace
+            self.revokeWait = revokeWait
+            socket.send(text: ClientMessage.resume(lease: lease, token: token).json.serialized())
         }
     }
 
@@ -128,8 +151,9 @@ public final class LeaseSession: WebSocketHandler, @unchecked Sendable {
     /// Drops the connection at once (the server frees the lease when it notices the close).
     public func close() {
         loop.execute { [self] in
-            guard state != .ended, let socket else { return }
-            state = .releasing
+            guard let socket else { return }
+            // Also after a final event: a revoked lease with a revoke_wait is closed by us.
+            if state != .ended { state = .releasing }
             socket.close(code: CloseCode.released, reason: "client closed")
         }
     }
@@ -147,20 +171,24 @@ public final class LeaseSession: WebSocketHandler, @unchecked Sendable {
     public func webSocket(_ socket: WebSocketConnection, didReceiveText text: [UInt8]) {
         guard let event = ServerEvent.parse(text) else { return }  // unknown events: room for later versions
         switch event {
-        case .queued(let lease, let position, _):
+        case .queued(let lease, let position, let resume):
             guard state == .acquiring || state == .queued else { return }
             state = .queued
             leaseID = lease
-            emit(.queued(lease: lease, position: position))
-        case .granted(let lease, let resources, _, _):
+            if let resume { resumeToken = resume }
+            emit(.queued(lease: lease, position: position, resume: resume))
+        case .granted(let lease, let resources, let resume, let expires):
             guard state == .acquiring || state == .queued else { return }
             state = .granted
             leaseID = lease
+            if let resume { resumeToken = resume }
             socket.applicationDeadline = .max
-            emit(.granted(Lease(id: lease, resources: resources)))
+            emit(.granted(Lease(id: lease, resources: resources, resumeToken: resumeToken, expires: expires)))
         case .revoked(let lease, let reason):
             emit(.revoked(lease: lease, reason: reason))
-            socket.close(code: CloseCode.released, reason: "")
+            // With a revoke_wait the resources stay out of reach until we close: after the
+            // holder has stopped using them (`close()`).
+            if revokeWait <= 0 { socket.close(code: CloseCode.released, reason: "") }
         case .error(let code, let message):
             if state == .releasing { return }
             emit(.failed(LeaseholdError(code: code, message: message)))
@@ -199,6 +227,13 @@ public final class LeaseSession: WebSocketHandler, @unchecked Sendable {
             emit(.failed(.unsatisfiable(reason)))
         case (_, CloseCode.waitTimeout):
             emit(.failed(.waitTimeout(reason)))
+        case (_, CloseCode.resumedElsewhere):
+            emit(.failed(.resumeRefused("the lease was resumed on another connection")))
+        case (.granted, _) where resumeToken != nil && (code == CloseCode.serviceRestart || (grace > 0 && code != CloseCode.goingAway)),
+             (.queued, _) where resumeToken != nil && (code == CloseCode.serviceRestart || (grace > 0 && code != CloseCode.goingAway)):
+            let restarting = code == CloseCode.serviceRestart
+            emit(.interrupted(lease: leaseID ?? "", token: resumeToken ?? "", restarting: restarting,
+                              detail: restarting ? "the server is restarting" : (reason.isEmpty ? "the connection dropped (\(code))" : reason)))
         default:
             var detail: String
             switch code {
@@ -239,7 +274,8 @@ extension LeaseholdError {
         case .badRequest: self = .badRequest(message)
         case .unsatisfiable: self = .unsatisfiable(message)
         case .waitTimeout: self = .waitTimeout(message)
-        case .requestTimeout, .protocol, .resumeRefused: self = .protocolViolation("\(code.rawValue): \(message)")
+        case .resumeRefused: self = .resumeRefused(message)
+        case .requestTimeout, .protocol: self = .protocolViolation("\(code.rawValue): \(message)")
         }
     }
 }

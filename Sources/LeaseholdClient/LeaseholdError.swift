@@ -21,6 +21,9 @@ public enum LeaseholdError: Error, Sendable, Equatable, CustomStringConvertible 
     /// The connection ended without a release: the server died, restarted, stopped answering pings,
     /// or the network broke. `granted` tells whether the lease had been granted.
     case connectionLost(ServerURL, String, granted: Bool)
+    /// The server no longer keeps the lease a client tried to resume (`resume_refused`, close
+    /// 4410), or it was resumed on another connection (4002).
+    case resumeRefused(String)
     /// The server broke the protocol (or refused ours: `request_timeout`, `protocol`).
     case protocolViolation(String)
     /// An HTTP call (status, admin) got an error answer.
@@ -53,6 +56,8 @@ public enum LeaseholdError: Error, Sendable, Equatable, CustomStringConvertible 
             return "the lease was revoked by an admin\(reason.isEmpty ? "" : ": \(reason)"). Ask the lab admins before retrying."
         case .connectionLost(let url, let detail, let granted):
             return "lost the connection to \(url)\(granted ? " while holding the lease" : " while waiting"): \(detail). Check that the server is up (`leasehold status`), then retry."
+        case .resumeRefused(let message):
+            return "the server no longer keeps the lease: \(message). It may have been freed and given to someone else; start again."
         case .protocolViolation(let message):
             return "protocol error: \(message). Are the client and server versions compatible?"
         case .httpError(let url, let status, let message):
@@ -79,20 +84,33 @@ public struct Lease: Sendable, Equatable {
     public let id: String
     /// In the order of the request's `want` groups.
     public let resources: [GrantedResource]
+    /// The token that resumes the lease on another connection (after a server restart or a
+    /// dropped connection); the server sends it with every grant.
+    public let resumeToken: String?
+    /// When the lease's `max_hold` runs out (RFC 3339), if it has one.
+    public let expires: String?
 
-    public init(id: String, resources: [GrantedResource]) {
+    public init(id: String, resources: [GrantedResource], resumeToken: String? = nil, expires: String? = nil) {
         self.id = id
         self.resources = resources
+        self.resumeToken = resumeToken
+        self.expires = expires
     }
 }
 
 /// What a lease connection reports. `.revoked`, `.released` and `.failed` are final: nothing follows.
 public enum LeaseEvent: Sendable, Equatable {
-    /// Waiting in the queue at `position` (from 1).
-    case queued(lease: String, position: Int)
+    /// Waiting in the queue at `position` (from 1); `resume`: the token that resumes the place
+    /// on another connection (the first `queued` only).
+    case queued(lease: String, position: Int, resume: String? = nil)
     case granted(Lease)
-    /// An admin force-freed it; the server has closed the connection.
+    /// An admin force-freed it (or its `max_hold` ran out). Without a `revokeWait` the server has
+    /// closed the connection; with one, the resources stay out of reach until `close()`.
     case revoked(lease: String, reason: String)
+    /// The connection ended, but the server keeps the lease for a while: it restarts
+    /// (`restarting`, close 1012), or the connection dropped and the lease asked for a `grace`.
+    /// Resume it on a new session with `resume(lease:token:)`.
+    case interrupted(lease: String, token: String, restarting: Bool, detail: String)
     /// `release()` completed: the server has let the resources go.
     case released
     /// The request failed or the connection ended without a release.
@@ -101,7 +119,7 @@ public enum LeaseEvent: Sendable, Equatable {
     public var isFinal: Bool {
         switch self {
         case .queued, .granted: return false
-        case .revoked, .released, .failed: return true
+        case .revoked, .released, .failed, .interrupted: return true
         }
     }
 }

@@ -35,6 +35,7 @@ enum ExitStatus {
         case .connectionLost(_, _, let granted): return granted ? connectionLost : unavailable
         case .waitTimeout: return waitTimeout
         case .revoked: return revoked
+        case .resumeRefused: return connectionLost
         case .badRequest, .unsatisfiable: return unsatisfiable
         case .noAdminToken: return unauthorized
         case .httpError(_, let status, _):

@@ -57,6 +57,12 @@ struct Hold: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Seconds without any traffic from the server before it is taken for dead.", valueName: "seconds"))
     var deadAfter: Double = 30
 
+    @Option(name: .long, help: ArgumentHelp("Seconds the server keeps the lease when the connection drops (a network blip), for hold to resume it; at least --grace plus 5, so that if hold itself is killed the command is stopped before anyone else gets the resources.", valueName: "seconds"))
+    var graceOnDrop: Double = 0
+
+    @Option(name: .long, help: ArgumentHelp("Hold the resources at most this long; the server revokes the lease then (the inventory may set a shorter limit).", valueName: "seconds"))
+    var maxHold: Double?
+
     @Flag(name: .long, help: "Print only errors (no queue progress, no grant line).")
     var quiet = false
 
@@ -77,6 +83,8 @@ struct Hold: ParsableCommand {
         if let wait { guard wait >= 0, wait <= 1e9 else { throw ValidationError("--wait must be 0-1000000000 seconds (got \(wait))") } }
         guard grace >= 0, grace <= 86_400 else { throw ValidationError("--grace must be 0-86400 seconds (got \(grace))") }
         guard deadAfter >= 1, deadAfter <= 86_400 else { throw ValidationError("--dead-after must be 1-86400 seconds (got \(deadAfter))") }
+        guard graceOnDrop >= 0, graceOnDrop <= 86_400 else { throw ValidationError("--grace-on-drop must be 0-86400 seconds (got \(graceOnDrop))") }
+        if let maxHold { guard maxHold > 0, maxHold <= 1e9 else { throw ValidationError("--max-hold must be more than 0 and at most 1000000000 seconds (got \(maxHold))") } }
         guard progressInterval >= 1, progressInterval <= 86_400 else {
             throw ValidationError("--progress-interval must be 1-86400 seconds (got \(progressInterval))")
         }
@@ -113,7 +121,11 @@ struct Hold: ParsableCommand {
             let parts = entry.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             return (String(parts[0]), parts.count > 1 ? String(parts[1]) : "")
         }
-        let request = AcquireRequest(want: want, holder: holder ?? Self.defaultHolder(command), meta: metaPairs, wait: wait)
+        // The server keeps the lease past a dropped connection for longer than the command takes to
+        // stop (a killed hold's guard stops it), and after a revocation until the command has stopped.
+        let margin = HoldController.stopMargin
+        let request = AcquireRequest(want: want, holder: holder ?? Self.defaultHolder(command), meta: metaPairs, wait: wait,
+                                     grace: max(graceOnDrop, grace + margin), revokeWait: grace + margin, maxHold: maxHold)
         var configuration = ClientConfiguration()
         configuration.connectTimeout = .seconds(fractional: connection.connectTimeout)
         configuration.deadAfter = .seconds(fractional: deadAfter)
@@ -174,6 +186,16 @@ final class HoldController: @unchecked Sendable {
     private var ticker: DispatchSourceTimer?
     private var signalSources: [DispatchSourceSignal] = []
     private var terminalHandedOver = false
+    /// While a dropped lease is being resumed: what to resume, until when, and the next delay.
+    private var resuming: (lease: String, token: String, deadline: Double, delay: Double)?
+    private var resumeAttempts = 0
+
+    /// Seconds added to `--grace` in the lease's `grace` and `revoke_wait`: time for the guard
+    /// to notice, and for the close to reach the server.
+    static let stopMargin = 5.0
+    /// How long hold keeps trying to resume after the server said it restarts (1012): the
+    /// server restores the lease when it starts again and keeps it for its resume grace.
+    static let restartWindow = 600.0
 
     init(server: ServerURL, request: AcquireRequest, command: [String], grace: Double,
          configuration: ClientConfiguration, quiet: Bool, progressInterval: Double) {
@@ -223,7 +245,25 @@ final class HoldController: @unchecked Sendable {
 
     private func handle(_ event: LeaseEvent) {
         switch (phase, event) {
-        case (.waiting, .queued(let id, let position)):
+        case (_, .interrupted(let lease, let token, let restarting, let detail)):
+            interrupted(lease: lease, token: token, restarting: restarting, detail: detail)
+        case (.waiting, .failed(let error)) where resuming != nil && Self.isTransient(error),
+             (.running, .failed(let error)) where resuming != nil && Self.isTransient(error),
+             (.finishing, .failed(let error)) where resuming != nil && Self.isTransient(error):
+            retryResume()
+        case (.finishing, .granted) where resuming != nil:
+            // The command ended while the lease was being resumed: now it can be released.
+            resuming = nil
+            session?.release()
+        case (.running, .granted(let lease)) where resuming != nil:
+            resuming = nil
+            writeStderr("leasehold: lease \(lease.id) resumed\n")
+        case (.waiting, .queued(let id, let position, _)) where resuming != nil:
+            resuming = nil
+            writeStderr("leasehold: place \(id) in the queue resumed (position \(position))\n")
+            waiterID = id
+            self.position = position
+        case (.waiting, .queued(let id, let position, _)):
             waiterID = id
             if position != self.position {
                 self.position = position
@@ -248,7 +288,9 @@ final class HoldController: @unchecked Sendable {
             clearProgress()
             fail(.revoked(reason: reason))
         case (.running, .revoked(let lease, let reason)):
-            let message = "the lease \(lease) was revoked by an admin\(reason.isEmpty ? "" : ": \(reason)")"
+            let message = "the lease \(lease) was revoked\(reason.hasPrefix("max_hold") ? "" : " by an admin")\(reason.isEmpty ? "" : ": \(reason)")"
+            // The server keeps the resources out of reach until we close (revoke_wait): once the
+            // command has stopped.
             stop(status: ExitStatus.revoked, message, summary: message)
         case (.running, .failed(let error)):
             stop(status: ExitStatus.connectionLost, error.description, summary: "the connection to \(server) was lost")
@@ -260,6 +302,66 @@ final class HoldController: @unchecked Sendable {
             exit(finalStatus)
         default:
             break
+        }
+    }
+
+    // MARK: resuming
+
+    /// The connection ended but the server keeps the lease: reconnect and resume it, while the
+    /// command runs on. After a restart (1012) for up to `restartWindow`; after a dropped
+    /// connection within the lease's grace (past it the server has freed the resources).
+    private func interrupted(lease: String, token: String, restarting: Bool, detail: String) {
+        session = nil
+        let window = restarting ? Self.restartWindow : (request.grace ?? 0) - 1
+        guard window > 0 else {
+            return handle(.failed(.connectionLost(server, detail, granted: phase == .running || phase == .stopping)))
+        }
+        if resuming == nil || restarting {
+            resuming = (lease, token, monotonicSeconds() + window, 0.1)
+            resumeAttempts = 0
+            writeStderr("leasehold: \(detail); resuming \(phase == .waiting ? "the place in the queue" : "lease") \(lease) (for up to \(StatusSnapshot.age(window)))\n")
+        }
+        retryResume()
+    }
+
+    private func retryResume() {
+        guard let attempt = resuming else { return }
+        session = nil
+        guard monotonicSeconds() < attempt.deadline else {
+            resuming = nil
+            let lost = LeaseholdError.connectionLost(server, "could not resume lease \(attempt.lease) in time", granted: phase != .waiting)
+            if phase == .finishing || phase == .leaving { exit(finalStatus) }
+            return handle(.failed(lost))
+        }
+        resuming?.delay = min(attempt.delay * 2, 2)
+        resumeAttempts += 1
+        let delay = resumeAttempts == 1 ? 0.05 : attempt.delay * Double.random(in: 0.8...1.2)
+        DispatchQueue.main.asyncAfter(deadline: .now() + delay) { [self] in
+            guard resuming != nil else { return }
+            LeaseSession.connect(to: server, configuration: configuration, onEvent: { [self] event in
+                DispatchQueue.main.async { self.handle(event) }
+            }, completion: { [self] result in
+                DispatchQueue.main.async { [self] in
+                    switch result {
+                    case .failure:
+                        retryResume()
+                    case .success(let session):
+                        guard let attempt = resuming else { return session.close() }
+                        self.session = session
+                        session.resume(lease: attempt.lease, token: attempt.token,
+                                       grace: request.grace ?? 0, revokeWait: request.revokeWait ?? 0)
+                    }
+                }
+            })
+        }
+    }
+
+    /// Errors after which another attempt to resume may succeed (the server is still starting).
+    static func isTransient(_ error: LeaseholdError) -> Bool {
+        switch error {
+        case .connectionRefused, .connectionLost: return true
+        case .handshakeRejected(_, let status, _): return status == 503 || status == 0
+        default: return false
         }
     }
 
@@ -415,6 +517,11 @@ final class HoldController: @unchecked Sendable {
     private func finish(status: Int32) {
         finalStatus = status
         phase = .finishing
+        if let attempt = resuming {
+            // Released once resumed (or left to the server's grace if that fails).
+            DispatchQueue.main.asyncAfter(deadline: .now() + max(0, attempt.deadline - monotonicSeconds()) + 1) { exit(status) }
+            return
+        }
         guard let session else { exit(status) }
         session.release()
         DispatchQueue.main.asyncAfter(deadline: .now() + configuration.releaseTimeout.secondsValue + 1) { exit(status) }

@@ -381,10 +381,11 @@ final class CLIServer: @unchecked Sendable {
                                        "touch \"$1\"; exec sleep 30", "sh", server.path("ready")])
         #expect(await server.waitFor("ready"))
         server.signalServer(SIGSTOP)
-        let started = Date()
+        // Taken for dead after --dead-after; then hold tries to resume within the lease's grace
+        // (--grace + 5 s), and gives up: the server would have freed it by then.
         #expect(await holder.finish() == 77)
-        #expect(Date().timeIntervalSince(started) < 6)
-        #expect(holder.stderr.contains("lost the connection"))
+        #expect(holder.stderr.contains("resuming lease"), "\(holder.stderr)")
+        #expect(holder.stderr.contains("could not resume lease"), "\(holder.stderr)")
     }
 
     @Test func statusJSONParsesAndTheTableShowsTheHolder() async throws {

@@ -90,7 +90,7 @@ final class IteratorBox: @unchecked Sendable {
         let second = try await LeaseSession.connect(to: server.url)
         var secondEvents = second.events.makeAsyncIterator()
         second.acquire(AcquireRequest(want: [.name("array-01")], holder: "second"))
-        guard case .queued(_, let position)? = await nextEvent(&secondEvents) else {
+        guard case .queued(_, let position, _)? = await nextEvent(&secondEvents) else {
             Issue.record("the second request did not queue")
             return
         }
