@@ -3,7 +3,9 @@
 The binary is ``$LEASEHOLD_BIN``, else ``<repo>/.build/debug/leasehold``; when
 that is missing it is built once with ``swift build --product leasehold``
 (under the shared build lock). A test never runs without a real server: if
-there is none, the tests fail and say why.
+there is none, the tests fail and say why. (``fake_server`` is the exception:
+an in-process stand-in, fake_server.py, for the client's unit tests of what
+the real server does not readily do on cue.)
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+
+from fake_server import FakeServer, Script
 
 pytest_plugins = ["pytester"]
 
@@ -104,9 +108,14 @@ class Server:
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def free(self, name: str, reason: str | None = None, token: str = ADMIN_TOKEN) -> int:
-        """Admin force-free; returns the HTTP status."""
-        body = json.dumps({"reason": reason} if reason is not None else {}).encode()
+    def free(
+        self, name: str, reason: str | None = None, token: str = ADMIN_TOKEN, now: bool = False
+    ) -> int:
+        """Admin force-free (``now``: whatever the lease's revoke_wait); returns the HTTP status."""
+        payload: dict[str, Any] = {} if reason is None else {"reason": reason}
+        if now:
+            payload["now"] = True
+        body = json.dumps(payload).encode()
         req = urllib.request.Request(
             f"{self.http_url}/v1/resources/{name}/free",
             data=body,
@@ -164,6 +173,7 @@ def start_server(
     workdir: Path,
     resources: list[dict[str, Any]] | None = None,
     extra_args: tuple[str, ...] = (),
+    listen: str = "127.0.0.1:0",
 ) -> Server:
     workdir.mkdir(parents=True, exist_ok=True)
     inventory = workdir / "inventory.yaml"
@@ -174,12 +184,12 @@ def start_server(
     log_path = workdir / "server.log"
     cmd = [
         str(binary), "serve",
-        "--listen", "127.0.0.1:0",
+        "--listen", listen,
         "--inventory", str(inventory),
         "--admin-token-file", str(token_file),
         *extra_args,
     ]
-    with open(log_path, "w") as log:
+    with open(log_path, "a") as log:  # appended: a restarted server keeps its workdir
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True
         )
@@ -209,12 +219,21 @@ def start_server(
 def server_factory(
     leasehold_bin: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Callable[..., Server]]:
-    """Start servers (custom inventory or flags); all stopped at teardown."""
+    """Start servers (custom inventory or flags); all stopped at teardown.
+
+    ``workdir=`` and ``listen=`` (keywords) start one where an earlier one ran
+    (the same inventory, files and port), as a restart does."""
     started: list[Server] = []
 
-    def make(resources: list[dict[str, Any]] | None = None, *extra_args: str) -> Server:
+    def make(
+        resources: list[dict[str, Any]] | None = None,
+        *extra_args: str,
+        workdir: Path | None = None,
+        listen: str = "127.0.0.1:0",
+    ) -> Server:
         server = start_server(
-            leasehold_bin, tmp_path_factory.mktemp("leasehold"), resources, extra_args
+            leasehold_bin, workdir or tmp_path_factory.mktemp("leasehold"), resources,
+            extra_args, listen=listen,
         )
         started.append(server)
         return server
@@ -231,3 +250,23 @@ def server_factory(
 def server(server_factory: Callable[..., Server]) -> Server:
     """A fresh server with the default test inventory."""
     return server_factory()
+
+
+@pytest.fixture
+def fake_server() -> Iterator[Callable[..., FakeServer]]:
+    """Start an in-process fake server: ``fake_server(script0, script1, ...)``,
+    connection i running script i. At teardown it stops, and a script that
+    failed fails the test."""
+    started: list[FakeServer] = []
+
+    def make(*scripts: Script) -> FakeServer:
+        server = FakeServer(*scripts)
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.close()
+    for server in started:
+        if server.errors:
+            raise AssertionError(f"a fake server script failed: {server.errors!r}; it saw {server.log}")

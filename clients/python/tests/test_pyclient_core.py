@@ -72,7 +72,8 @@ def test_waiting_asks_reports_queue_moves_and_ends_at_the_grant():
     ask = next_request(steps, None, None)
     assert isinstance(ask, Send)
     assert json.loads(ask.text) == {"op": "acquire", "want": [{"type": "array", "labels": {"proto": "fc"}}],
-                                    "holder": "ci/1", "meta": {"job": "j"}, "wait": 5}
+                                    "holder": "ci/1", "meta": {"job": "j"}, "wait": 5,
+                                    "revoke_wait": 30}  # the client's default
     first = next_request(steps, None, None)
     assert isinstance(first, Receive) and 5 + WAIT_GRACE - 1 < first.timeout <= 5 + WAIT_GRACE
     queued = {"event": "queued", "lease": "L1", "position": 2}
@@ -177,18 +178,35 @@ def test_a_failing_on_queued_stops_the_wait():
 # ------------------------------------------------------------- holding
 
 
-def test_revocation_then_close_is_revoked_and_calls_on_lost():
+def test_a_revocation_ends_the_lease_at_once_and_the_connection_stays_until_closed():
     lost: list[Any] = []
     lease, steps = granted_lease(on_lost=lost.append)
     revoked = {"event": "revoked", "lease": "L1", "reason": "disk shelf replaced"}
-    assert next_request(steps, text(revoked), None) == Receive(None)
-    assert next_request(steps, b"binary", None) == Receive(None)  # skipped
-    assert lease.active and not lease.lost  # until the connection closes
-    assert next_request(steps, None, closed(4001, "revoked")) is ENDED
-    assert lease.revoked and lease.revoke_reason == "disk shelf replaced"
+    # Lost at once (waiters woken, on_lost called), before any close: the
+    # server keeps the connection open for revoke_wait.
+    assert next_request(steps, text(revoked), None) is ENDED
+    assert lease.revoked and lease.lost and not lease.active
+    assert lease.revoke_reason == "disk shelf replaced"
     assert lease.error.resource_names == ["array-01"]
     assert next_request(steps, None, None) == Call(lease.on_lost)
+    # ... and the steps go on reading until the connection closes.
+    assert next_request(steps, None, None) == Receive(None)
+    assert next_request(steps, b"binary", None) == Receive(None)  # skipped
+    # The holder closes (1000), or the server does after revoke_wait (4001):
+    # either way still revoked, and on_lost is not called again.
+    assert next_request(steps, None, closed(4001, "revoked")) is ENDED
+    assert lease.revoked and lease.revoke_reason == "disk shelf replaced"
     assert next_request(steps, None, None) is None
+
+
+def test_a_revoked_lease_is_not_resumed():
+    lease, steps = granted_lease(grace=30)
+    lease._resume_token = "secret"
+    next_request(steps, text({"event": "revoked", "lease": "L1", "reason": "r"}), None)
+    next_request(steps, None, None)  # no on_lost: straight back to reading
+    assert next_request(steps, None, closed(1012)) is ENDED
+    assert next_request(steps, None, None) is None
+    assert lease.revoked
 
 
 def test_a_4001_close_without_the_event_is_revoked_with_the_close_reason():
@@ -268,11 +286,15 @@ def test_the_spelled_out_signatures_agree():
     constructor = parameters(LeaseBase.__init__, skip=1)
     assert parameters(leasehold.lease) == constructor
     assert parameters(leasehold.alease) == constructor
-    # The pytest factory takes a subset, with the plugin's own default wait.
+    # The pytest factory takes a subset, with the plugin's own defaults for
+    # the options it has settings for.
     shared = {name: (kind, default) for name, kind, default in constructor}
-    for name, kind, default in parameters(LeaseFactory.__call__, skip=1):
+    plugin_defaults = {"wait", "grace", "revoke_wait", "resume_window"}
+    factory = parameters(LeaseFactory.__call__, skip=1)
+    assert plugin_defaults | {"max_hold"} <= {name for name, _, _ in factory}
+    for name, kind, default in factory:
         assert shared[name][0] == kind, name
-        assert name == "wait" or shared[name][1] == default, name
+        assert name in plugin_defaults or shared[name][1] == default, name
 
 
 # ------------------------------------------ both drivers, scripted server

@@ -13,15 +13,17 @@ from websockets.exceptions import ConnectionClosed
 from ._base import (
     RELEASE_MESSAGE,
     Call,
+    Connect,
     LeaseBase,
     Receive,
     Request,
     Send,
+    Sleep,
     Steps,
     connect_error,
     next_request,
 )
-from .model import Want, WaitSeconds
+from .model import DEFAULT_RESUME_WINDOW, DEFAULT_REVOKE_WAIT, Want, WaitSeconds
 
 __all__ = ["AsyncLease", "alease"]
 
@@ -38,7 +40,8 @@ class AsyncLease(LeaseBase):
     ``async with alease(...) as lease:`` waits until granted and releases on
     exit. A background task reads the connection while the lease is held;
     ``on_lost`` and ``on_queued`` may be plain functions or coroutine
-    functions. Same attributes, same exceptions as :class:`~leasehold.Lease`.
+    functions. Same attributes, same exceptions as :class:`~leasehold.Lease`;
+    the task resumes the lease after a server restart as the thread does.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -46,18 +49,24 @@ class AsyncLease(LeaseBase):
         self._ws: ClientConnection | None = None
         self._task: asyncio.Task[None] | None = None
         self._done: asyncio.Event | None = None
+        self._wake: asyncio.Event | None = None
+
+    async def _connect(self, timeout: float) -> ClientConnection:
+        return await connect(
+            self.url,
+            open_timeout=timeout,
+            close_timeout=self.close_timeout,
+            **self.websocket_options,
+        )
 
     async def acquire(self) -> "AsyncLease":
         """Connect, ask, and wait until granted. Returns the lease itself."""
         self._check_unused()
+        # Made here, inside the running loop (Python 3.9 binds them at creation).
         self._done = asyncio.Event()
+        self._wake = asyncio.Event()
         try:
-            ws = await connect(
-                self.url,
-                open_timeout=self.open_timeout,
-                close_timeout=self.close_timeout,
-                **self.websocket_options,
-            )
+            ws = await self._connect(self.open_timeout)
         except Exception as exc:
             raise connect_error(self.url, exc) from exc
         self._ws = ws
@@ -94,11 +103,20 @@ class AsyncLease(LeaseBase):
 
     async def _perform(self, request: Request) -> Any:
         ws = self._ws
-        assert ws is not None and self._done is not None
+        assert ws is not None and self._done is not None and self._wake is not None
         if isinstance(request, Receive):
             return await asyncio.wait_for(ws.recv(), request.timeout)
         if isinstance(request, Send):
             await ws.send(request.text)
+        elif isinstance(request, Connect):
+            await self._close_quietly()
+            self._ws = await self._connect(request.timeout)
+        elif isinstance(request, Sleep):
+            try:
+                await asyncio.wait_for(self._wake.wait(), request.seconds)
+                self._wake.clear()
+            except asyncio.TimeoutError:
+                pass
         elif isinstance(request, Call):
             await _call(request.callback, self)
         else:  # ENDED
@@ -106,13 +124,27 @@ class AsyncLease(LeaseBase):
         return None
 
     async def release(self) -> None:
-        """Release the lease (tell the server, wait for its close). Idempotent."""
-        ws = self._ws
-        if ws is None or not self._begin_release():
+        """Release the lease (tell the server, wait for its close). Idempotent.
+
+        For a revoked lease it closes the connection that the server kept
+        open (``revoke_wait``). Safe to await from ``on_lost``."""
+        if self._ws is None:
+            return
+        send = self._begin_release()
+        if send is None:
+            return
+        if self._wake is not None:
+            self._wake.set()
+        if self._task is not None and self._task is asyncio.current_task():
+            # From on_lost, in the watcher task itself: close, and the task
+            # sees the close when the callback returns.
+            await self._close_quietly()
             return
         if self._task is not None and self._done is not None and not self._done.is_set():
             try:
-                await ws.send(RELEASE_MESSAGE)
+                if send:
+                    await self._ws.send(RELEASE_MESSAGE)
+                # (While resuming, the task releases once resumed.)
                 await asyncio.wait_for(self._done.wait(), self.close_timeout)
             except (ConnectionClosed, asyncio.TimeoutError):
                 pass
@@ -173,6 +205,10 @@ def alease(
     wait: WaitSeconds = None,
     holder: str | None = None,
     meta: Mapping[str, str] | None = None,
+    grace: float | None = None,
+    revoke_wait: float | None = DEFAULT_REVOKE_WAIT,
+    max_hold: float | None = None,
+    resume_window: float | None = DEFAULT_RESUME_WINDOW,
     on_lost: Callable[[AsyncLease], Any] | None = None,
     on_queued: Callable[[AsyncLease], Any] | None = None,
     open_timeout: float = 10.0,
@@ -201,6 +237,10 @@ def alease(
         wait=wait,
         holder=holder,
         meta=meta,
+        grace=grace,
+        revoke_wait=revoke_wait,
+        max_hold=max_hold,
+        resume_window=resume_window,
         on_lost=on_lost,
         on_queued=on_queued,
         open_timeout=open_timeout,

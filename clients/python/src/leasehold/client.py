@@ -18,15 +18,17 @@ _DIRECT = {"legacy": True} if "legacy" in inspect.signature(connect).parameters 
 from ._base import (
     RELEASE_MESSAGE,
     Call,
+    Connect,
     LeaseBase,
     Receive,
     Request,
     Send,
+    Sleep,
     Steps,
     connect_error,
     next_request,
 )
-from .model import Want, WaitSeconds
+from .model import DEFAULT_RESUME_WINDOW, DEFAULT_REVOKE_WAIT, Want, WaitSeconds
 
 __all__ = ["Lease", "lease"]
 
@@ -40,11 +42,16 @@ class Lease(LeaseBase):
 
     While the lease is held, a background thread reads the connection (the
     websockets library answers the server's pings on its own thread), so the
-    lease stays alive whatever the caller is doing. If the lease ends early,
-    :attr:`lost` turns true (:attr:`revoked` too when an admin revoked it),
-    :attr:`error` holds the :class:`~leasehold.Revoked` or
-    :class:`~leasehold.ConnectionLost`, and ``on_lost(lease)`` is called from
-    that background thread.
+    lease stays alive whatever the caller is doing. When the server restarts
+    (close 1012), or the connection drops and the lease asked for a
+    ``grace``, that thread reconnects and resumes the lease; it stays
+    :attr:`active` meanwhile. If the lease ends early, :attr:`lost` turns true
+    (:attr:`revoked` too when an admin revoked it), :attr:`error` holds the
+    :class:`~leasehold.Revoked` or :class:`~leasehold.ConnectionLost`, and
+    ``on_lost(lease)`` is called from that background thread. A revoked
+    lease keeps its connection open (the server keeps the resources from
+    everyone else meanwhile, for ``revoke_wait``) until :meth:`release` or
+    leaving ``with`` closes it: do so once the work on the resources stopped.
 
     Raises (from :meth:`acquire` / entering ``with``):
         Unsatisfiable, WaitTimeout, BadRequest, ProtocolError: the server
@@ -62,17 +69,22 @@ class Lease(LeaseBase):
         self._ws: ClientConnection | None = None
         self._thread: threading.Thread | None = None
         self._done = threading.Event()
+        # Set by release() to cut a pause between resume attempts short.
+        self._wake = threading.Event()
+
+    def _connect(self, timeout: float) -> ClientConnection:
+        return connect(
+            self.url,
+            open_timeout=timeout,
+            close_timeout=self.close_timeout,
+            **{**_DIRECT, **self.websocket_options},
+        )
 
     def acquire(self) -> "Lease":
         """Connect, ask, and wait until granted. Returns the lease itself."""
         self._check_unused()
         try:
-            ws = connect(
-                self.url,
-                open_timeout=self.open_timeout,
-                close_timeout=self.close_timeout,
-                **{**_DIRECT, **self.websocket_options},
-            )
+            ws = self._connect(self.open_timeout)
         except Exception as exc:
             raise connect_error(self.url, exc) from exc
         self._ws = ws
@@ -110,6 +122,12 @@ class Lease(LeaseBase):
             return ws.recv(timeout=request.timeout)
         if isinstance(request, Send):
             ws.send(request.text)
+        elif isinstance(request, Connect):
+            self._close_quietly()
+            self._ws = self._connect(request.timeout)
+        elif isinstance(request, Sleep):
+            if self._wake.wait(request.seconds):
+                self._wake.clear()
         elif isinstance(request, Call):
             request.callback(self)
         else:  # ENDED
@@ -117,20 +135,31 @@ class Lease(LeaseBase):
         return None
 
     def release(self) -> None:
-        """Release the lease (tell the server, wait for its close). Idempotent;
-        a no-op for a lease that already ended."""
-        ws = self._ws
-        if ws is None or not self._begin_release():
+        """Release the lease (tell the server, wait for its close). Idempotent.
+
+        For a lease that ended early (revoked), it closes the connection that
+        the server kept open (``revoke_wait``) so that the resources go to
+        the next holder. Safe to call from ``on_lost``."""
+        if self._ws is None:
             return
+        send = self._begin_release()
+        if send is None:
+            return
+        self._wake.set()
+        watcher = self._thread is not None and self._thread is not threading.current_thread()
         if self._thread is not None and not self._done.is_set():
-            try:
-                ws.send(RELEASE_MESSAGE)
-            except ConnectionClosed:
-                pass
+            if send:
+                try:
+                    self._ws.send(RELEASE_MESSAGE)
+                except ConnectionClosed:
+                    pass
             # The server releases and closes with 1000; the watcher sees it.
-            self._done.wait(self.close_timeout)
+            # (While resuming, the watcher releases once resumed.)
+            if watcher:
+                self._done.wait(self.close_timeout)
         self._close_quietly()
-        if self._thread is not None:
+        if watcher:
+            assert self._thread is not None
             self._thread.join(self.close_timeout)
             if not self._done.is_set():  # pragma: no cover - server never closed
                 self._mark_ended(None, None)
@@ -180,6 +209,10 @@ def lease(
     wait: WaitSeconds = None,
     holder: str | None = None,
     meta: Mapping[str, str] | None = None,
+    grace: float | None = None,
+    revoke_wait: float | None = DEFAULT_REVOKE_WAIT,
+    max_hold: float | None = None,
+    resume_window: float | None = DEFAULT_RESUME_WINDOW,
     on_lost: Callable[[Lease], Any] | None = None,
     on_queued: Callable[[Lease], Any] | None = None,
     open_timeout: float = 10.0,
@@ -212,6 +245,20 @@ def lease(
             ``LEASEHOLD_HOLDER`` or ``user@host pid N``.
         meta: provenance shown with the lease (job URL, commit, test id): up to
             16 string values.
+        grace: seconds the server keeps the lease when its connection drops
+            without a release (a network blip), for this client to resume it;
+            ``None`` (default): not asked, a drop ends the lease. The server
+            caps it (default 300).
+        revoke_wait: seconds the server keeps a revoked lease's resources
+            from everyone else, until this client closed the connection
+            (it does once the lease is released or ``with`` is left).
+            Default 30; ``None`` or 0: the server frees them at once.
+        max_hold: the longest the lease may be held, in seconds; the server
+            revokes it then (``None``: only the inventory's limit applies).
+            :attr:`~Lease.expires` says when.
+        resume_window: seconds to keep trying to resume the lease after the
+            server closed the connection for a restart (close 1012); default
+            60, the server's default resume grace. ``None`` or 0: do not.
         on_lost: called with the lease, from the background thread, if the
             lease ends before it is released (revoked, or the connection lost).
         on_queued: called with the lease from the waiting thread each time the
@@ -236,6 +283,10 @@ def lease(
         wait=wait,
         holder=holder,
         meta=meta,
+        grace=grace,
+        revoke_wait=revoke_wait,
+        max_hold=max_hold,
+        resume_window=resume_window,
         on_lost=on_lost,
         on_queued=on_queued,
         open_timeout=open_timeout,

@@ -22,10 +22,15 @@ __all__ = [
     "Want",
     "build_want",
     "acquire_message",
+    "resume_message",
+    "check_seconds",
+    "DEFAULT_REVOKE_WAIT",
+    "DEFAULT_RESUME_WINDOW",
     "lease_url",
     "default_holder",
     "decode_event",
     "parse_resources",
+    "redact",
     "describe_want",
 ]
 
@@ -41,6 +46,18 @@ Callback = Callable[[Any], Any]
 
 #: What ``wait=`` accepts: seconds (may be fractional), or ``None`` for "forever".
 WaitSeconds = Union[int, float, None]
+
+#: Seconds ``revoke_wait`` asks for unless the caller says otherwise: after an
+#: admin revokes the lease, the server keeps its resources out of everyone's
+#: reach until the client closed the connection (it does so once the holder
+#: stopped: leaving ``with``, ``release()``, or the pytest plugin ending the
+#: test), or this many seconds passed. The server caps it (default 60).
+DEFAULT_REVOKE_WAIT = 30
+
+#: Seconds the client keeps trying to resume a lease after the server closed
+#: its connection for a restart (close code 1012); the server keeps a
+#: restarted lease for its resume grace, 60 seconds unless configured.
+DEFAULT_RESUME_WINDOW = 60
 
 
 @dataclass(frozen=True)
@@ -123,8 +140,15 @@ def acquire_message(
     holder: str | None,
     meta: Mapping[str, str] | None,
     wait: WaitSeconds,
+    grace: float | None = None,
+    revoke_wait: float | None = None,
+    max_hold: float | None = None,
 ) -> str:
-    """Encode the ``acquire`` message (one JSON text message)."""
+    """Encode the ``acquire`` message (one JSON text message).
+
+    ``grace``, ``max_hold`` and a non-zero ``revoke_wait`` are sent when
+    given; ``None`` leaves them out (the server's version-1 behaviour).
+    """
     msg: dict[str, Any] = {"op": "acquire", "want": [dict(g) for g in want]}
     if holder is not None:
         msg["holder"] = holder
@@ -133,7 +157,34 @@ def acquire_message(
     # Absent means "wait as long as it takes"; send null explicitly so the
     # intent is visible in the server's logs.
     msg["wait"] = wait
+    if grace is not None:
+        msg["grace"] = grace
+    if revoke_wait:
+        msg["revoke_wait"] = revoke_wait
+    if max_hold is not None:
+        msg["max_hold"] = max_hold
     return json.dumps(msg)
+
+
+def resume_message(lease_id: str, token: str) -> str:
+    """Encode the ``resume`` message: the first message of a connection that
+    takes over a kept lease (PROTOCOL.md, "Surviving restarts")."""
+    return json.dumps({"op": "resume", "lease": lease_id, "token": token})
+
+
+def check_seconds(name: str, value: Any, *, positive: bool = False, none_means: str = "") -> None:
+    """Check a seconds option: ``None``, or a finite number >= 0 (> 0 when
+    ``positive``). Raises ValueError (TypeError for a non-number) naming it."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}= must be a number of seconds{none_means}, got {value!r}")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{name}= must be a finite number of seconds, got {value!r}")
+    if positive and value <= 0:
+        raise ValueError(f"{name}= must be > 0 seconds{none_means}, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name}= must be >= 0 seconds{none_means}, got {value!r}")
 
 
 def lease_url(server: str | None) -> str:
@@ -189,8 +240,17 @@ def parse_resources(event: Mapping[str, Any]) -> list[Resource]:
     """The resources of a ``granted`` event, in the order of the want groups."""
     raw = event.get("resources")
     if not isinstance(raw, list):
-        raise ProtocolError(f"granted event without a resource list: {event!r}")
+        raise ProtocolError(f"granted event without a resource list: {redact(event)!r}")
     return [Resource.from_wire(r) for r in raw]
+
+
+def redact(event: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``event`` fit for logs and messages: the resume token, which
+    lets whoever has it take the lease over, is blanked."""
+    shown = dict(event)
+    if "resume" in shown:
+        shown["resume"] = "<redacted>"
+    return shown
 
 
 def describe_want(want: Sequence[Want]) -> str:

@@ -5,7 +5,9 @@ enough. It adds:
 
 * ``--leasehold-url`` (else ``LEASEHOLD_URL``, else the ``leasehold_url`` ini
   value, else ``ws://127.0.0.1:7400``), ``--leasehold-wait``,
-  ``--leasehold-holder`` and ``--leasehold-no-interrupt``.
+  ``--leasehold-holder`` and ``--leasehold-no-interrupt``; and, each also an
+  environment variable and an ini value, ``--leasehold-grace``,
+  ``--leasehold-revoke-wait`` and ``--leasehold-resume-window``.
 * the ``lease`` fixture: a factory, ``lease(type="array", labels={...})``,
   usable from tests and from fixtures of any scope. Each lease it hands out is
   acquired at once and released when whatever took it ends: the test, or the
@@ -16,8 +18,12 @@ enough. It adds:
 If a lease that a running test depends on is revoked (or its connection is
 lost), the test fails with the resources' names and the admin's reason: it is
 interrupted at once (a signal to the main thread, so even a test blocked in a
-``sleep`` or a socket read stops), and checked again when it returns.
+``sleep`` or a socket read stops), and checked again when it returns. Once
+that test has stopped, the plugin closes the revoked lease's connection: the
+server kept the resources from everyone else until then (``revoke_wait``).
 Tests that use a lease that ended earlier fail before they run.
+A server restart (close 1012), or a drop within ``grace``, does not end a
+lease: the client resumes it and the running test runs on.
 While a lease waits in the queue, its position is written to the terminal.
 Under pytest-xdist every worker holds its own leases; nothing is shared.
 """
@@ -37,7 +43,14 @@ import pytest
 
 from .client import Lease
 from .errors import ConnectionLost, LeaseEnded, LeaseholdError, Revoked
-from .model import DEFAULT_URL, Want, WaitSeconds, default_holder
+from .model import (
+    DEFAULT_RESUME_WINDOW,
+    DEFAULT_REVOKE_WAIT,
+    DEFAULT_URL,
+    Want,
+    WaitSeconds,
+    default_holder,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from _pytest.fixtures import FixtureDef, SubRequest
@@ -75,6 +88,36 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "'pytest user@host')",
     )
     group.addoption(
+        "--leasehold-grace",
+        default=None,
+        type=float,
+        metavar="SECONDS",
+        help="ask the server to keep a lease this long when its connection drops "
+        "without a release (a network blip), so that the client resumes it "
+        "(default: $LEASEHOLD_GRACE, the leasehold_grace ini value, else none: a "
+        "drop ends the lease)",
+    )
+    group.addoption(
+        "--leasehold-revoke-wait",
+        default=None,
+        type=float,
+        metavar="SECONDS",
+        help="after an admin revokes a lease, the server keeps its resources from "
+        "everyone else until the interrupted test has stopped, for this long at "
+        "most; 0: free them at once (default: $LEASEHOLD_REVOKE_WAIT, the "
+        f"leasehold_revoke_wait ini value, else {DEFAULT_REVOKE_WAIT:g})",
+    )
+    group.addoption(
+        "--leasehold-resume-window",
+        default=None,
+        type=float,
+        metavar="SECONDS",
+        help="how long to keep trying to resume the leases after the server "
+        "restarted (the test runs on meanwhile); 0: do not (default: "
+        "$LEASEHOLD_RESUME_WINDOW, the leasehold_resume_window ini value, else "
+        f"{DEFAULT_RESUME_WINDOW:g}, the server's default resume grace)",
+    )
+    group.addoption(
         "--leasehold-no-interrupt",
         action="store_true",
         default=False,
@@ -82,13 +125,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "it when it returns instead",
     )
     parser.addini("leasehold_url", "leasehold server URL", default=None)
+    parser.addini("leasehold_grace", "seconds of grace a lease asks for (--leasehold-grace)", default=None)
+    parser.addini(
+        "leasehold_revoke_wait", "seconds of revoke_wait a lease asks for (--leasehold-revoke-wait)",
+        default=None,
+    )
+    parser.addini(
+        "leasehold_resume_window", "seconds to try resuming after a server restart "
+        "(--leasehold-resume-window)", default=None,
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "lease(want=None, *, type=None, count=1, labels=None, name=None, wait=None, "
-        "holder=None, meta=None): lease lab resources from leasehold for this test; "
+        "holder=None, meta=None, grace=None, revoke_wait=None, max_hold=None): lease lab "
+        "resources from leasehold for this test; "
         "the `leased` fixture gives the Lease (resources, attributes).",
     )
     config.pluginmanager.register(LeaseholdState(config), _STATE_NAME)
@@ -173,6 +226,10 @@ class LeaseFactory:
         wait: WaitSeconds = _UNSET,
         holder: str | None = None,
         meta: Mapping[str, str] | None = None,
+        grace: float | None = _UNSET,
+        revoke_wait: float | None = _UNSET,
+        max_hold: float | None = None,
+        resume_window: float | None = _UNSET,
         server: str | None = None,
         on_lost: Callable[[Lease], Any] | None = None,
     ) -> Lease:
@@ -186,6 +243,10 @@ class LeaseFactory:
             wait=wait,
             holder=holder,
             meta=meta,
+            grace=grace,
+            revoke_wait=revoke_wait,
+            max_hold=max_hold,
+            resume_window=resume_window,
             server=server,
             on_lost=on_lost,
         )
@@ -206,6 +267,14 @@ class LeaseholdState:
                     f"LEASEHOLD_WAIT must be a number of seconds, got {os.environ['LEASEHOLD_WAIT']!r}"
                 ) from None
         self.wait: WaitSeconds = wait
+        self.grace: float | None = self._seconds_setting(
+            "--leasehold-grace", "LEASEHOLD_GRACE", "leasehold_grace", None)
+        self.revoke_wait: float | None = self._seconds_setting(
+            "--leasehold-revoke-wait", "LEASEHOLD_REVOKE_WAIT", "leasehold_revoke_wait",
+            DEFAULT_REVOKE_WAIT)
+        self.resume_window: float | None = self._seconds_setting(
+            "--leasehold-resume-window", "LEASEHOLD_RESUME_WINDOW", "leasehold_resume_window",
+            DEFAULT_RESUME_WINDOW)
         # An xdist worker has `workerinput`; PYTEST_XDIST_WORKER alone is not
         # proof (a pytest started from inside a worker inherits it).
         workerinput = getattr(config, "workerinput", None)
@@ -236,6 +305,29 @@ class LeaseholdState:
         ):
             self._prev_handler = signal.signal(_INTERRUPT_SIGNAL, self._on_signal)
             self._interrupt = True
+
+    def _seconds_setting(
+        self, option: str, env: str, ini: str, default: float | None
+    ) -> float | None:
+        """A seconds setting: the command line option, else the environment
+        variable, else the ini value, else ``default``."""
+        value = self.config.getoption(option)
+        source = option
+        if value is None:
+            raw = os.environ.get(env, "").strip()
+            source = env
+            if not raw:
+                raw = str(self.config.getini(ini) or "").strip()
+                source = f"the {ini} ini value"
+            if not raw:
+                return default
+            try:
+                value = float(raw)
+            except ValueError:
+                raise pytest.UsageError(f"{source} must be a number of seconds, got {raw!r}") from None
+        if not (0 <= value < float("inf")):
+            raise pytest.UsageError(f"{source} must be a number of seconds >= 0, got {value!r}")
+        return float(value)
 
     @property
     def url(self) -> str:
@@ -291,6 +383,7 @@ class LeaseholdState:
             return (yield)
         finally:
             self._item = None
+            self._close_revoked()
             self._prune()
 
     # ------------------------------------------------------- the test's call
@@ -298,30 +391,44 @@ class LeaseholdState:
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, Any, Any]:
         __tracebackhide__ = True
-        ended = self._ended_for(item)
-        if ended is not None:
-            raise self._failure(ended, item, before=True)
-        self._call_item = item
         try:
-            result = yield
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except LeaseEnded:
-            # Raised by the interrupt (or by lease.check() in the test):
-            # the message names the resources and the reason already.
-            raise
-        except BaseException as exc:
             ended = self._ended_for(item)
             if ended is not None:
-                raise self._failure(ended, item) from exc
-            raise
+                raise self._failure(ended, item, before=True)
+            self._call_item = item
+            try:
+                result = yield
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except LeaseEnded:
+                # Raised by the interrupt (or by lease.check() in the test):
+                # the message names the resources and the reason already.
+                raise
+            except BaseException as exc:
+                ended = self._ended_for(item)
+                if ended is not None:
+                    raise self._failure(ended, item) from exc
+                raise
+            finally:
+                self._call_item = None
+                self._pending = None
+            ended = self._ended_for(item)
+            if ended is not None:
+                raise self._failure(ended, item)
+            return result
         finally:
-            self._call_item = None
-            self._pending = None
-        ended = self._ended_for(item)
-        if ended is not None:
-            raise self._failure(ended, item)
-        return result
+            # The test has stopped: let the server hand its revoked leases on.
+            self._close_revoked(item)
+
+    def _close_revoked(self, item: pytest.Item | None = None) -> None:
+        """Close the connections of leases that ended early (used by ``item``,
+        or all): a revoked lease's connection stays open, and its resources
+        out of everyone's reach, until its holder has stopped using them."""
+        with self._records_lock:
+            records = list(self._records)
+        for rec in records:
+            if rec.lease.lost and (item is None or rec.used_by(item)):
+                rec.lease.release()
 
     def _ended_for(self, item: pytest.Item) -> _Record | None:
         with self._records_lock:
@@ -389,6 +496,10 @@ class LeaseholdState:
         wait: WaitSeconds = _UNSET,
         holder: str | None = None,
         meta: Mapping[str, str] | None = None,
+        grace: float | None = _UNSET,
+        revoke_wait: float | None = _UNSET,
+        max_hold: float | None = None,
+        resume_window: float | None = _UNSET,
         server: str | None = None,
         on_lost: Callable[[Lease], Any] | None = None,
         **shorthand: Any,
@@ -428,6 +539,10 @@ class LeaseholdState:
             wait=self.wait if wait is _UNSET else wait,
             holder=holder or self.holder,
             meta=full_meta,
+            grace=self.grace if grace is _UNSET else grace,
+            revoke_wait=self.revoke_wait if revoke_wait is _UNSET else revoke_wait,
+            max_hold=max_hold,
+            resume_window=self.resume_window if resume_window is _UNSET else resume_window,
             on_lost=lost,
             on_queued=lambda l: self._report_queued(l, test_id or nodeid),
             raise_if_lost=False,
