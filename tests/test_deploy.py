@@ -411,8 +411,8 @@ def test_dockerfile_runtime_stage(serve_options):
     assert option_value(cmd, "--listen") == "0.0.0.0:7400"
     assert option_value(cmd, "--inventory") == "/etc/leasehold/inventory.yaml"
     assert option_value(cmd, "--admin-token-file") == "/run/secrets/leasehold-admin-token"
-    for name in ("--epoch-file", "--audit-file"):
-        assert option_value(cmd, name).startswith("/var/lib/leasehold/"), f"{name} outside the volume"
+    assert option_value(cmd, "--state-dir") == "/var/lib/leasehold", "the state outside the volume"
+    assert option_value(cmd, "--audit-file").startswith("/var/lib/leasehold/"), "the journal outside the volume"
 
 
 def test_dockerignore_keeps_local_builds_out_but_not_what_the_build_needs():
@@ -466,7 +466,7 @@ def test_service_works_with_and_without_the_socket(serve_options):
         f"${{CREDENTIALS_DIRECTORY}}/{credential}", f"%d/{credential}"
     )
     assert service["StateDirectory"] == ["leasehold"]
-    assert option_value(command, "--epoch-file").startswith("/var/lib/leasehold/")
+    assert option_value(command, "--state-dir") == "/var/lib/leasehold"
 
     socket_unit = unit_settings(DEPLOY / "leasehold.socket")
     assert socket_unit["ListenStream"] == ["7400"]
@@ -728,8 +728,8 @@ def test_compose_runs_one_server_with_mounted_inventory_and_token(serve_options)
     mounts = dict(volume.split(":", 1) for volume in service["volumes"])
     state = next(source for source, target in mounts.items() if target.split(":")[0] == "/var/lib/leasehold")
     assert state in compose["volumes"], "the state volume is a named volume"
-    for name in ("--epoch-file", "--audit-file"):
-        assert option_value(command, name).startswith("/var/lib/leasehold/")
+    assert option_value(command, "--state-dir") == "/var/lib/leasehold"
+    assert option_value(command, "--audit-file").startswith("/var/lib/leasehold/")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -777,6 +777,8 @@ def test_kubernetes_deployment_is_one_recreated_non_root_pod(serve_options):
         for mount_path, mount in mounts.items():
             if path == mount_path and "subPath" in mount:
                 return volumes[mount["name"]], mount["subPath"]
+            if "subPath" not in mount and path.rstrip("/") == mount_path.rstrip("/"):
+                return volumes[mount["name"]], ""
             if "subPath" not in mount and path.startswith(mount_path.rstrip("/") + "/"):
                 return volumes[mount["name"]], path[len(mount_path.rstrip("/")) + 1 :]
         raise AssertionError(f"{path} is on no volume: it would be baked into the image")
@@ -791,7 +793,7 @@ def test_kubernetes_deployment_is_one_recreated_non_root_pod(serve_options):
     assert volume["secret"]["secretName"] == secret["metadata"]["name"]
     assert key in {**secret.get("data", {}), **secret.get("stringData", {})}
 
-    for name in ("--epoch-file", "--audit-file"):
+    for name in ("--state-dir", "--audit-file"):
         volume, _ = source_of(option_value(command, name))
         assert volume["persistentVolumeClaim"]["claimName"] == k8s["PersistentVolumeClaim"]["metadata"]["name"]
 

@@ -129,6 +129,7 @@ final class FileLeaseStore: LeaseStore, @unchecked Sendable {
     // MARK: load
 
     func load() throws(StartupError) -> KeptState {
+        try importLegacyEpochs()
         if access(path, F_OK) == 0 {
             let text: String
             do { text = try readTextFile(path, limit: 1 << 30) } catch {
@@ -150,6 +151,26 @@ final class FileLeaseStore: LeaseStore, @unchecked Sendable {
         try rewrite()
         let kept = live.values.sorted { order[$0.id, default: 0] < order[$1.id, default: 0] }
         return KeptState(leases: kept, epochs: epochs, disabled: disabled)
+    }
+
+    /// `epochs.json` from an older release's `--epoch-file` in this directory (its ceilings are
+    /// safe starting points): read so that epochs keep growing over the upgrade.
+    private func importLegacyEpochs() throws(StartupError) {
+        let legacy = directory + "/epochs.json"
+        guard access(legacy, F_OK) == 0 else { return }
+        let text: String
+        do { text = try readTextFile(legacy, limit: 64 << 20) } catch {
+            throw StartupError(message: "cannot read \(legacy): \(error.description)")
+        }
+        guard let value = try? JSONValue.parse(text), case .object(let members) = value else {
+            throw StartupError(message: "\(legacy) (fencing epochs of an older release) is not a JSON object of epochs; fix or remove it")
+        }
+        for (name, number) in members {
+            guard case .int(let epoch) = number, epoch >= 0 else {
+                throw StartupError(message: "\(legacy): the epoch of '\(name)' is not a non-negative integer")
+            }
+            epochs[name] = max(epochs[name] ?? 0, UInt64(epoch))
+        }
     }
 
     /// Applies one line; false if it is not a record this store wrote.

@@ -269,6 +269,20 @@ struct DurableLeaseTests {
         await second.stop()
     }
 
+    @Test func anOlderReleasesEpochFileInTheStateDirectoryIsRead() async throws {
+        let directory = stateDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try #"{"switch-01": 1000}"#.write(toFile: directory + "/epochs.json", atomically: true, encoding: .utf8)
+        let server = try TestServer { $0.stateDirectory = directory }
+        let (client, granted) = try await server.hold(#"[{"name": "switch-01"}]"#)
+        #expect(granted["resources"]?.arrayValue?.first?["epoch"] == .int(1001))
+        client.close()
+        await server.stop()
+        try "garbage".write(toFile: directory + "/epochs.json", atomically: true, encoding: .utf8)
+        #expect(throws: StartupError.self) { _ = try TestServer { $0.stateDirectory = directory } }
+    }
+
     @Test func aTornLastLineIsSkippedAndEverythingBeforeItKept() async throws {
         let directory = stateDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
