@@ -706,12 +706,13 @@ extension LeaseTable {
         scratchReleased = rel
     }
 
-    mutating func releaseGranted(_ w: Int, _ t: Tick, _ out: inout [Effect]) {
+    mutating func releaseGranted(_ w: Int, _ t: Tick, reason: EndReason, _ out: inout [Effect]) {
         grantedLeaseCount -= 1
         var rel = scratchReleased
         scratchReleased = []
         rel.removeAll(keepingCapacity: true)
         rel.append(contentsOf: leases[w].slots)
+        let holder = leases[w].request.holder
         dropLease(w)
         for k in rel {
             let r = Int(k)
@@ -720,6 +721,8 @@ extension LeaseTable {
             resources[r].since = t
             if !resources[r].inInventory {
                 retire(r)
+            } else if needsReset(r, after: reason) {
+                startReset(r, reason: reason.rawValue, lastHolder: holder)
             } else if resources[r].enabled {
                 handoff(r, t, &out)
             }

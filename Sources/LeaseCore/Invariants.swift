@@ -75,6 +75,10 @@ extension LeaseTable {
             } else if x.held {
                 p.append("\(x.name) held without owner")
             }
+            // (A reload may drop the policy of a resource whose reset runs: the reset finishes.)
+            if x.resetting && (x.owner >= 0 || !x.inInventory) {
+                p.append("\(x.name) resetting while owned or out of the inventory")
+            }
             for m in x.memberships {
                 let s = selectors[Int(m.sel)]
                 if !s.live { p.append("\(x.name) member of dead selector") ; continue }

@@ -76,8 +76,11 @@ public struct LeaseTable: Sendable {
         var nameSel: Int32 = -1
         /// The inventory's `max_hold` in nanoseconds; `.max`: none.
         var maxHold: Int64 = .max
+        var reset: ResetPolicy?
+        /// Its reset runs: out of everyone's reach (see Resets.swift).
+        var resetting = false
 
-        var isFree: Bool { owner < 0 && enabled && inInventory }
+        var isFree: Bool { owner < 0 && enabled && inInventory && !resetting }
     }
 
     var resources: [ResourceRec] = []
@@ -197,6 +200,8 @@ public struct LeaseTable: Sendable {
     /// Orphan, revocation and `max_hold` deadlines of leases (stale entries are skipped).
     var leaseTimers = MinHeap<LeaseTimerRef>()
     public internal(set) var orphanCount = 0
+    /// Resets decided and not yet taken by the server.
+    var resetStarts: [ResetStart] = []
 
     // MARK: Scratch (reused to avoid per-event allocation)
     var scratchResolved: [GroupRec] = []
@@ -305,8 +310,9 @@ public struct LeaseTable: Sendable {
     }
 
     /// Release op or connection closed, for a granted lease or a waiter. Unknown ids are a
-    /// no-op. Effects: grants of waiters that received the freed resources.
-    public mutating func release(_ id: LeaseID, now: Tick, into out: inout [Effect]) {
+    /// no-op. Effects: grants of waiters that received the freed resources. `reason`: how it
+    /// ended; resources with a reset policy that applies go to `resetting` instead of being freed.
+    public mutating func release(_ id: LeaseID, reason: EndReason = .release, now: Tick, into out: inout [Effect]) {
         let t = begin(now, &out)
         defer { finish() }
         guard let s = leaseIndex[id] else { return }
@@ -314,7 +320,8 @@ public struct LeaseTable: Sendable {
         if leases[w].waiting {
             removeWaiter(w, t, failure: nil, &out)
         } else {
-            releaseGranted(w, t, &out)
+            // A revoked lease that waited for its client ends as revoked, however the client closed.
+            releaseGranted(w, t, reason: leases[w].revokingUntil != .max ? .revoked : reason, &out)
         }
     }
 
@@ -354,7 +361,7 @@ public struct LeaseTable: Sendable {
         let r = Int(s)
         guard !resources[r].enabled else { return .ok }
         resources[r].disabled = nil
-        if resources[r].owner < 0 {
+        if resources[r].owner < 0 && !resources[r].resetting {
             resources[r].since = t
             handoff(r, t, &out)
         }
@@ -378,9 +385,9 @@ public struct LeaseTable: Sendable {
         return out
     }
 
-    public mutating func release(_ id: LeaseID, now: Tick) -> [Effect] {
+    public mutating func release(_ id: LeaseID, reason: EndReason = .release, now: Tick) -> [Effect] {
         var out: [Effect] = []
-        release(id, now: now, into: &out)
+        release(id, reason: reason, now: now, into: &out)
         return out
     }
 

@@ -206,14 +206,14 @@ extension LeaseTable {
         if leases[w].revokingUntil != .max {
             guard immediately else { return }
             out.append(.revoked(leases[w].id, reason: leases[w].revokeReason, facts(w)))
-            releaseGranted(w, t, &out)
+            releaseGranted(w, t, reason: .revoked, &out)
             return
         }
         let wait = leases[w].request.revokeWait.map { max(0, $0.saturatingNanoseconds) } ?? 0
         if immediately || wait == 0 || leases[w].orphanUntil != .max {
             // An orphan has no connection to wait for.
             out.append(.revoked(leases[w].id, reason: reason, facts(w)))
-            releaseGranted(w, t, &out)
+            releaseGranted(w, t, reason: .revoked, &out)
             return
         }
         let (at, o) = t.nanoseconds.addingReportingOverflow(wait)
@@ -257,11 +257,11 @@ extension LeaseTable {
                 if leases[w].waiting {
                     removeWaiter(w, now, failure: nil, &out)
                 } else {
-                    releaseGranted(w, now, &out)
+                    releaseGranted(w, now, reason: .expired, &out)
                 }
             case .revoking:
                 out.append(.revoked(leases[w].id, reason: leases[w].revokeReason, facts(w)))
-                releaseGranted(w, now, &out)
+                releaseGranted(w, now, reason: .revoked, &out)
             case .holdLimit:
                 revokeLease(w, reason: "max_hold: held for \(Self.seconds(leases[w].holdLimit)) seconds", now, immediately: false, &out)
             }

@@ -44,6 +44,7 @@ extension LeaseTable {
             var rec = ResourceRec(name: spec.name, type: spec.type, labels: spec.labels,
                           attributes: spec.attributes, epoch: 0, since: t)
             rec.maxHold = spec.maxHold.map { max(0, $0.saturatingNanoseconds) } ?? .max
+            rec.reset = spec.reset
             if let oldSlot = nameToSlot[ExactKey(spec.name)], !resources[Int(oldSlot)].gone {
                 let o = resources[Int(oldSlot)]
                 rec.epoch = o.epoch
@@ -51,6 +52,8 @@ extension LeaseTable {
                 rec.owner = o.owner
                 rec.held = o.held
                 rec.since = o.since
+                // A reset that runs goes on; its outcome applies when it ends.
+                rec.resetting = o.resetting
                 remap[Int(oldSlot)] = Int32(i)
             } else {
                 rec.epoch = epochStore[spec.name] ?? 0

@@ -93,15 +93,67 @@ public struct ResourceSpec: Sendable, Equatable {
     /// The longest a lease may hold it (the inventory's `max_hold`, type and resource merged);
     /// nil: no limit.
     public var maxHold: Duration?
+    /// What cleans it after a lease ends badly (the inventory's `reset`); nil: nothing.
+    public var reset: ResetPolicy?
 
     public init(name: String, type: String, labels: [String: String] = [:],
-                attributes: JSONValue = .emptyObject, maxHold: Duration? = nil) {
+                attributes: JSONValue = .emptyObject, maxHold: Duration? = nil, reset: ResetPolicy? = nil) {
         self.name = name
         self.type = type
         self.labels = labels
         self.attributes = attributes
         self.maxHold = maxHold
+        self.reset = reset
     }
+}
+
+/// A resource's reset (PROTOCOL.md "Resetting hardware after an abnormal end"). The core decides
+/// when a resource must be reset and keeps it out of reach meanwhile; the server runs `command`.
+public struct ResetPolicy: Sendable, Equatable {
+    public enum After: String, Sendable, Equatable {
+        /// After an abnormal end only.
+        case abnormal
+        /// After every end, clean releases too.
+        case always
+    }
+
+    /// argv; `command[0]` an absolute path.
+    public var command: [String]
+    public var after: After
+    public var timeout: Duration
+
+    public init(command: [String], after: After = .abnormal, timeout: Duration = .seconds(300)) {
+        self.command = command
+        self.after = after
+        self.timeout = timeout
+    }
+}
+
+/// How a lease ended (the `reason` of releases; `LEASEHOLD_END_REASON` of a reset). Every end but
+/// `release` is abnormal; `shutdown` (the server stops without keeping state) starts no reset.
+public enum EndReason: String, Sendable, CaseIterable {
+    case release
+    case disconnect
+    case deadPeer = "dead_peer"
+    case revoked
+    case shutdown
+    /// An orphan nobody resumed in time.
+    case expired
+    /// The client broke the protocol (e.g. a binary message).
+    case `protocol`
+}
+
+/// A reset the server must run now (see `LeaseTable.takeResetStarts`).
+public struct ResetStart: Sendable, Equatable {
+    public var name: String
+    public var type: String
+    public var labels: [String: String]
+    public var attributes: JSONValue
+    public var policy: ResetPolicy
+    /// `LEASEHOLD_END_REASON`: an `EndReason`'s raw value, or `admin`.
+    public var reason: String
+    /// The holder of the lease that ended (nil for an admin's reset).
+    public var lastHolder: String?
 }
 
 /// The resources, in inventory (file) order. Snapshots list resources in this order.

@@ -5,7 +5,7 @@ import LeaseProtocol
 
 /// A resource's state as shown in snapshots.
 public enum ResourceState: String, Sendable, Hashable, CaseIterable {
-    case free, held, reserved, disabled
+    case free, held, reserved, disabled, resetting
 }
 
 public struct ResourceView: Sendable, Equatable {
@@ -101,6 +101,7 @@ extension LeaseTable {
     func state(_ r: Int) -> ResourceState {
         let x = resources[r]
         if x.owner >= 0 { return x.held ? .held : .reserved }
+        if x.resetting { return .resetting }
         return x.enabled ? .free : .disabled
     }
 
@@ -223,7 +224,7 @@ extension LeaseTable {
         for r in resources.indices where !resources[r].gone {
             let st = state(r)
             let idx = ResourceState.allCases.firstIndex(of: st) ?? 0
-            counts[resources[r].type, default: [0, 0, 0, 0]][idx] += 1
+            counts[resources[r].type, default: Array(repeating: 0, count: ResourceState.allCases.count)][idx] += 1
         }
         var out: [ResourceCount] = []
         for (type, c) in counts.sorted(by: { $0.key < $1.key }) {

@@ -74,8 +74,8 @@ struct Harness {
     }
 
     @discardableResult
-    mutating func release(_ id: LeaseID, sourceLocation: SourceLocation = #_sourceLocation) -> [Effect] {
-        let e = table.release(id, now: now)
+    mutating func release(_ id: LeaseID, reason: EndReason = .release, sourceLocation: SourceLocation = #_sourceLocation) -> [Effect] {
+        let e = table.release(id, reason: reason, now: now)
         record(e, sourceLocation)
         return e
     }
@@ -86,6 +86,15 @@ struct Harness {
         let (r, e) = table.revoke(resource: name, reason: reason, now: now)
         record(e, sourceLocation)
         return (r, e)
+    }
+
+    @discardableResult
+    mutating func finishReset(_ name: String, succeeded: Bool, detail: String = "exit 1: broken",
+                              sourceLocation: SourceLocation = #_sourceLocation) -> [Effect] {
+        var e: [Effect] = []
+        table.finishReset(name, succeeded: succeeded, detail: detail, now: now, into: &e)
+        record(e, sourceLocation)
+        return e
     }
 
     @discardableResult

@@ -12,6 +12,8 @@ struct RandomRun {
     var admin: Bool
     var universe: [String] = []
     var clock = 0.0
+    /// Resources whose reset the "server" has not finished yet.
+    var resetting: [String] = []
 
     static let labelSets: [[String: String]] = [
         [:], ["p": "fc"], ["p": "iscsi"], ["s": "a"], ["p": "fc", "s": "b"], ["s": "b"],
@@ -34,7 +36,13 @@ struct RandomRun {
             var labels: [String: String] = [:]
             if rng.next() % 3 != 0 { labels["p"] = rng.next() % 2 == 0 ? "fc" : "iscsi" }
             if rng.next() % 2 == 0 { labels["s"] = rng.next() % 2 == 0 ? "a" : "b" }
-            out.append(res("r\(i)", type, labels))
+            var spec = res("r\(i)", type, labels)
+            switch rng.next() % 4 {
+            case 0: spec.reset = ResetPolicy(command: ["/bin/true"], after: .abnormal)
+            case 1: spec.reset = ResetPolicy(command: ["/bin/true"], after: .always)
+            default: break
+            }
+            out.append(spec)
         }
         return out
     }
@@ -80,6 +88,7 @@ struct RandomRun {
     }
 
     mutating func step() {
+        resetting += h.table.takeResetStarts().map(\.name)
         let r = rng.next() % 100
         switch r {
         case 0..<40:
@@ -100,7 +109,11 @@ struct RandomRun {
             guard let id = live.sorted().first(where: { _ in rng.next() % 3 == 0 }) ?? live.sorted().first else { return }
             live.remove(id)
             waiting.remove(id)
-            absorb(h.release(id))
+            absorb(h.release(id, reason: pick([.release, .release, .disconnect, .deadPeer])))
+            resetting += h.table.takeResetStarts().map(\.name)
+        case 62..<64 where !resetting.isEmpty:
+            let name = resetting.remove(at: Int(rng.next() % UInt64(resetting.count)))
+            absorb(h.finishReset(name, succeeded: rng.next() % 4 != 0))
         case 62..<67 where admin:
             let (result, e) = h.revoke(pick(universe + ["nope"]))
             if result == .ok, let first = e.first {
@@ -149,12 +162,25 @@ struct RandomRun {
         let old = h.table
         let kept = old.keptForTest(orphanUntil: h.now.advanced(by: .nanoseconds(Int64(seconds * 1e9))))
         guard var fresh = try? LeaseTable(inventory: Inventory(universe.map { name in
-            old.resources.first { $0.name == name && $0.inInventory }.map { res($0.name, $0.type, $0.labels) } ?? res(name, "x")
+            old.resources.first { $0.name == name && $0.inInventory }.map { old in
+                var spec = res(old.name, old.type, old.labels)
+                spec.reset = old.reset
+                return spec
+            } ?? res(name, "x")
         }), epochs: old.epochs, now: h.now) else {
             Issue.record("inventory refused on restart")
             return
         }
         var effects: [Effect] = []
+        // The server restarts the resets that were running (with a state directory).
+        // (A reload may have dropped the policy of one that runs: the server disables those.)
+        resetting = (resetting + old.resetStarts.map(\.name)).filter { old.resource(named: $0)?.state == .resetting }
+        for name in resetting {
+            let result = fresh.beginReset(name, reason: "restart", force: true, now: h.now, into: &effects)
+            #expect(result == (fresh.resources.first { $0.name == name }?.reset == nil
+                ? .conflict("'\(name)' has no reset command in the inventory") : .started))
+        }
+        resetting = fresh.takeResetStarts().map(\.name)
         let refused = fresh.restore(kept, now: h.now, into: &effects)
         #expect(refused.isEmpty)
         h.table = fresh
@@ -180,6 +206,9 @@ struct RandomRun {
     /// Enable everything and release every holder until the queue drains: every waiter that
     /// is still in the table is satisfiable and must be granted.
     mutating func drain() {
+        resetting += h.table.takeResetStarts().map(\.name)
+        for name in resetting { absorb(h.finishReset(name, succeeded: true)) }
+        resetting = []
         for name in universe { absorb(h.enable(name).1) }
         var rounds = 0
         while h.table.waiterCount > 0 && rounds < 1000 {
@@ -190,6 +219,8 @@ struct RandomRun {
                 live.remove(id)
                 absorb(h.release(id))
             }
+            // Resets after `always` releases: done at once.
+            for start in h.table.takeResetStarts() { absorb(h.finishReset(start.name, succeeded: true)) }
         }
         #expect(h.table.waiterCount == 0, "waiters left: \(h.table.snapshot().queue.map(\.id))")
     }
