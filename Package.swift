@@ -44,7 +44,7 @@ let package = Package(
         .target(
             name: "LeaseholdServer",
             dependencies: [
-                "Transport", "HTTPCodec", "LeaseCore", "LeaseProtocol", "COpenSSL",
+                "Transport", "HTTPCodec", "LeaseCore", "LeaseProtocol", "COpenSSL", "CPosix",
                 .product(name: "Logging", package: "swift-log"),
                 // InventoryFile also imports Yams' CYaml (libyaml's events show anchors and aliases,
                 // which Yams' tree hides); Yams exports no product for it.

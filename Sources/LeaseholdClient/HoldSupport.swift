@@ -109,16 +109,6 @@ public enum LeaseEnvironment {
         return variables
     }
 
-    /// `mgmt` → `MGMT`, `api-url` → `API_URL`: upper case, anything but letters and digits → `_`.
-    public static func variableName(_ key: String) -> String {
-        var out = ""
-        for scalar in key.unicodeScalars {
-            switch scalar.value {
-            case 0x61...0x7A: out.unicodeScalars.append(UnicodeScalar(scalar.value - 32) ?? "_")
-            case 0x41...0x5A, 0x30...0x39: out.unicodeScalars.append(scalar)
-            default: out += "_"
-            }
-        }
-        return out.isEmpty ? "_" : out
-    }
+    /// `mgmt` → `MGMT`, `api-url` → `API_URL` (see `AttributeVariables.name`).
+    public static func variableName(_ key: String) -> String { AttributeVariables.name(key) }
 }

@@ -1,6 +1,10 @@
+import LeaseCore
 import LeaseProtocol
 import CYaml
 import Yams
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// One resource as written in the inventory file.
 public struct InventoryEntry: Equatable, Sendable {
@@ -12,6 +16,8 @@ public struct InventoryEntry: Equatable, Sendable {
     /// The longest a lease may hold it, in seconds: the smaller of its own `max_hold` and its
     /// type's; nil: no limit.
     public var maxHold: Double?
+    /// Its reset (its own keys over its type's, key by key); nil: none.
+    public var reset: ResetPolicy?
 }
 
 /// What the inventory's `types:` section says about every resource of a type (PROTOCOL.md
@@ -19,6 +25,22 @@ public struct InventoryEntry: Equatable, Sendable {
 public struct TypePolicy: Equatable, Sendable {
     /// Seconds (positive); nil: no limit.
     public var maxHold: Double?
+    public var reset: ResetKeys?
+}
+
+/// A `reset:` mapping as written (type or resource); a resource's keys override its type's.
+public struct ResetKeys: Equatable, Sendable {
+    public var command: [String]?
+    public var after: ResetPolicy.After?
+    public var timeout: Double?
+    /// Where `command` was written, for the error when no command is given at all.
+    var line: Int?
+
+    /// `self` over `base`, key by key.
+    func over(_ base: ResetKeys?) -> ResetKeys {
+        ResetKeys(command: command ?? base?.command, after: after ?? base?.after, timeout: timeout ?? base?.timeout,
+                  line: line ?? base?.line)
+    }
 }
 
 public struct InventoryError: Error, Equatable, Sendable, CustomStringConvertible {
@@ -33,8 +55,9 @@ public struct InventoryError: Error, Equatable, Sendable, CustomStringConvertibl
 
 /// Reads the YAML inventory format of PROTOCOL.md, naming the line and the problem on any error.
 public enum InventoryFile {
-    static let resourceKeys: Set<String> = ["name", "type", "labels", "attributes", "max_hold"]
-    static let typeKeys: Set<String> = ["max_hold"]
+    static let resourceKeys: Set<String> = ["name", "type", "labels", "attributes", "max_hold", "reset"]
+    static let typeKeys: Set<String> = ["max_hold", "reset"]
+    static let resetKeys: Set<String> = ["command", "after", "timeout"]
 
     public static func parse(_ text: String) throws(InventoryError) -> [InventoryEntry] {
         if let anchor = firstAnchor(in: text) { throw anchor }
@@ -65,9 +88,17 @@ public enum InventoryFile {
         // By scalars: "é" and "e" + U+0301 are two names to the protocol.
         var seen: [[UInt8]: Int] = [:]
         for item in items {
-            var entry = try parseResource(item)
+            var (entry, ownReset) = try parseResource(item)
             if let typeLimit = types[entry.type]?.maxHold {
                 entry.maxHold = min(entry.maxHold ?? typeLimit, typeLimit)
+            }
+            if ownReset != nil || types[entry.type]?.reset != nil {
+                let keys = (ownReset ?? ResetKeys()).over(types[entry.type]?.reset)
+                guard let command = keys.command else {
+                    throw InventoryError(line: keys.line ?? entry.line, problem: "the reset of '\(entry.name)' has no 'command'")
+                }
+                entry.reset = ResetPolicy(command: command, after: keys.after ?? .abnormal,
+                                          timeout: LeaseService.duration(keys.timeout ?? 300))
             }
             if let first = seen[Array(entry.name.utf8)] {
                 throw InventoryError(line: entry.line, problem: "duplicate resource name '\(entry.name)' (first defined on line \(first))")
@@ -97,14 +128,61 @@ public enum InventoryFile {
                 for (settingKey, settingValue) in settings {
                     guard let setting = settingKey.string, typeKeys.contains(setting) else {
                         throw InventoryError(line: settingKey.mark?.line ?? settingValue.mark?.line,
-                                             problem: "unknown key '\(settingKey.string ?? "?")' in the settings of type '\(type)' (a type has max_hold)")
+                                             problem: "unknown key '\(settingKey.string ?? "?")' in the settings of type '\(type)' (a type has max_hold and reset)")
                     }
                 }
                 policy.maxHold = try settings["max_hold"].map { node throws(InventoryError) in try seconds(node, what: "'max_hold' of type '\(type)'") }
+                policy.reset = try settings["reset"].map { node throws(InventoryError) in try parseReset(node, of: "type '\(type)'") }
             }
             policies[type] = policy
         }
         return policies
+    }
+
+    /// `reset: {command: [...], after: abnormal|always, timeout: S}`, any key optional here (a
+    /// resource's keys fill in its type's). The command: a list of strings, the first an absolute
+    /// path to an executable file.
+    static func parseReset(_ node: Node, of owner: String) throws(InventoryError) -> ResetKeys {
+        guard case .mapping(let mapping) = node else {
+            throw InventoryError(line: node.mark?.line, problem: "the reset of \(owner) must be a mapping (command, after, timeout)")
+        }
+        try checkDuplicateKeys(mapping)
+        for (key, value) in mapping {
+            guard let name = key.string, resetKeys.contains(name) else {
+                throw InventoryError(line: key.mark?.line ?? value.mark?.line,
+                                     problem: "unknown key '\(key.string ?? "?")' in the reset of \(owner) (a reset has command, after, timeout)")
+            }
+        }
+        var keys = ResetKeys()
+        if let commandNode = mapping["command"] {
+            let line = commandNode.mark?.line
+            guard case .sequence(let items) = commandNode else {
+                throw InventoryError(line: line, problem: "the reset command of \(owner) must be a list: [\"/path/to/program\", \"argument\", ...]")
+            }
+            var argv: [String] = []
+            for item in items { argv.append(try string(item, what: "an argument of the reset command of \(owner)")) }
+            guard let program = argv.first else {
+                throw InventoryError(line: line, problem: "the reset command of \(owner) is empty: give the program and its arguments")
+            }
+            guard program.hasPrefix("/") else {
+                throw InventoryError(line: line, problem: "the reset command of \(owner) must start with an absolute path (got '\(program)'): it runs without a shell or PATH")
+            }
+            var info = stat()
+            guard stat(program, &info) == 0, info.st_mode & S_IFMT == S_IFREG, access(program, X_OK) == 0 else {
+                throw InventoryError(line: line, problem: "the reset command of \(owner), \(program), is not an executable file")
+            }
+            keys.command = argv
+            keys.line = line
+        }
+        if let afterNode = mapping["after"] {
+            let text = try string(afterNode, what: "'after' of the reset of \(owner)")
+            guard let after = ResetPolicy.After(rawValue: text) else {
+                throw InventoryError(line: afterNode.mark?.line, problem: "'after' of the reset of \(owner) must be abnormal or always (got '\(text)')")
+            }
+            keys.after = after
+        }
+        keys.timeout = try mapping["timeout"].map { node throws(InventoryError) in try seconds(node, what: "'timeout' of the reset of \(owner)") }
+        return keys
     }
 
     /// A positive, finite number of seconds.
@@ -117,7 +195,7 @@ public enum InventoryFile {
         return value
     }
 
-    static func parseResource(_ node: Node) throws(InventoryError) -> InventoryEntry {
+    static func parseResource(_ node: Node) throws(InventoryError) -> (InventoryEntry, ResetKeys?) {
         let line = node.mark?.line ?? 0
         guard case .mapping(let mapping) = node else {
             throw InventoryError(line: line, problem: "a resource must be a mapping with 'name' and 'type'")
@@ -126,7 +204,7 @@ public enum InventoryFile {
         for (key, value) in mapping {
             guard let name = key.string, resourceKeys.contains(name) else {
                 throw InventoryError(line: key.mark?.line ?? value.mark?.line ?? line,
-                                     problem: "unknown key '\(key.string ?? "?")' (a resource has name, type, labels, attributes, max_hold)")
+                                     problem: "unknown key '\(key.string ?? "?")' (a resource has name, type, labels, attributes, max_hold, reset)")
             }
         }
         guard let nameNode = mapping["name"] else { throw InventoryError(line: line, problem: "resource without 'name'") }
@@ -157,7 +235,8 @@ public enum InventoryFile {
             attributes = try json(attributesNode, depth: 0)
         }
         let maxHold = try mapping["max_hold"].map { node throws(InventoryError) in try seconds(node, what: "'max_hold' of '\(name)'") }
-        return InventoryEntry(name: name, type: type, labels: labels, attributes: attributes, line: line, maxHold: maxHold)
+        let reset = try mapping["reset"].map { node throws(InventoryError) in try parseReset(node, of: "'\(name)'") }
+        return (InventoryEntry(name: name, type: type, labels: labels, attributes: attributes, line: line, maxHold: maxHold), reset)
     }
 
     /// The first anchor or alias in `text`, as an error; nil when there is none (or the text is

@@ -60,6 +60,8 @@ public struct ServerOptions: Sendable {
     /// The largest `grace` an acquire may ask for, and the largest `revoke_wait` honoured.
     public var maxGrace: Double = 300
     public var maxRevokeWait: Double = 60
+    /// Reset commands running at once (the rest wait their turn).
+    public var resetConcurrency = 4
 
     public init() {}
 }
@@ -103,6 +105,7 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         limits.resumeGrace = options.resumeGrace
         limits.maxGrace = options.maxGrace
         limits.maxRevokeWait = options.maxRevokeWait
+        limits.resetConcurrency = options.resetConcurrency
         do {
             service = try LeaseService(queue: serviceQueue, inventory: inventory, epochFile: epochFile, journal: journal, store: store,
                                        clock: clock, logger: logger, metrics: Metrics(), shutdown: shuttingDown, limits: limits)
@@ -173,6 +176,8 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         let keeping = options.stateDirectory != nil
         let code = keeping ? CloseCode.serviceRestart : CloseCode.goingAway
         let reason = keeping ? "server restarting; resume the lease" : "server shutting down"
+        // A reset that runs now runs again on the next start (with a state directory).
+        service.resetRunner.stopAll()
         http.closeAllConnections(code: code, reason: reason, timeout: .seconds(5)) { [service] in
             service.journal?.record([("event", .string("stopped")), ("kept", .bool(keeping))])
             service.whenDurable { completion() }
@@ -216,7 +221,7 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         }
         return Inventory(resources: entries.map {
             ResourceSpec(name: $0.name, type: $0.type, labels: $0.labels, attributes: $0.attributes,
-                         maxHold: $0.maxHold.map(LeaseService.duration))
+                         maxHold: $0.maxHold.map(LeaseService.duration), reset: $0.reset)
         })
     }
 
@@ -297,9 +302,18 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
                 // The token first: without it, nothing about the name is answered (PROTOCOL.md: 401 before any 404).
                 if let refusal = authorize(head) { return responder.respond(refusal) }
                 guard let (name, action) = Self.adminResourceRoute(path) else {
-                    return responder.respond(.jsonError(404, "no such admin route: \(path) (POST /v1/resources/NAME/free, disable or enable)"))
+                    return responder.respond(.jsonError(404, "no such admin route: \(path) (POST /v1/resources/NAME/free, disable, enable or reset)"))
                 }
                 handleAdmin(action: action, resource: name, body: request.body, peer: client.peer, responder: responder)
+            } else if method == "GET", let (name, action) = Self.adminResourceRoute(path), action == "reset" {
+                // The latest reset's outcome and output (which may name credentials: admins only).
+                if let refusal = authorize(head) { return responder.respond(refusal) }
+                service.queue.async { [service] in
+                    guard let reset = service.latestReset(name) else {
+                        return responder.respond(.jsonError(404, "no reset of '\(name)' has run since the server started"))
+                    }
+                    responder.respond(.json(200, reset.serialized()))
+                }
             } else if Self.adminResourceRoute(path) != nil {
                 responder.respond(.methodNotAllowed("POST"))
             } else if ["/v1/lease", "/v1/watch", "/v1/status", "/healthz", "/metrics", "/", "/v1/admin"].contains(path) {
@@ -319,7 +333,7 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         let rest = path.dropFirst(prefix.count)
         guard let slash = rest.lastIndex(of: "/") else { return nil }
         let action = String(rest[rest.index(after: slash)...])
-        guard ["free", "disable", "enable"].contains(action),
+        guard ["free", "disable", "enable", "reset"].contains(action),
               let name = percentDecode(String(rest[..<slash])), !name.isEmpty else { return nil }
         return (name, action)
     }
@@ -343,6 +357,23 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
             case .none, .some(.null): break
             case .some(.bool(let flag)): immediately = flag
             default: return responder.respond(.jsonError(400, "\"now\" must be true or false"))
+            }
+        }
+        if action == "reset" {
+            return service.adminReset(resource) { [logger, service, reason] result in
+                switch result {
+                case .started:
+                    logger.notice("admin action", metadata: ["action": "reset", "resource.name": .string(resource), "connection.peer": .string(peer)])
+                    service.journal?.record([("event", .string("admin")), ("action", .string("reset")), ("resource", .string(resource)),
+                                             ("reason", .string(reason)), ("peer", .string(peer))])
+                    responder.respond(.json(200, JSONValue.object([
+                        ("ok", .bool(true)), ("resource", .string(resource)), ("action", .string("reset")),
+                    ]).serialized()))
+                case .notFound:
+                    responder.respond(.jsonError(404, "no resource named '\(resource)'"))
+                case .conflict(let why):
+                    responder.respond(.jsonError(409, why))
+                }
             }
         }
         let coreAction: LeaseService.AdminAction

@@ -67,6 +67,8 @@ final class LeaseService: @unchecked Sendable {
         var maxGrace: Double = 300
         /// The largest `revoke_wait` honoured (more is capped).
         var maxRevokeWait: Double = 60
+        /// Reset commands running at once.
+        var resetConcurrency = 4
     }
     private var waitingTotal = 0
     private var waitingByAddress: [String: Int] = [:]
@@ -89,6 +91,22 @@ final class LeaseService: @unchecked Sendable {
 
     private let epochFile: EpochFile?
     let journal: AuditJournal?
+    let resetRunner: ResetRunner
+    /// The latest reset of each resource (snapshots' `reset`, `GET …/reset`).
+    private var resets: [String: ResetInfo] = [:]
+
+    struct ResetInfo {
+        enum Result: String { case running, ok, failed }
+        var result: Result
+        var at: Tick
+        var detail: String
+        var output: String
+        var reason: String
+
+        var json: JSONValue {
+            .object([("result", .string(result.rawValue)), ("detail", .string(detail))])
+        }
+    }
 
     /// `store`: the state kept by a previous process is restored from it, its leases and waiters
     /// orphaned for `limits.resumeGrace` (or what remains of their own grace, if longer).
@@ -105,6 +123,7 @@ final class LeaseService: @unchecked Sendable {
         self.metrics = metrics
         self.epochFile = epochFile
         self.store = store
+        resetRunner = ResetRunner(concurrency: limits.resetConcurrency)
         let kept = try store?.load() ?? KeptState()
         let epochs = (epochFile?.seeds ?? [:]).merging(kept.epochs, uniquingKeysWith: max)
         do {
@@ -120,7 +139,7 @@ final class LeaseService: @unchecked Sendable {
         timer = clock.source.makeTimer(queue: queue) { tick.service?.tick() }
         tick.service = self
         watch.render = { [unowned self] in self.snapshotJSON() }
-        if !kept.leases.isEmpty || !kept.disabled.isEmpty { queue.sync { restore(kept) } }
+        if !kept.leases.isEmpty || !kept.disabled.isEmpty || !kept.resetting.isEmpty { queue.sync { restore(kept) } }
     }
 
     /// The table and the leases are this queue's alone (checked in debug builds).
@@ -220,7 +239,7 @@ final class LeaseService: @unchecked Sendable {
             guard let facts = table.facts(of: id) else { return }
             let ending: Ending = entry.revokeReason.map { .revoked($0) } ?? .released(shutdown.isSet ? .shutdown : reason)
             guard end(id, ending, facts, now: now) != nil else { return }
-            let effects = table.release(id, now: now)
+            let effects = table.release(id, reason: shutdown.isSet ? .shutdown : reason, now: now)
             apply(effects, now: now)
             // The table changed even when nobody was waiting for what was freed (no effects).
             markChanged()
@@ -289,6 +308,18 @@ final class LeaseService: @unchecked Sendable {
         for (name, disabled) in kept.disabled.sorted(by: { $0.key < $1.key }) {
             if table.disable(resource: name, reason: disabled.reason, now: clock.tick(wallNanoseconds: disabled.since), into: &effects) == .notFound {
                 store?.recordDisabled(name, nil)
+            }
+        }
+        // Resets a stop or a crash interrupted run again, before anyone can be granted those.
+        for (name, interrupted) in kept.resetting.sorted(by: { $0.key < $1.key }) {
+            let result = table.beginReset(name, reason: interrupted.reason, lastHolder: interrupted.lastHolder, force: true,
+                                          now: now, into: &effects)
+            guard result != .started else { continue }
+            store?.recordResetDone(name)
+            if result != .notFound {
+                let reason = "its reset was interrupted by a restart, and the inventory has no reset command for it now"
+                _ = table.disable(resource: name, reason: reason, now: now, into: &effects)
+                store?.recordDisabled(name, KeptState.Disabled(reason: reason, since: clock.wallNanoseconds(now)))
             }
         }
         var restored: [RestoredLease] = []
@@ -416,7 +447,7 @@ final class LeaseService: @unchecked Sendable {
                     let facts = table.facts(of: id).map { LeaseFacts(holder: $0.holder, arrivedAt: $0.arrivedAt, grantedAt: nil) }
                     if let facts { end(id, .released(.shutdown), facts, now: now) }
                     var freed: [Effect] = []
-                    table.release(id, now: now, into: &freed)
+                    table.release(id, reason: .shutdown, now: now, into: &freed)
                     apply(freed, now: now)
                     continue
                 }
@@ -493,7 +524,79 @@ final class LeaseService: @unchecked Sendable {
             }
         }
         if !effects.isEmpty { markChanged() }
+        launchResets(now: now)
         armTimer()
+    }
+
+    // MARK: resets
+
+    /// Runs the resets the table decided (off this queue); their outcomes come back to it.
+    private func launchResets(now: Tick) {
+        for start in table.takeResetStarts() {
+            resets[start.name] = ResetInfo(result: .running, at: now, detail: "", output: "", reason: start.reason)
+            store?.recordResetting(start.name, reason: start.reason, lastHolder: start.lastHolder)
+            journal?.record([("event", .string("reset_started")), ("resource", .string(start.name)),
+                             ("reason", .string(start.reason)), ("last_holder", start.lastHolder.map { .string($0) } ?? .null)])
+            logger.notice("reset started", metadata: [
+                "resource.name": .string(start.name), "reason": .string(start.reason),
+                "command": .string(start.policy.command.joined(separator: " ")),
+            ])
+            metrics.resetsRunning += 1
+            resetRunner.run(start) { [self] outcome in
+                queue.async { [self] in resetFinished(start, outcome) }
+            }
+            markChanged()
+        }
+    }
+
+    private func resetFinished(_ start: ResetStart, _ outcome: ResetOutcome) {
+        let now = clock.now()
+        var effects: [Effect] = []
+        table.finishReset(start.name, succeeded: outcome.succeeded, detail: outcome.detail, now: now, into: &effects)
+        resets[start.name] = ResetInfo(result: outcome.succeeded ? .ok : .failed, at: now, detail: outcome.detail,
+                                       output: outcome.output, reason: start.reason)
+        store?.recordResetDone(start.name)
+        if !outcome.succeeded {
+            if let disabled = table.resource(named: start.name)?.disabled {
+                store?.recordDisabled(start.name, KeptState.Disabled(reason: disabled.reason, since: clock.wallNanoseconds(disabled.since)))
+            }
+        }
+        metrics.resetsRunning -= 1
+        metrics.resets[outcome.succeeded ? "ok" : "failed", default: 0] += 1
+        metrics.resetDuration.observe(outcome.seconds)
+        journal?.record([
+            ("event", .string("reset")), ("resource", .string(start.name)), ("result", .string(outcome.succeeded ? "ok" : "failed")),
+            ("detail", .string(outcome.detail)), ("reason", .string(start.reason)), ("seconds", .double(outcome.seconds)),
+            ("output", .string(outcome.output)),
+        ])
+        let level: Logger.Level = outcome.succeeded ? .notice : .error
+        logger.log(level: level, outcome.succeeded ? "reset done" : "reset failed; the resource is disabled", metadata: [
+            "resource.name": .string(start.name), "detail": .string(outcome.detail),
+        ])
+        apply(effects, now: now)
+        markChanged()
+    }
+
+    /// An admin's reset of a free or disabled resource (`POST …/reset`).
+    func adminReset(_ name: String, completion: @escaping @Sendable (ResetRequestResult) -> Void) {
+        queue.async { [self] in
+            let now = clock.now()
+            var effects: [Effect] = []
+            let result = table.beginReset(name, reason: "admin", now: now, into: &effects)
+            apply(effects, now: now)
+            markChanged()
+            completion(result)
+        }
+    }
+
+    /// The latest reset of `name`, with its output (`GET …/reset`); nil if none ran. Call on `queue`.
+    func latestReset(_ name: String) -> JSONValue? {
+        assertOnQueue()
+        guard let info = resets[name] else { return nil }
+        return .object([
+            ("resource", .string(name)), ("result", .string(info.result.rawValue)), ("at", .string(clock.iso8601(info.at))),
+            ("reason", .string(info.reason)), ("detail", .string(info.detail)), ("output", .string(info.output)),
+        ])
     }
 
     /// A journal line about a lease that goes on (orphaned, resumed, revoking).
@@ -650,7 +753,7 @@ final class LeaseService: @unchecked Sendable {
     /// The status document (same as a watch snapshot). Call on `queue`.
     func snapshotJSON() -> [UInt8] {
         assertOnQueue()
-        return StatusDocument.render(table.snapshot(), clock: clock)
+        return StatusDocument.render(table.snapshot(), clock: clock, resets: resets.mapValues { ($0.result.rawValue, $0.at, $0.detail) })
     }
 
     /// Call on `queue`.

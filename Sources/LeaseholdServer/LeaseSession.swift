@@ -102,6 +102,7 @@ final class LeaseSession: WebSocketHandler, @unchecked Sendable {
     }
 
     func webSocket(_ socket: WebSocketConnection, didReceiveBinary data: [UInt8]) {
+        endReason = .protocol
         fail(.protocol, "binary messages are not part of the protocol; send JSON text")
     }
 
@@ -109,7 +110,9 @@ final class LeaseSession: WebSocketHandler, @unchecked Sendable {
         let id = leaseID
         state = .closed
         guard let id else { return }
-        let why: ReleaseReason = socket.end == .deadPeer ? .deadPeer : endReason
+        var why: ReleaseReason = socket.end == .deadPeer ? .deadPeer : endReason
+        // A close frame with 1000 is a release, as the `release` op is.
+        if socket.end == .closedByPeer, code == CloseCode.released { why = .release }
         // Only the client's own clean close (1000) or a release is a release; the server's own
         // closes (errors, revocation) and protocol violations end the lease too.
         let abrupt: Bool
@@ -183,15 +186,8 @@ final class LeaseSession: WebSocketHandler, @unchecked Sendable {
 }
 
 /// Why a granted lease ended (the `reason` label of `leasehold_releases_total`).
-enum ReleaseReason: String, CaseIterable {
-    case release
-    case disconnect
-    case deadPeer = "dead_peer"
-    case revoked
-    case shutdown
-    /// An orphan nobody resumed in time.
-    case expired
-}
+/// (The core's end reasons: what the metrics, the journal and a reset command name.)
+typealias ReleaseReason = EndReason
 
 extension Duration {
     var secondsText: String {

@@ -45,6 +45,13 @@ struct KeptState: Sendable {
     var leases: [KeptLease] = []
     var epochs: [String: UInt64] = [:]
     var disabled: [String: Disabled] = [:]
+    /// Resets that were running: they run again.
+    var resetting: [String: Resetting] = [:]
+
+    struct Resetting: Sendable, Equatable {
+        var reason: String
+        var lastHolder: String?
+    }
 
     struct Disabled: Sendable, Equatable {
         var reason: String
@@ -72,6 +79,9 @@ protocol LeaseStore: AnyObject {
     func recordEnd(_ id: LeaseID)
     /// A resource taken out of service (with why), or put back (nil).
     func recordDisabled(_ name: String, _ disabled: KeptState.Disabled?)
+    /// A reset started (it runs again after a restart until `recordResetDone`).
+    func recordResetting(_ name: String, reason: String, lastHolder: String?)
+    func recordResetDone(_ name: String)
     /// Calls `done` on the service queue once everything recorded so far is durable (at once
     /// when it already is). Calls run in the order they were asked for.
     func whenDurable(_ done: @escaping () -> Void)
@@ -101,6 +111,7 @@ final class FileLeaseStore: LeaseStore, @unchecked Sendable {
     private var nextOrder: UInt64 = 0
     private var epochs: [String: UInt64] = [:]
     private var disabled: [String: KeptState.Disabled] = [:]
+    private var resetting: [String: KeptState.Resetting] = [:]
     private var pending: [UInt8] = []
     private var recorded: UInt64 = 0
     private var durable: UInt64 = 0
@@ -150,7 +161,7 @@ final class FileLeaseStore: LeaseStore, @unchecked Sendable {
         }
         try rewrite()
         let kept = live.values.sorted { order[$0.id, default: 0] < order[$1.id, default: 0] }
-        return KeptState(leases: kept, epochs: epochs, disabled: disabled)
+        return KeptState(leases: kept, epochs: epochs, disabled: disabled, resetting: resetting)
     }
 
     /// `epochs.json` from an older release's `--epoch-file` in this directory (its ceilings are
@@ -181,6 +192,15 @@ final class FileLeaseStore: LeaseStore, @unchecked Sendable {
             for (name, number) in members {
                 guard case .int(let epoch) = number, epoch >= 0 else { return false }
                 epochs[name] = max(epochs[name] ?? 0, UInt64(epoch))
+            }
+            return true
+        }
+        if op == "resetting" {
+            guard let name = value["name"]?.stringValue else { return false }
+            if let reason = value["reason"]?.stringValue {
+                resetting[name] = KeptState.Resetting(reason: reason, lastHolder: value["last_holder"]?.stringValue)
+            } else {
+                resetting[name] = nil
             }
             return true
         }
@@ -257,6 +277,22 @@ final class FileLeaseStore: LeaseStore, @unchecked Sendable {
         append(.object([("op", .string("end")), ("id", .string(LeaseService.format(id)))]))
     }
 
+    func recordResetting(_ name: String, reason: String, lastHolder: String?) {
+        resetting[name] = KeptState.Resetting(reason: reason, lastHolder: lastHolder)
+        append(Self.json(resettingName: name, resetting[name]))
+    }
+
+    func recordResetDone(_ name: String) {
+        guard resetting.removeValue(forKey: name) != nil else { return }
+        append(Self.json(resettingName: name, nil))
+    }
+
+    private static func json(resettingName name: String, _ state: KeptState.Resetting?) -> JSONValue {
+        var members: [(String, JSONValue)] = [("op", .string("resetting")), ("name", .string(name))]
+        if let state { members += [("reason", .string(state.reason)), ("last_holder", state.lastHolder.map { .string($0) } ?? .null)] }
+        return .object(members)
+    }
+
     func recordDisabled(_ name: String, _ state: KeptState.Disabled?) {
         disabled[name] = state
         append(Self.json(disabledName: name, state))
@@ -291,7 +327,7 @@ final class FileLeaseStore: LeaseStore, @unchecked Sendable {
         let compact = fileBytes > 8 << 20 && fileBytes > 4 * (live.count * 512 + 4096)
         let batch: [UInt8]
         if compact {
-            batch = Self.contents(live.values.sorted { order[$0.id, default: 0] < order[$1.id, default: 0] }, epochs: epochs, disabled: disabled)
+            batch = Self.contents(live.values.sorted { order[$0.id, default: 0] < order[$1.id, default: 0] }, epochs: epochs, disabled: disabled, resetting: resetting)
         } else {
             batch = pending
         }
@@ -342,13 +378,18 @@ final class FileLeaseStore: LeaseStore, @unchecked Sendable {
     }
 
     /// The file as a fresh start writes it: the epochs, then every live lease.
-    private static func contents(_ leases: [KeptLease], epochs: [String: UInt64], disabled: [String: KeptState.Disabled]) -> [UInt8] {
+    private static func contents(_ leases: [KeptLease], epochs: [String: UInt64], disabled: [String: KeptState.Disabled],
+                                 resetting: [String: KeptState.Resetting]) -> [UInt8] {
         var bytes: [UInt8] = []
         let epochLine = JSONValue.object([("op", .string("epochs")), ("epochs", .object(epochs.sorted { $0.key < $1.key }.map { ($0.key, .int(Int64(clamping: $0.value))) }))])
         bytes.append(contentsOf: epochLine.serialized().utf8)
         bytes.append(UInt8(ascii: "\n"))
         for (name, state) in disabled.sorted(by: { $0.key < $1.key }) {
             bytes.append(contentsOf: json(disabledName: name, state).serialized().utf8)
+            bytes.append(UInt8(ascii: "\n"))
+        }
+        for (name, state) in resetting.sorted(by: { $0.key < $1.key }) {
+            bytes.append(contentsOf: json(resettingName: name, state).serialized().utf8)
             bytes.append(UInt8(ascii: "\n"))
         }
         for lease in leases {
@@ -360,7 +401,7 @@ final class FileLeaseStore: LeaseStore, @unchecked Sendable {
 
     /// At start: the compact file replaces what was read.
     private func rewrite() throws(StartupError) {
-        let bytes = Self.contents(live.values.sorted { order[$0.id, default: 0] < order[$1.id, default: 0] }, epochs: epochs, disabled: disabled)
+        let bytes = Self.contents(live.values.sorted { order[$0.id, default: 0] < order[$1.id, default: 0] }, epochs: epochs, disabled: disabled, resetting: resetting)
         do { try writeAtomically(bytes) } catch {
             throw StartupError(message: "cannot write the lease state in --state-dir \(directory): \(error.message)")
         }

@@ -7,6 +7,10 @@ final class Metrics: @unchecked Sendable {
     var leases = 0
     var waiters = 0
     var orphans = 0
+    var resetsRunning = 0
+    /// Resets by result: `ok`, `failed`.
+    var resets: [String: Int] = [:]
+    var resetDuration = Histogram(bounds: [1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600])
     /// Resumes by result: `ok`, `refused`, `expired` (an orphan nobody resumed in time).
     var resumes: [String: Int] = [:]
     /// (type, state) → count.
@@ -54,6 +58,21 @@ final class Metrics: @unchecked Sendable {
         for result in ["ok", "refused", "expired"] {
             out += "leasehold_resumes_total{result=\"\(result)\"} \(resumes[result, default: 0])\n"
         }
+        family("leasehold_resets_running", "gauge", "Reset commands running or waiting for a slot.")
+        out += "leasehold_resets_running \(resetsRunning)\n"
+        family("leasehold_resets_total", "counter", "Reset commands that ended, by result.")
+        for result in ["ok", "failed"] {
+            out += "leasehold_resets_total{result=\"\(result)\"} \(resets[result, default: 0])\n"
+        }
+        family("leasehold_reset_duration_seconds", "histogram", "How long reset commands ran.")
+        var resetCumulative = 0
+        for (index, bound) in resetDuration.bounds.enumerated() {
+            resetCumulative += resetDuration.buckets[index]
+            out += "leasehold_reset_duration_seconds_bucket{le=\"\(Self.number(bound))\"} \(resetCumulative)\n"
+        }
+        out += "leasehold_reset_duration_seconds_bucket{le=\"+Inf\"} \(resetDuration.count)\n"
+        out += "leasehold_reset_duration_seconds_sum \(resetDuration.sum)\n"
+        out += "leasehold_reset_duration_seconds_count \(resetDuration.count)\n"
         family("leasehold_grants_total", "counter", "Leases granted.")
         out += "leasehold_grants_total \(grants)\n"
         family("leasehold_releases_total", "counter", "Granted leases that ended, by reason.")

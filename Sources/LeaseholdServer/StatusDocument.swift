@@ -4,7 +4,8 @@ import LeaseProtocol
 /// The status document of PROTOCOL.md ("Watching"): the body of `GET /v1/status` and of every
 /// `/v1/watch` snapshot.
 enum StatusDocument {
-    static func json(_ snapshot: Snapshot, clock: ServerClock) -> JSONValue {
+    /// `resets`: the latest reset of each resource (result, when, detail).
+    static func json(_ snapshot: Snapshot, clock: ServerClock, resets: [String: (String, Tick, String)] = [:]) -> JSONValue {
         let resources: [JSONValue] = snapshot.resources.map { resource in
             let showsLease = resource.state == .held || resource.state == .reserved
             var members: [(String, JSONValue)] = [
@@ -23,6 +24,10 @@ enum StatusDocument {
             if let disabled = resource.disabled {
                 members.append(("disabled", .object([("reason", .string(disabled.reason)),
                                                      ("since", .string(clock.iso8601(disabled.since)))])))
+            }
+            if let (result, at, detail) = resets[resource.name] {
+                members.append(("reset", .object([("result", .string(result)), ("at", .string(clock.iso8601(at))),
+                                                  ("detail", .string(detail))])))
             }
             return .object(members)
         }
@@ -69,7 +74,7 @@ enum StatusDocument {
     }
 
     /// The document as UTF-8, ready for a socket.
-    static func render(_ snapshot: Snapshot, clock: ServerClock) -> [UInt8] {
-        json(snapshot, clock: clock).serializedBytes()
+    static func render(_ snapshot: Snapshot, clock: ServerClock, resets: [String: (String, Tick, String)] = [:]) -> [UInt8] {
+        json(snapshot, clock: clock, resets: resets).serializedBytes()
     }
 }

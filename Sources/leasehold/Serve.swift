@@ -91,6 +91,9 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "The largest revoke_wait (seconds a revoked lease keeps its resources while its client stops) honoured; more is capped.")
     var maxRevokeWait: Double = 60
 
+    @Option(name: .long, help: "Reset commands (the inventory's reset) running at once; the rest wait their turn.")
+    var resetConcurrency: Int = 4
+
     @Option(name: .long, help: "Event loops (serial queues) for connections.")
     var loops: Int = 2
 
@@ -114,6 +117,7 @@ struct Serve: ParsableCommand {
             throw ValidationError("--max-message-size must be \(Self.maxMessageSizeRange.lowerBound)-\(Self.maxMessageSizeRange.upperBound) bytes")
         }
         guard (1...64).contains(loops) else { throw ValidationError("--loops must be 1-64") }
+        guard (1...256).contains(resetConcurrency) else { throw ValidationError("--reset-concurrency must be 1-256 (got \(resetConcurrency))") }
         guard (1...10_000).contains(maxPingsPerSecond) else {
             throw ValidationError("--max-pings-per-second must be 1-10000 (got \(maxPingsPerSecond))")
         }
@@ -199,6 +203,7 @@ struct Serve: ParsableCommand {
         options.resumeGrace = .milliseconds(Int64(resumeGrace * 1000))
         options.maxGrace = maxGrace
         options.maxRevokeWait = maxRevokeWait
+        options.resetConcurrency = resetConcurrency
         options.adminToken = try adminToken()
         if let path = leaseTokenFile {
             do {

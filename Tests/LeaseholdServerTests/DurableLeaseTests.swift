@@ -243,7 +243,7 @@ struct DurableLeaseTests {
     @Test func anInventoryMaxHoldMustBeAPositiveNumber() throws {
         for (text, problem) in [
             ("types: {switch: {max_hold: 0}}\nresources: []", "line 1: 'max_hold' of type 'switch' must be a positive number of seconds (at most 10^9)"),
-            ("types: {switch: {reset_after: 3}}\nresources: []", "line 1: unknown key 'reset_after' in the settings of type 'switch' (a type has max_hold)"),
+            ("types: {switch: {reset_after: 3}}\nresources: []", "line 1: unknown key 'reset_after' in the settings of type 'switch' (a type has max_hold and reset)"),
             ("resources:\n  - {name: a, type: b, max_hold: soon}", "line 2: 'max_hold' of 'a' must be a positive number of seconds (at most 10^9)"),
         ] {
             #expect(throws: InventoryError.self) { _ = try InventoryFile.parse(text) }

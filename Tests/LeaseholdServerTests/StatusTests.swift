@@ -256,7 +256,8 @@ import Transport
         #expect(buckets.last?.labels["le"] == "+Inf")
         #expect(buckets.last?.value == 2)
 
-        waiter.close()
+        // A dropped connection is a disconnect (a close frame with 1000 would be a release).
+        waiter.abort()
         try await server.waitForStatus("no leases") { $0["leases"]?.arrayValue?.isEmpty == true }
         metrics = try await server.metrics()
         #expect(metrics.value("leasehold_releases_total", ["reason": "disconnect"]) == 1)

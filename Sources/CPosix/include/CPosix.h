@@ -4,6 +4,15 @@
 
 // accept4(2) is a GNU extension that Swift's Glibc module does not expose.
 int leasehold_accept4(int fd, struct sockaddr *address, socklen_t *length, int flags);
+
+/// pipe2(2) with O_CLOEXEC (GNU; not in Swift's Glibc module): no window in which another
+/// thread's child inherits the pipe.
+int leasehold_pipe_cloexec(int fds[2]);
+
+#include <spawn.h>
+/// posix_spawn_file_actions_addclosefrom_np (glibc 2.34+): the child keeps no descriptor from
+/// `lowest` up, whatever the parent inherited without O_CLOEXEC.
+int leasehold_spawn_close_from(posix_spawn_file_actions_t *actions, int lowest);
 #endif
 
 #ifndef LEASEHOLD_CPOSIX_GUARD_H
