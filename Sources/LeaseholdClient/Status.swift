@@ -249,16 +249,17 @@ public struct LeaseholdHTTP: Sendable {
     }
 
     public enum AdminAction: String, Sendable, CaseIterable {
-        case free, disable, enable
+        case free, disable, enable, reset
     }
 
-    /// `POST /v1/resources/{name}/{action}`; returns the server's answer.
-    public func admin(_ action: AdminAction, resource: String, reason: String?, token: String?) throws(LeaseholdError) -> String {
+    /// `POST /v1/resources/{name}/{action}`; returns the server's answer. `now`: a free that does
+    /// not wait for the holder to stop (its `revoke_wait`).
+    public func admin(_ action: AdminAction, resource: String, reason: String?, token: String?, now: Bool = false) throws(LeaseholdError) -> String {
         guard let token, !token.isEmpty else { throw .noAdminToken }
-        var body: [UInt8] = []
-        if let reason {
-            body = Array(JSONValue.object([("reason", .string(reason))]).serialized().utf8)
-        }
+        var members: [(String, JSONValue)] = []
+        if let reason { members.append(("reason", .string(reason))) }
+        if now { members.append(("now", .bool(true))) }
+        let body = members.isEmpty ? [] : Array(JSONValue.object(members).serialized().utf8)
         let response = try http.request("POST", "/v1/resources/\(Self.percentEncode(resource))/\(action.rawValue)",
                                         headers: [("Authorization", "Bearer \(token)"), ("Content-Type", "application/json")],
                                         body: body)

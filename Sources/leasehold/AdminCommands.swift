@@ -20,14 +20,16 @@ private let adminDiscussion = """
     79 no token, wrong token, or admin calls disabled on the server.
     """
 
-private func perform(_ action: LeaseholdHTTP.AdminAction, _ resource: String, reason: String?, options: AdminOptions) throws {
+private func perform(_ action: LeaseholdHTTP.AdminAction, _ resource: String, reason: String?, now: Bool = false,
+                     options: AdminOptions) throws {
     let (client, token) = try options.client()
     do {
-        _ = try client.admin(action, resource: resource, reason: reason, token: token)
+        _ = try client.admin(action, resource: resource, reason: reason, token: token, now: now)
     } catch {
         fail(error)
     }
-    let done = ["free": "freed (its lease is revoked)", "disable": "disabled", "enable": "enabled"][action.rawValue] ?? action.rawValue
+    let done = ["free": "freed (its lease is revoked)", "disable": "disabled", "enable": "enabled",
+                "reset": "is being reset (leasehold status shows the outcome)"][action.rawValue] ?? action.rawValue
     writeOut("leasehold: \(resource) \(done)\n")
 }
 
@@ -38,8 +40,20 @@ struct Free: ParsableCommand {
     @OptionGroup var admin: AdminOptions
     @Argument(help: "The resource to free.") var name: String
     @Option(name: .long, help: "Why (shown to the holder and kept in the audit log).") var reason: String
+    @Flag(name: .long, help: "Free at once, even if the holder asked for time to stop its work (revoke_wait).") var now = false
 
-    func run() throws { try perform(.free, name, reason: reason, options: admin) }
+    func run() throws { try perform(.free, name, reason: reason, now: now, options: admin) }
+}
+
+struct Reset: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a resource's reset command now (the inventory's reset; the resource must be free or disabled).",
+        discussion: adminDiscussion)
+
+    @OptionGroup var admin: AdminOptions
+    @Argument(help: "The resource to reset.") var name: String
+
+    func run() throws { try perform(.reset, name, reason: nil, options: admin) }
 }
 
 struct Disable: ParsableCommand {

@@ -426,6 +426,36 @@ final class CLIServer: @unchecked Sendable {
         let (reloaded, reloadOut, reloadError) = try await server.run(["reload"], token: CLIServer.token)
         #expect(reloaded == 0, "\(reloadError)")
         #expect(reloadOut.contains("reloaded"))
+        let (noReset, _, noResetError) = try await server.run(["reset", "array-02"], token: CLIServer.token)
+        #expect(noReset == 1)
+        #expect(noResetError.contains("no reset command"), "\(noResetError)")
+    }
+
+    @Test func resetRunsTheInventorysCommandAndFreeNowDoesNotWait() async throws {
+        let files = ["reset.sh": "#!/bin/sh\necho \"$LEASEHOLD_END_REASON\" >> \"$(dirname \"$0\")/reasons\"\n"]
+        let server = try await CLIServer(files: files)
+        chmod(server.path("reset.sh"), 0o755)
+        let inventory = "types:\n  array: {reset: {command: [\"\(server.path("reset.sh"))\"]}}\nresources:\n  - {name: array-01, type: array}\n"
+        try TestFiles.write(inventory, to: server.path("inventory.yaml"))
+        #expect(try await server.run(["reload"], token: CLIServer.token).0 == 0)
+        let (status, stdout, stderr) = try await server.run(["reset", "array-01"], token: CLIServer.token)
+        #expect(status == 0, "\(stderr)")
+        #expect(stdout.contains("array-01 is being reset"))
+        let deadline = Date().addingTimeInterval(hangGuard)
+        while (try? String(contentsOfFile: server.path("reasons"), encoding: .utf8)) == nil, Date() < deadline {
+            try await Task.sleep(nanoseconds: 20_000_000)
+        }
+        #expect((try? String(contentsOfFile: server.path("reasons"), encoding: .utf8)) == "admin\n")
+        // A holder that asked for time to stop (hold's revoke_wait) is freed at once with --now.
+        let holder = try server.start(["hold", "--name", "array-01", "--grace", "60", "--", "sh", "-c",
+                                       "trap '' TERM; touch \"$1\"; while :; do sleep 0.05; done", "sh", server.path("ready")])
+        #expect(await server.waitFor("ready"))
+        let (freed, _, freeError) = try await server.run(["free", "array-01", "--reason", "urgent", "--now"], token: CLIServer.token)
+        #expect(freed == 0, "\(freeError)")
+        let snapshot = try StatusSnapshot(JSONValue.parse(try await server.run(["status", "--json"]).1))
+        #expect(snapshot.leases.isEmpty, "freed at once")
+        holder.signal(SIGKILL)
+        _ = await holder.finish()
     }
 
     @Test(arguments: [
