@@ -672,3 +672,55 @@ if __name__ == "__main__":
         screenshot(pathlib.Path(sys.argv[2]).resolve())
     else:
         sys.exit(__doc__)
+
+
+def test_a_reset_shows_while_it_runs_its_outcome_and_its_output_and_an_admin_runs_one(browser, tmp_path):
+    go = tmp_path / "go"
+    script = tmp_path / "reset-array"
+    script.write_text(f'#!/bin/sh\necho "cleaning $LEASEHOLD_NAME after $LEASEHOLD_END_REASON"\n'
+                      f'while [ ! -e "{go}" ]; do sleep 0.05; done\necho "LUN 7 still mapped" >&2\nexit 4\n')
+    script.chmod(0o755)
+    inventory = tmp_path / "lab.yaml"
+    inventory.write_text(f'types:\n  array: {{reset: {{command: ["{script}"]}}}}\n'
+                         "resources:\n  - {name: array-01, type: array}\n  - {name: switch-01, type: switch}\n")
+    server = Server(tmp_path, inventory=inventory).start()
+    clients = Leases(server)
+    try:
+        forget_earlier_pages(browser)
+        browser.get(server.url + "/")
+        wait_for(lambda: conn_state(browser) == "live", 10, "the page to go live")
+        ws, _ = clients.take("ci/crashed", [{"name": "array-01"}])
+        ws.socket.close()  # the suite crashed: no release
+        wait_for(lambda: row(browser, "resources", "array-01")["cells"]["state"] == "resetting", 10, "array-01 resetting")
+        assert row(browser, "resources", "array-01")["cells"]["for"] != "", "a running clock"
+        assert "1 resetting" in browser.find_element("id", "summary").text
+
+        go.touch()
+        wait_for(lambda: row(browser, "resources", "array-01")["cells"]["state"] == "disabled", 10, "the failed reset")
+        assert row(browser, "resources", "array-01")["cells"]["why"] == "reset failed: exit 4: LUN 7 still mapped"
+        outcome = browser.find_element("css selector", '#resources tr[data-key="array-01"] button[data-action="output"]')
+        assert outcome.text == "reset failed"
+
+        enter_admin_mode(browser, TOKEN)
+        browser.find_element("css selector", '#resources tr[data-key="array-01"] button[data-action="output"]').click()
+        output = wait_for(lambda: browser.find_elements("id", "reset-output"), 10, "the output dialog")[0]
+        assert "cleaning array-01 after disconnect" in output.text and "LUN 7 still mapped" in output.text
+        browser.find_element("id", "dialog-confirm").click()
+
+        # The admin runs the reset again from the page (it fails again: it stays disabled).
+        assert not browser.find_elements("css selector", '#resources tr[data-key="switch-01"] button[data-action="reset"]')
+        wait_for(lambda: browser.find_elements("css selector", '#resources tr[data-key="array-01"] button[data-action="reset"]'),
+                 10, "a Reset button")[0].click()
+        browser.find_element("id", "dialog-confirm").click()
+        wait_for(lambda: "Started the reset of array-01" in browser.find_element("id", "notice").text, 10, "the notice")
+        with urllib.request.urlopen(urllib.request.Request(
+                server.url + "/v1/resources/array-01/reset", headers={"Authorization": "Bearer " + TOKEN})) as answer:
+            latest = json.load(answer)
+        wait_for(lambda: json.load(urllib.request.urlopen(urllib.request.Request(
+            server.url + "/v1/resources/array-01/reset", headers={"Authorization": "Bearer " + TOKEN})))["reason"] == "admin",
+            10, "the admin's reset")
+        assert latest["resource"] == "array-01"
+        assert severe_console_messages(browser) == []
+    finally:
+        clients.close()
+        server.stop()

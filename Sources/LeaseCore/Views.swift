@@ -27,6 +27,8 @@ public struct ResourceView: Sendable, Equatable {
     /// nil while enabled.
     public var disabled: Disabling?
     public var enabled: Bool { disabled == nil }
+    /// The inventory names a reset for it.
+    public var resettable = false
 }
 
 /// Why a resource is out of service, and since when.
@@ -111,7 +113,7 @@ extension LeaseTable {
         return ResourceView(
             name: x.name, type: x.type, labels: x.labels, attributes: x.attributes, state: state(r),
             lease: owner.map { leases[$0].id }, holder: owner.map { leases[$0].request.holder },
-            epoch: x.epoch, since: x.since, inInventory: x.inInventory, disabled: x.disabled)
+            epoch: x.epoch, since: x.since, inInventory: x.inInventory, disabled: x.disabled, resettable: x.reset != nil)
     }
 
     func names(_ slots: [Int32]) -> [String] {

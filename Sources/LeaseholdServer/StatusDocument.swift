@@ -25,6 +25,8 @@ enum StatusDocument {
                 members.append(("disabled", .object([("reason", .string(disabled.reason)),
                                                      ("since", .string(clock.iso8601(disabled.since)))])))
             }
+            // Beyond PROTOCOL.md (additive): the inventory names a reset for it (the page offers Reset).
+            if resource.resettable { members.append(("resettable", .bool(true))) }
             if let (result, at, detail) = resets[resource.name] {
                 members.append(("reset", .object([("result", .string(result)), ("at", .string(clock.iso8601(at))),
                                                   ("detail", .string(detail))])))

@@ -139,13 +139,13 @@ enum StatusPage {
             html += "<div class=\"card\" data-key=\"\(escape(type))\">"
             html += "<a class=\"card-type\" href=\"\(queryLink("type:" + type))\">\(escape(type))</a>"
             html += "<span class=\"card-free\"><a class=\"n-free\" href=\"\(queryLink("type:\(type) state:free"))\">\(c[.free] ?? 0)</a> free <span class=\"muted\">of <span class=\"n-total\">\(total)</span></span></span>"
-            html += "<span class=\"card-detail\"><span class=\"n-held\">\(c[.held] ?? 0)</span> held · <span class=\"n-reserved\">\(c[.reserved] ?? 0)</span> reserved · <span class=\"n-disabled\">\(c[.disabled] ?? 0)</span> disabled</span>"
+            html += "<span class=\"card-detail\"><span class=\"n-held\">\(c[.held] ?? 0)</span> held · <span class=\"n-reserved\">\(c[.reserved] ?? 0)</span> reserved · <span class=\"n-disabled\">\(c[.disabled] ?? 0)</span> disabled · <span class=\"n-resetting\">\(c[.resetting] ?? 0)</span> resetting</span>"
             html += "</div>\n"
         }
         html += "</div>\n<p id=\"overall\" class=\"overall\">"
         html += "<span class=\"n-resources\">\(snapshot.resources.count)</span> resources: "
         html += "<span class=\"n-free\">\(overall[.free] ?? 0)</span> free, <span class=\"n-held\">\(overall[.held] ?? 0)</span> held, "
-        html += "<span class=\"n-reserved\">\(overall[.reserved] ?? 0)</span> reserved, <span class=\"n-disabled\">\(overall[.disabled] ?? 0)</span> disabled · "
+        html += "<span class=\"n-reserved\">\(overall[.reserved] ?? 0)</span> reserved, <span class=\"n-disabled\">\(overall[.disabled] ?? 0)</span> disabled, <span class=\"n-resetting\">\(overall[.resetting] ?? 0)</span> resetting · "
         html += "<a href=\"#queue-section\">waiting: <span class=\"n-waiting\">\(snapshot.queue.count)</span></a> · "
         html += "<a href=\"#leases-section\">leases: <span class=\"n-leases\">\(snapshot.leases.count)</span></a></p>\n</section>\n"
         return html

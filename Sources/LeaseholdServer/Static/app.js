@@ -9,7 +9,8 @@
 (() => {
   "use strict";
 
-  const STATES = new Set(["free", "held", "reserved", "disabled"]);
+  const STATES = new Set(["free", "held", "reserved", "disabled", "resetting"]);
+  const COUNTED = ["free", "held", "reserved", "disabled", "resetting"];
   const FIELDS = new Set(["name", "type", "state", "holder", "label", "lease"]);
   const TOKEN_KEY = "leasehold.admin-token";
   const BACKOFF_FIRST_MS = 500;
@@ -382,12 +383,23 @@
       changed = put(rec, "type", str(r.type)) || changed;
       const state = STATES.has(r.state) ? r.state : "unknown";
       const why = r.disabled && typeof r.disabled === "object" ? str(r.disabled.reason) : "";
-      if (rec.v.state !== state || rec.v.why !== why) {
+      // The latest reset's outcome (its output on demand, for admins).
+      const reset = r.reset && typeof r.reset === "object" ? r.reset : null;
+      const resetKey = reset ? str(reset.result) + "@" + str(reset.at) : "";
+      if (rec.v.state !== state || rec.v.why !== why || rec.v.reset !== resetKey) {
         rec.v.state = state;
         rec.v.why = why;
+        rec.v.reset = resetKey;
         rec.tr.className = "s-" + state;
         const parts = [el("span", "state state-" + state, state)];
         if (why) parts.push(el("span", "why", why));
+        if (reset && state !== "resetting") {
+          const outcome = el("button", "reset-outcome reset-" + str(reset.result), "reset " + str(reset.result));
+          outcome.type = "button";
+          outcome.dataset.action = "output";
+          outcome.title = (str(reset.detail) || str(reset.result)) + " · " + str(reset.at) + " · admins: click for the output";
+          parts.push(outcome);
+        }
         rec.cells.state.replaceChildren(...parts);
         if (why) rec.cells.state.title = "disabled: " + why;
         else rec.cells.state.removeAttribute("title");
@@ -402,6 +414,7 @@
       setSince(rec, state === "free" || typeof r.since !== "string" ? null : r.since, state);
       // A held resource can be disabled too (its lease runs on): it then offers Enable.
       rec.v.enabled = r.enabled !== false;
+      rec.v.resettable = r.resettable === true;
       if (admin.on && rec.adminFor !== adminKey(rec)) renderAdminCell(rec);
       return changed;
     },
@@ -501,7 +514,7 @@
 
   function cardParts(card) {
     const parts = { card, type: card.querySelector(".card-type") };
-    for (const name of ["free", "total", "held", "reserved", "disabled"]) parts[name] = card.querySelector(".n-" + name);
+    for (const name of [...COUNTED, "total"]) parts[name] = card.querySelector(".n-" + name);
     return parts;
   }
 
@@ -524,19 +537,19 @@
     freeLine.append(free, " free ", of);
     const detail = el("span", "card-detail");
     detail.append(el("span", "n-held", "0"), " held · ", el("span", "n-reserved", "0"), " reserved · ",
-      el("span", "n-disabled", "0"), " disabled");
+      el("span", "n-disabled", "0"), " disabled · ", el("span", "n-resetting", "0"), " resetting");
     card.append(typeLink, freeLine, detail);
     return cardParts(card);
   }
 
   function updateSummary(list, leaseCount, waiting) {
     const counts = new Map();
-    const overall = { free: 0, held: 0, reserved: 0, disabled: 0 };
+    const overall = { free: 0, held: 0, reserved: 0, disabled: 0, resetting: 0 };
     for (const r of list) {
       if (!r || typeof r !== "object") continue;
       const type = str(r.type);
       let c = counts.get(type);
-      if (!c) counts.set(type, (c = { free: 0, held: 0, reserved: 0, disabled: 0, total: 0 }));
+      if (!c) counts.set(type, (c = { free: 0, held: 0, reserved: 0, disabled: 0, resetting: 0, total: 0 }));
       if (STATES.has(r.state)) {
         c[r.state]++;
         overall[r.state]++;
@@ -553,13 +566,13 @@
     for (const [type, c] of counts) {
       let parts = cards.get(type);
       if (!parts) cards.set(type, (parts = newCard(type)));
-      for (const name of ["free", "total", "held", "reserved", "disabled"]) setText(parts[name], String(c[name]));
+      for (const name of [...COUNTED, "total"]) setText(parts[name], String(c[name]));
       parts.card.classList.toggle("none-free", c.free === 0);
       if (parts.card === cursor) cursor = cursor.nextElementSibling;
       else summary.insertBefore(parts.card, cursor);
     }
     const line = $("overall");
-    const total = overall.free + overall.held + overall.reserved + overall.disabled;
+    const total = overall.free + overall.held + overall.reserved + overall.disabled + overall.resetting;
     const values = { resources: total, ...overall, leases: leaseCount, waiting };
     for (const [name, value] of Object.entries(values)) {
       const node = line.querySelector(".n-" + name);
@@ -897,7 +910,7 @@
   }
 
   function adminKey(rec) {
-    return rec.v.state + (rec.v.enabled === false ? "/disabled" : "");
+    return rec.v.state + (rec.v.enabled === false ? "/disabled" : "") + (rec.v.resettable ? "/resettable" : "");
   }
 
   function renderAdminCell(rec) {
@@ -907,6 +920,7 @@
     if (state === "held") buttons.push(actionButton("free", "Force free", "btn-danger"));
     const off = state === "disabled" || rec.v.enabled === false;
     buttons.push(off ? actionButton("enable", "Enable") : actionButton("disable", "Disable"));
+    if (rec.v.resettable && (state === "free" || state === "disabled")) buttons.push(actionButton("reset", "Reset"));
     if (!rec.cells.admin) rec.tr.appendChild((rec.cells.admin = el("td", "c-admin")));
     rec.cells.admin.replaceChildren(...buttons);
   }
@@ -992,7 +1006,7 @@
     if (d.root.open) d.root.close();
     d.options = options;
     d.title.textContent = options.title;
-    d.text.replaceChildren(...(options.text || []).map((line) => el("p", null, line)));
+    d.text.replaceChildren(...(options.text || []).map((line) => (line instanceof Element ? line : el("p", null, line))));
     d.field.hidden = !options.input;
     d.input.value = "";
     if (options.input) {
@@ -1108,7 +1122,7 @@
     }
   }
 
-  const PAST = { free: "Freed", disable: "Disabled", enable: "Enabled" };
+  const PAST = { free: "Freed", disable: "Disabled", enable: "Enabled", reset: "Started the reset of" };
 
   async function perform(name, action, reason) {
     const result = await adminCall(name, action, reason);
@@ -1177,15 +1191,58 @@
     else if (outcome.error) notify(outcome.error, true);
   }
 
+  function confirmReset(name) {
+    openDialog({
+      title: "Reset " + name + "?",
+      text: ["Runs the inventory's reset command for " + name + " now. Nobody is granted it while the reset runs; " +
+        "if the command fails, " + name + " is disabled with the reason."],
+      confirm: "Reset " + name,
+      submit: async () => {
+        const outcome = await perform(name, "reset", "");
+        if (outcome.ok) notify("Started the reset of " + name + ".");
+        return outcome.ok ? null : outcome.error;
+      },
+    });
+  }
+
+  /** The latest reset's output (admins only: it may name credentials). */
+  async function showOutput(name) {
+    let answer;
+    try {
+      const response = await fetch("/v1/resources/" + encodeURIComponent(name) + "/reset", {
+        headers: { Authorization: "Bearer " + admin.token }, cache: "no-store", credentials: "omit", redirect: "error",
+        signal: AbortSignal.timeout(ADMIN_TIMEOUT_MS),
+      });
+      answer = await response.json();
+      if (!response.ok) return notify("The server answered " + response.status + ": " + str(answer && answer.error), true);
+    } catch (_) {
+      return notify("Could not fetch the reset's output from the server.", true);
+    }
+    const output = el("pre", "reset-output", str(answer.output) || "(no output)");
+    output.id = "reset-output";
+    openDialog({
+      title: "Reset of " + name + ": " + str(answer.result),
+      text: [str(answer.detail) + " · " + str(answer.at) + " · after: " + str(answer.reason), output],
+      confirm: "Close",
+      submit: async () => null,
+    });
+  }
+
   resources.tbody.addEventListener("click", (event) => {
     const button = event.target instanceof Element ? event.target.closest("button[data-action]") : null;
-    if (!button || !admin.on) return;
+    if (!button) return;
+    if (!admin.on) {
+      if (button.dataset.action === "output") askToken("The reset's output is for admins: enter the admin token.");
+      return;
+    }
     const name = button.closest("tr")?.dataset.key;
     if (name === undefined) return;
     const action = button.dataset.action;
     if (action === "free") confirmFree(name);
     else if (action === "disable") confirmDisable(name);
     else if (action === "enable") enable(name, button);
+    else if (action === "reset") confirmReset(name);
+    else if (action === "output") showOutput(name);
   });
 
   // ---------------------------------------------------------------- start
