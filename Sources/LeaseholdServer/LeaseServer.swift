@@ -113,6 +113,9 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
             throw StartupError(message: "inventory \(options.inventoryPath): \(error)")
         }
         journal?.record([("event", .string("started")), ("version", .string(leaseholdVersion))])
+        if options.stateDirectory == nil, inventory.resources.contains(where: { $0.reset != nil }) {
+            logger.warning("the inventory names reset commands but there is no --state-dir: a reset that a stop or a crash interrupts is not run again, and its resource comes back free")
+        }
         group = EventLoopGroup(count: max(1, options.loops), label: "leasehold.loop", clock: clock.source)
         var configuration = HTTPServerConfiguration()
         configuration.webSocket.maxMessageSize = options.maxMessageSize
