@@ -71,7 +71,8 @@ let package = Package(
         .testTarget(name: "LeaseProtocolTests", dependencies: ["LeaseProtocol"]),
         .testTarget(
             name: "LeaseholdServerTests",
-            dependencies: ["LeaseholdServer", "LeaseholdClient", "Transport", "HTTPCodec", "LeaseProtocol", "TransportTesting"]
+            dependencies: ["LeaseholdServer", "LeaseholdClient", "Transport", "HTTPCodec", "LeaseProtocol", "TransportTesting",
+                           "LeaseCore", .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(
             name: "LeaseholdClientTests",

@@ -119,6 +119,8 @@ final class FileLeaseStore: LeaseStore, @unchecked Sendable {
     private var writing = false
     private var fileBytes = 0
     private var failing = false
+    /// The file is rewritten once it is larger than this and four times what is live.
+    var compactionFloor = 8 << 20
     private let healthy = Atomic<Bool>(true)
 
     var isHealthy: Bool { healthy.load(ordering: .relaxed) }
@@ -324,7 +326,7 @@ final class FileLeaseStore: LeaseStore, @unchecked Sendable {
         guard !writing, durable < recorded || !waiting.isEmpty else { return }
         writing = true
         let target = recorded
-        let compact = fileBytes > 8 << 20 && fileBytes > 4 * (live.count * 512 + 4096)
+        let compact = fileBytes > compactionFloor && fileBytes > 4 * (live.count * 512 + 4096)
         let batch: [UInt8]
         if compact {
             batch = Self.contents(live.values.sorted { order[$0.id, default: 0] < order[$1.id, default: 0] }, epochs: epochs, disabled: disabled, resetting: resetting)

@@ -1,5 +1,8 @@
+import Dispatch
 import Foundation
+import LeaseCore
 @testable import LeaseholdServer
+import Logging
 import LeaseProtocol
 import Testing
 import TransportTesting
@@ -246,7 +249,7 @@ struct DurableLeaseTests {
             ("types: {switch: {reset_after: 3}}\nresources: []", "line 1: unknown key 'reset_after' in the settings of type 'switch' (a type has max_hold and reset)"),
             ("resources:\n  - {name: a, type: b, max_hold: soon}", "line 2: 'max_hold' of 'a' must be a positive number of seconds (at most 10^9)"),
         ] {
-            #expect(throws: InventoryError.self) { _ = try InventoryFile.parse(text) }
+            #expect(throws: LeaseholdServer.InventoryError.self) { _ = try InventoryFile.parse(text) }
             do { _ = try InventoryFile.parse(text) } catch { #expect(error.description == problem) }
         }
         let entries = try InventoryFile.parse("types: {switch: {max_hold: 28_800}}\nresources:\n  - {name: a, type: switch, max_hold: 30000}\n  - {name: b, type: switch, max_hold: 60}")
@@ -267,6 +270,47 @@ struct DurableLeaseTests {
         #expect(switch01["disabled"]?["reason"] == .string("broken fan"))
         #expect(try await second.resource("switch-02")["state"] == .string("free"))
         await second.stop()
+    }
+
+    @Test func theStateFileIsCompactedAsItGrowsAndLoadsTheSameState() async throws {
+        let directory = stateDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let queue = DispatchQueue(label: "test.store")
+        let store = try FileLeaseStore(directory: directory, queue: queue, logger: Logger(label: "test"))
+        store.compactionFloor = 16 << 10
+        _ = try store.load()
+        @Sendable func lease(_ n: UInt64) -> KeptLease {
+            KeptLease(id: LeaseID(n), tokenHash: "h\(n)", holder: "ci/\(n)", peer: "10.0.0.1:\(n)", peerHost: "10.0.0.1",
+                      want: [.name("r\(n % 10)")], meta: [("job", "\(n)")], arrivedAt: Int64(n), grace: 5)
+        }
+        let fileBytes = { (try? FileManager.default.attributesOfItem(atPath: directory + "/" + FileLeaseStore.fileName)[.size] as? Int) ?? 0 }
+        var largest = 0
+        // 3,000 leases come and go; the last 10 stay, one orphaned, one revoking, one disabled name.
+        for n in UInt64(1)...3000 {
+            await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+                queue.async {
+                    store.recordArrival(lease(n))
+                    store.recordGrant(LeaseID(n), KeptLease.Grant(
+                        resources: [.init(name: "r\(n % 10)", type: "t", labels: [:], attributes: .emptyObject, epoch: n)], at: Int64(n)))
+                    if n <= 2990 { store.recordEnd(LeaseID(n)) }
+                    if n == 2995 { store.recordOrphan(LeaseID(n), until: 99) }
+                    if n == 2996 { store.recordRevoking(LeaseID(n)) }
+                    if n == 2997 { store.recordDisabled("r3", KeptState.Disabled(reason: "broken", since: 7)) }
+                    store.whenDurable { done.resume() }
+                }
+            }
+            largest = max(largest, fileBytes())
+        }
+        #expect(largest < 20 * 16 << 10, "the file was compacted as it grew (largest \(largest) bytes)")
+        let again = try FileLeaseStore(directory: directory, queue: DispatchQueue(label: "test.store2"), logger: Logger(label: "test"))
+        let kept = try again.load()
+        #expect(kept.leases.map(\.id.raw) == Array(2991...3000))
+        #expect(kept.leases.first { $0.id.raw == 2995 }?.orphanUntil == 99)
+        #expect(kept.leases.first { $0.id.raw == 2996 }?.revoking == true)
+        #expect(kept.leases.first { $0.id.raw == 3000 }?.grant?.resources.first?.epoch == 3000)
+        #expect(kept.leases.first { $0.id.raw == 2991 }?.meta.first?.1 == "2991")
+        #expect(kept.disabled["r3"]?.reason == "broken")
+        #expect(kept.epochs["r0"] == 3000 && kept.epochs["r1"] == 2991)
     }
 
     @Test func anOlderReleasesEpochFileInTheStateDirectoryIsRead() async throws {
