@@ -341,8 +341,10 @@ def test_random_crashes_during_churn_never_double_grant_nor_repeat_an_epoch(tmp_
             for name, epoch in epochs_before.items():
                 assert by_name[name]["epoch"] >= epoch, f"{name}'s epoch went back from {epoch}"
             # Nobody will resume them: free them (one resource frees its whole lease) for the churn to go on.
+            # (Only the restored ones: churn clients that reconnected at once hold and release their own.)
             for lease in status["leases"]:
-                assert server.free(lease["resources"][0], reason="test", now=True) == 200
+                if lease["state"] == "orphaned":
+                    assert server.free(lease["resources"][0], reason="test", now=True) == 200
         assert not problems, problems
         assert checked > 0, "no kill came while a client held a lease"
     finally:
