@@ -53,6 +53,10 @@ final class LeaseService: @unchecked Sendable {
         var queueWasFull = false
         /// Set once revoked while its client stops (`revoke_wait`).
         var revokeReason: String?
+        /// What it was granted (for the journal's end line and per-type metrics).
+        var granted: [(name: String, type: String)] = []
+        /// The admin's address that revoked it (nil: not revoked, or the server did: `max_hold`).
+        var revokedBy: String?
     }
 
     /// Server settings for the lease lifecycle.
@@ -297,7 +301,9 @@ final class LeaseService: @unchecked Sendable {
                 // Revoked and waiting for its client to stop: the restart ended that connection.
                 store?.recordEnd(lease.id)
                 journal?.record([("event", .string("released")), ("lease", .string(Self.format(lease.id))),
-                                 ("holder", .string(lease.holder)), ("reason", .string("revoked"))])
+                                 ("holder", .string(lease.holder)), ("reason", .string("revoked")),
+                                 ("resources", .array((lease.grant?.resources ?? []).map { .object([("name", .string($0.name)), ("type", .string($0.type))]) })),
+                                 ("held_seconds", .double(lease.grant.map { Self.seconds(now.duration(since: clock.tick(wallNanoseconds: $0.at))) } ?? 0))])
                 continue
             }
             let grace = lease.grace.map(Self.duration) ?? .zero
@@ -314,7 +320,8 @@ final class LeaseService: @unchecked Sendable {
                                           deadline: lease.waitUntil.map(clock.tick(wallNanoseconds:)), grant: grant, orphanUntil: until))
             leases[lease.id] = LeaseEntry(session: nil, loop: nil, peer: lease.peer, peerHost: lease.peerHost, tokenName: lease.tokenName,
                                           meta: lease.meta, token: nil, tokenHash: lease.tokenHash,
-                                          grace: lease.grace.flatMap { $0 > 0 ? Self.duration($0) : nil })
+                                          grace: lease.grace.flatMap { $0 > 0 ? Self.duration($0) : nil },
+                                          granted: (lease.grant?.resources ?? []).map { ($0.name, $0.type) })
             store?.recordOrphan(lease.id, until: clock.wallNanoseconds(until))
         }
         let refused = table.restore(restored, now: now, into: &effects)
@@ -343,7 +350,8 @@ final class LeaseService: @unchecked Sendable {
 
     enum AdminAction { case free(reason: String, now: Bool), disable(reason: String), enable }
 
-    func admin(_ action: AdminAction, resource: String, completion: @escaping @Sendable (AdminResult) -> Void) {
+    /// `by`: the admin's address (journalled as the `by` of the revocation a `free` causes).
+    func admin(_ action: AdminAction, resource: String, by: String = "", completion: @escaping @Sendable (AdminResult) -> Void) {
         queue.async { [self] in
             let now = clock.now()
             let result: AdminResult
@@ -351,6 +359,12 @@ final class LeaseService: @unchecked Sendable {
             switch action {
             case .free(let reason, let immediately):
                 (result, effects) = table.revoke(resource: resource, reason: reason, now: now, immediately: immediately)
+                for effect in effects {
+                    switch effect {
+                    case .revoking(let id, _, _), .revoked(let id, _, _): leases[id]?.revokedBy = by
+                    default: break
+                    }
+                }
             case .disable(let reason):
                 (result, effects) = table.disable(resource: resource, reason: reason, now: now)
                 if result == .ok, let disabled = table.resource(named: resource)?.disabled {
@@ -423,8 +437,9 @@ final class LeaseService: @unchecked Sendable {
                 if entry.queued {
                     entry.queued = false
                     countWaiting(entry, -1)
-                    leases[id] = entry
                 }
+                entry.granted = granted.map { ($0.name, $0.type) }
+                leases[id] = entry
                 guard let facts = table.facts(of: id) else { continue }
                 let unsaved = reserveEpochs(granted, for: id, entry, holder: facts.holder)
                 if !unsaved.isEmpty {
@@ -442,7 +457,7 @@ final class LeaseService: @unchecked Sendable {
                     ]
                     if let token = entry.tokenName { line.append(("token", .string(token))) }
                     line += [
-                        ("resources", .array(granted.map { .object([("name", .string($0.name)), ("epoch", .int(Int64(clamping: $0.epoch)))]) })),
+                        ("resources", .array(granted.map { .object([("name", .string($0.name)), ("type", .string($0.type)), ("epoch", .int(Int64(clamping: $0.epoch)))]) })),
                         ("meta", .object(entry.meta.map { ($0.0, .string($0.1)) })),
                         ("waited_seconds", .double(Self.seconds(now.duration(since: facts.arrivedAt)))),
                     ]
@@ -587,6 +602,10 @@ final class LeaseService: @unchecked Sendable {
             leaseLogger(id, entry, holder: facts.holder).log(level: level, message, metadata: metadata)
         }
         var line: [(String, JSONValue)] = [("lease", .string(Self.format(id))), ("holder", .string(facts.holder))]
+        if facts.grantedAt != nil {
+            line += [("peer", .string(entry.peer)),
+                     ("resources", .array(entry.granted.map { .object([("name", .string($0.name)), ("type", .string($0.type))]) }))]
+        }
         let held = ("held_seconds", JSONValue.double(Self.seconds(now.duration(since: facts.grantedAt ?? now))))
         let waited = ("waited_seconds", JSONValue.double(Self.seconds(now.duration(since: facts.arrivedAt))))
         switch ending {
@@ -605,7 +624,7 @@ final class LeaseService: @unchecked Sendable {
             metrics.revokes += 1
             metrics.releases[.revoked, default: 0] += 1
             log(.notice, "revoked", ["reason": .string(reason)])
-            line = [("event", .string("revoked"))] + line + [("reason", .string(reason)), held]
+            line = [("event", .string("revoked"))] + line + [("reason", .string(reason)), ("by", .string(entry.revokedBy ?? "server")), held]
         case .failed(let why):
             let (code, message): (String, String)
             switch why {

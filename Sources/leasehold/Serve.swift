@@ -76,8 +76,17 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "File keeping fencing epochs growing across restarts (created if missing). Without it, epochs start at 0 on every start.")
     var epochFile: String?
 
-    @Option(name: .long, help: "Audit journal: JSON lines for every grant (with meta), lease end and admin action, appended to FILE.")
+    @Option(name: .long, help: "Audit journal: JSON lines for every grant (with meta), lease end and admin action, appended to FILE (with --state-dir the default is DIR/audit.jsonl). GET /v1/history and /v1/usage read it.")
     var auditFile: String?
+
+    @Option(name: .long, help: ArgumentHelp("Rotate the audit journal once it would grow past this many bytes (0: never).", valueName: "bytes"))
+    var auditMaxBytes: Int64 = 256 << 20
+
+    @Option(name: .long, help: "Rotated audit journal files kept (FILE.1 … FILE.N); history spans them.")
+    var auditKeep: Int = 4
+
+    @Flag(name: .long, help: "No audit journal even with --state-dir.")
+    var noAudit = false
 
     @Option(name: .long, help: ArgumentHelp("Directory where leases, waiters and fencing epochs outlive the process (created if missing): a stop by SIGTERM closes connections with 1012 and the next start restores every lease for its client to resume; a crash restores them too. Without it, a stop ends every lease.", valueName: "dir"))
     var stateDir: String?
@@ -114,6 +123,9 @@ struct Serve: ParsableCommand {
             throw ValidationError("--max-message-size must be \(Self.maxMessageSizeRange.lowerBound)-\(Self.maxMessageSizeRange.upperBound) bytes")
         }
         guard (1...64).contains(loops) else { throw ValidationError("--loops must be 1-64") }
+        guard auditMaxBytes == 0 || auditMaxBytes >= 4096 else { throw ValidationError("--audit-max-bytes must be 0 (never rotate) or at least 4096") }
+        guard (0...1000).contains(auditKeep) else { throw ValidationError("--audit-keep must be 0-1000") }
+        guard !(noAudit && auditFile != nil) else { throw ValidationError("--no-audit and --audit-file contradict each other") }
         guard (1...10_000).contains(maxPingsPerSecond) else {
             throw ValidationError("--max-pings-per-second must be 1-10000 (got \(maxPingsPerSecond))")
         }
@@ -195,6 +207,9 @@ struct Serve: ParsableCommand {
         options.loops = loops
         options.epochFile = epochFile
         options.auditFile = auditFile
+        options.auditMaxBytes = auditMaxBytes
+        options.auditKeep = auditKeep
+        options.auditDisabled = noAudit
         options.stateDirectory = stateDir
         options.resumeGrace = .milliseconds(Int64(resumeGrace * 1000))
         options.maxGrace = maxGrace
