@@ -252,23 +252,11 @@ enum History {
         var ended = Set<String>()
         var lastTime: Int64 = query.since
 
-        func hold(_ resources: [String], from start: Int64, to end: Int64, lease counted: Bool) {
-            let overlap = min(end, query.until) - max(start, query.since)
-            for name in resources {
-                let key = query.by == .resource ? name : (typeOf[name] ?? "?")
-                if overlap > 0 { rows[key, default: Row()].heldMilliseconds += overlap }
-            }
-        }
         func key(_ name: String) -> String { query.by == .resource ? name : (typeOf[name] ?? "?") }
-        func names(_ line: JSONValue) -> [String] {
-            guard case .array(let items)? = line["resources"] else { return [] }
-            var names: [String] = []
-            for item in items {
-                guard let name = item.stringValue ?? item["name"]?.stringValue else { continue }
-                names.append(name)
-                if typeOf[name] == nil, let type = item["type"]?.stringValue { typeOf[name] = type }
-            }
-            return names
+        func hold(_ resources: [String], from start: Int64, to end: Int64) {
+            let overlap = min(end, query.until) - max(start, query.since)
+            guard overlap > 0 else { return }
+            for name in resources { rows[key(name), default: Row()].heldMilliseconds += overlap }
         }
 
         reader.forward(fromMilliseconds: query.since) { line in
@@ -278,30 +266,36 @@ enum History {
             case "granted", "released", "revoked", "expired", "started", "reset": break
             default: return true
             }
-            guard let parsed = try? JSONValue.parse(Array(line), maxDepth: 8) else { return true }
+            guard let fields = UsageFields(line) else { return true }
             defer { lastTime = max(lastTime, time) }
+            func names() -> [String] {
+                fields.resources.map { resource in
+                    if typeOf[resource.name] == nil, let type = resource.type { typeOf[resource.name] = type }
+                    return resource.name
+                }
+            }
             switch event {
             case "granted":
-                guard let lease = parsed["lease"]?.stringValue else { return true }
-                let resources = names(parsed)
+                guard let lease = fields.lease else { return true }
+                let resources = names()
                 open[lease] = (time, resources)
                 if time >= query.since, time < query.until {
                     var seen = Set<String>()
                     for name in resources where seen.insert(key(name)).inserted {
                         rows[key(name), default: Row()].leases += 1
-                        if let waited = parsed["waited_seconds"]?.numberValue { rows[key(name), default: Row()].waits.append(waited) }
+                        if let waited = fields.waited { rows[key(name), default: Row()].waits.append(waited) }
                     }
                 }
             case "released", "revoked", "expired":
-                guard let lease = parsed["lease"]?.stringValue, let heldSeconds = parsed["held_seconds"]?.numberValue else { return true }
-                // An `expired` waiter carries `waited_seconds` instead, and a waiter's end no `held_seconds`.
-                var resources = names(parsed)
+                // A waiter's end carries `waited_seconds`, no `held_seconds`.
+                guard let lease = fields.lease, let heldSeconds = fields.held else { return true }
+                var resources = names()
                 let opened = open.removeValue(forKey: lease)
                 if resources.isEmpty { resources = opened?.resources ?? [] }
                 ended.insert(lease)
                 let start = opened?.at ?? time - Int64((heldSeconds * 1000).rounded())
-                hold(resources, from: start, to: time, lease: true)
-                let reason = event == "released" ? parsed["reason"]?.stringValue ?? "" : String(event)
+                hold(resources, from: start, to: time)
+                let reason = event == "released" ? fields.reason ?? "" : String(event)
                 if time >= query.since, time < query.until, Self.abnormalReasons.contains(reason) {
                     var seen = Set<String>()
                     for name in resources where seen.insert(key(name)).inserted { rows[key(name), default: Row()].abnormalEnds += 1 }
@@ -309,13 +303,12 @@ enum History {
             case "started":
                 // A server that kept no state lost its leases with the previous process; their
                 // hold ended (at the latest) when that process last wrote.
-                if parsed["state"] == .bool(false) {
-                    for (_, lease) in open { hold(lease.resources, from: lease.at, to: lastTime, lease: true) }
+                if fields.state == false {
+                    for (_, lease) in open { hold(lease.resources, from: lease.at, to: lastTime) }
                     open = [:]
                 }
             case "reset":
-                if time >= query.since, time < query.until, parsed["result"]?.stringValue == "failed",
-                   let name = parsed["resource"]?.stringValue {
+                if time >= query.since, time < query.until, fields.result == "failed", let name = fields.resource {
                     rows[key(name), default: Row()].failedResets += 1
                 }
             default:
@@ -326,11 +319,11 @@ enum History {
         // Held now: from the table (those granted before the journal's window too).
         for lease in current where !ended.contains(lease.id) {
             open.removeValue(forKey: lease.id)
-            hold(lease.resources, from: lease.grantedAt, to: now, lease: true)
+            hold(lease.resources, from: lease.grantedAt, to: now)
         }
         // Granted in the journal but neither ended there nor held now (a line lost to a crash):
         // counted up to the journal's last line.
-        for (_, lease) in open { hold(lease.resources, from: lease.at, to: lastTime, lease: true) }
+        for (_, lease) in open { hold(lease.resources, from: lease.at, to: lastTime) }
 
         var sizes: [String: Int] = [:]
         var order: [String] = []

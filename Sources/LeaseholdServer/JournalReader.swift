@@ -235,11 +235,13 @@ struct JournalReader: ~Copyable {
     /// The time a journal line starts with (`{"time":"2026-12-07T15:31:52.250Z",…`), in Unix
     /// milliseconds, without parsing the rest.
     static func lineTime(_ line: UnsafeRawBufferPointer) -> Int64? {
-        let prefix = Array(#"{"time":""#.utf8)
-        guard line.count > prefix.count + 20, line.prefix(prefix.count).elementsEqual(prefix) else { return nil }
-        let rest = line[prefix.count...]
-        guard let close = rest.firstIndex(of: UInt8(ascii: "\"")) else { return nil }
-        return RFC3339.parse(String(decoding: line[prefix.count..<close], as: UTF8.self))
+        let prefix: StaticString = #"{"time":""#
+        let length = prefix.utf8CodeUnitCount
+        guard line.count > length + 20,
+              line.prefix(length).elementsEqual(UnsafeRawBufferPointer(start: prefix.utf8Start, count: length)) else { return nil }
+        let rest = UnsafeRawBufferPointer(rebasing: line[length...])
+        guard let close = rest.prefix(40).firstIndex(of: UInt8(ascii: "\"")) else { return nil }
+        return RFC3339.parse(bytes: UnsafeRawBufferPointer(rebasing: rest[0..<close]))
     }
 
     /// The event name that follows the time (`,"event":"granted"`), without parsing the rest.
@@ -256,7 +258,11 @@ struct JournalReader: ~Copyable {
 /// RFC 3339 timestamps (`2026-12-07T15:31:52Z`, `…52.250+01:00`) ↔ Unix milliseconds.
 enum RFC3339 {
     static func parse(_ text: String) -> Int64? {
-        let bytes = Array(text.utf8)
+        var text = text
+        return text.withUTF8 { parse(bytes: UnsafeRawBufferPointer($0)) }
+    }
+
+    static func parse(bytes: UnsafeRawBufferPointer) -> Int64? {
         guard bytes.count >= 20, bytes.count <= 40 else { return nil }
         func number(_ from: Int, _ count: Int) -> Int64? {
             guard from + count <= bytes.count else { return nil }

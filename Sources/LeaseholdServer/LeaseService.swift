@@ -465,7 +465,7 @@ final class LeaseService: @unchecked Sendable {
                     journal.record(line)
                 }
                 metrics.grants += 1
-                metrics.grantWait.observe(Self.seconds(now.duration(since: facts.arrivedAt)))
+                metrics.byType.granted(types: granted.map(\.type), wait: Self.seconds(now.duration(since: facts.arrivedAt)))
                 if logger.logLevel <= .info { leaseLogger(id, entry, holder: facts.holder).info("granted", metadata: [
                     "resources": .string(granted.map { "\($0.name)#\($0.epoch)" }.joined(separator: ",")),
                 ]) }
@@ -607,6 +607,13 @@ final class LeaseService: @unchecked Sendable {
                      ("resources", .array(entry.granted.map { .object([("name", .string($0.name)), ("type", .string($0.type))]) }))]
         }
         let held = ("held_seconds", JSONValue.double(Self.seconds(now.duration(since: facts.grantedAt ?? now))))
+        if let grantedAt = facts.grantedAt {
+            metrics.byType.ended(types: entry.granted.map(\.type), seconds: Self.seconds(now.duration(since: grantedAt)))
+        } else if case .released(let reason) = ending {
+            metrics.byType.queueDepartures[reason.rawValue, default: 0] += 1
+        } else if case .failed(.waitTimeout) = ending {
+            metrics.byType.waitTimeouts += 1
+        }
         let waited = ("waited_seconds", JSONValue.double(Self.seconds(now.duration(since: facts.arrivedAt))))
         switch ending {
         case .released(.expired):
@@ -690,6 +697,7 @@ final class LeaseService: @unchecked Sendable {
             counts[Metrics.ResourceCountKey(type: count.type, state: count.state.rawValue)] = count.count
         }
         metrics.resourceCounts = counts
+        metrics.byType.readQueue(table.snapshot(), now: clock.now())
         return metrics.render(connections: connections)
     }
 

@@ -147,6 +147,30 @@ import TransportTesting
         #expect(usageProblem("by=type") == nil)
     }
 
+    @Test func usageReadsTheFieldsItNeedsWithOrWithoutEscapesAndIgnoresLookalikesInMeta() {
+        func fields(_ line: JSONValue) -> History.UsageFields? {
+            let bytes = line.serializedBytes()
+            return bytes.withUnsafeBytes { History.UsageFields($0) }
+        }
+        for holder in ["plain", "quote\"d\\and\nnewline"] {
+            let line = JSONValue.object([
+                ("time", .string("2026-12-01T10:00:00.000Z")), ("event", .string("released")), ("lease", .string("L7")),
+                ("holder", .string(holder)), ("meta", .object([("lease", .string("L-fake")), ("held_seconds", .int(99))])),
+                ("resources", .array([.object([("name", .string("array-01")), ("type", .string("array"))]), .string("sw]{\"-1")])),
+                ("reason", .string("disconnect")), ("held_seconds", .double(12.5)), ("state", .bool(false)),
+            ])
+            let parsed = fields(line)
+            #expect(parsed?.lease == "L7", "\(holder)")
+            #expect(parsed?.held == 12.5)
+            #expect(parsed?.reason == "disconnect")
+            #expect(parsed?.state == false)
+            #expect(parsed?.resources.map(\.name) == ["array-01", "sw]{\"-1"])
+            #expect(parsed?.resources.first?.type == "array")
+        }
+        let broken = Array(#"{"time":"2026-12-01T10:00:00.000Z","event":"granted","lease":"L1","resources":[{"name":"a""#.utf8)
+        #expect(broken.withUnsafeBytes { History.UsageFields($0) } == nil)
+    }
+
     @Test func percentilesAreNearestRank() {
         #expect(History.percentile([], 0.5) == nil)
         #expect(History.percentile([3], 0.95) == 3)
