@@ -253,6 +253,12 @@ enum History {
         var lastTime: Int64 = query.since
 
         func key(_ name: String) -> String { query.by == .resource ? name : (typeOf[name] ?? "?") }
+        /// The rows a lease of these resources counts in, once each.
+        func distinctKeys(_ resources: [String]) -> [String] {
+            if resources.count == 1 { return [key(resources[0])] }
+            var seen = Set<String>()
+            return resources.map(key).filter { seen.insert($0).inserted }
+        }
         func hold(_ resources: [String], from start: Int64, to end: Int64) {
             let overlap = min(end, query.until) - max(start, query.since)
             guard overlap > 0 else { return }
@@ -280,10 +286,9 @@ enum History {
                 let resources = names()
                 open[lease] = (time, resources)
                 if time >= query.since, time < query.until {
-                    var seen = Set<String>()
-                    for name in resources where seen.insert(key(name)).inserted {
-                        rows[key(name), default: Row()].leases += 1
-                        if let waited = fields.waited { rows[key(name), default: Row()].waits.append(waited) }
+                    for rowKey in distinctKeys(resources) {
+                        rows[rowKey, default: Row()].leases += 1
+                        if let waited = fields.waited { rows[rowKey, default: Row()].waits.append(waited) }
                     }
                 }
             case "released", "revoked", "expired":
@@ -297,8 +302,7 @@ enum History {
                 hold(resources, from: start, to: time)
                 let reason = event == "released" ? fields.reason ?? "" : String(event)
                 if time >= query.since, time < query.until, Self.abnormalReasons.contains(reason) {
-                    var seen = Set<String>()
-                    for name in resources where seen.insert(key(name)).inserted { rows[key(name), default: Row()].abnormalEnds += 1 }
+                    for rowKey in distinctKeys(resources) { rows[rowKey, default: Row()].abnormalEnds += 1 }
                 }
             case "started":
                 // A server that kept no state lost its leases with the previous process; their

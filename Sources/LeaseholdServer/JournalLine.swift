@@ -104,8 +104,8 @@ struct JournalLine {
 
     func equals(_ range: Range<Int>, _ text: StaticString) -> Bool {
         guard range.count == text.utf8CodeUnitCount else { return false }
-        let expected = UnsafeRawBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount)
-        return bytes[range].elementsEqual(expected)
+        guard let base = bytes.baseAddress else { return false }
+        return memcmp(base + range.lowerBound, text.utf8Start, range.count) == 0
     }
 
     /// The string at `range` (with its quotes), or nil for another kind of value.
