@@ -106,7 +106,13 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
+    @Option(name: .long, help: "Log lines as text (TIME LEVEL message key=value…) or json (one object per line). Either way lease.id, lease.holder and connection.peer are fields of their own, and control characters in a value are escaped.")
+    var logFormat: String = "text"
+
     func validate() throws {
+        guard LeaseholdLogHandler.Format(rawValue: logFormat) != nil else {
+            throw ValidationError("--log-format must be text or json (got '\(logFormat)')")
+        }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
         }
@@ -170,8 +176,9 @@ struct Serve: ParsableCommand {
 
     private func start() throws {
         let level = Logger.Level(rawValue: logLevel) ?? .info
+        let format = LeaseholdLogHandler.Format(rawValue: logFormat) ?? .text
         LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
+            var handler = LeaseholdLogHandler(label: label, format: format)
             handler.logLevel = level
             return handler
         }
