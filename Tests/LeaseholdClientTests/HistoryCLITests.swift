@@ -39,6 +39,19 @@ import Testing
         #expect(badBy == 64)
     }
 
+    @Test func holdInCIFillsMetaFromTheCIsVariablesAndNamesTheJob() async throws {
+        let server = try await CLIServer(serveArguments: ["--audit-file", "@audit.jsonl"])
+        let (held, _, stderr) = try await server.run(["hold", "--name", "switch-01", "--meta", "commit=override", "--", "true"],
+                                                     environment: CIIdentityTests.gitlab)
+        #expect(held == 0, "\(stderr)")
+        let (_, json, _) = try await server.run(["history", "--resource", "switch-01", "--json"])
+        let granted = try #require(try json.split(separator: "\n").map { try JSONValue.parse(String($0)) }.first { $0["event"] == .string("granted") })
+        #expect(granted["holder"] == .string("gitlab/lab/tests/nightly#1234 true"))
+        #expect(granted["meta"]?["job"] == .string("https://gitlab.example/lab/tests/-/jobs/1234"))
+        #expect(granted["meta"]?["commit"] == .string("override"))
+        #expect(granted["meta"]?["ci"] == .string("gitlab"))
+    }
+
     @Test func withoutAJournalTheCommandsSayHowToKeepOne() async throws {
         let server = try await CLIServer()
         let (status, _, stderr) = try await server.run(["history"])
