@@ -16,11 +16,16 @@ struct JournalReader: ~Copyable {
     }
 
     let files: [JournalFile]
-    static let chunkSize = 1 << 20
+    /// Bytes read at a time (small in tests, to put line boundaries everywhere).
+    let chunkSize: Int
     /// Lines longer than this are skipped (a lease of thousands of resources writes long lines).
-    static let maxLineBytes = 64 << 20
+    let maxLineBytes: Int
 
-    init(files: [JournalFile]) { self.files = files }
+    init(files: [JournalFile], chunkSize: Int = 1 << 20, maxLineBytes: Int = 64 << 20) {
+        self.files = files
+        self.chunkSize = chunkSize
+        self.maxLineBytes = maxLineBytes
+    }
 
     deinit { for file in files { close(file.fd) } }
 
@@ -64,24 +69,37 @@ struct JournalReader: ~Copyable {
             guard let index = files.firstIndex(where: { $0.inode == before.inode }) else { return }
             fileIndex = index
         }
-        var buffer = [UInt8](repeating: 0, count: Self.chunkSize)
+        var buffer = [UInt8](repeating: 0, count: chunkSize)
         while fileIndex < files.count {
             let file = files[fileIndex]
             var end = completeLength(file)
             if let before, before.inode == file.inode { end = min(end, before.offset) }
-            var chunk = Self.chunkSize
+            var chunk = chunkSize
             while end > 0 {
                 let start = max(0, end - Int64(chunk))
                 let count = Int(end - start)
                 guard read(file, at: start, count: count, into: &buffer) else { return }
-                // Lines that start in this chunk: after its first newline (or from 0 at the file's start).
+                // Lines that start in this chunk: after its first newline (or from 0 at the file's
+                // start). The chunk's last byte ends the last line: a newline before it is needed.
                 var first = 0
                 if start > 0 {
-                    guard let newline = buffer[0..<count].firstIndex(of: UInt8(ascii: "\n")) else {
-                        if chunk >= Self.maxLineBytes {
-                            // A line too long to hold: skip it whole.
-                            end = start
-                            chunk = Self.chunkSize
+                    guard let newline = buffer[0..<(count - 1)].firstIndex(of: UInt8(ascii: "\n")) else {
+                        if chunk >= maxLineBytes {
+                            // A line too long to hold: skip it whole, back to the newline before it.
+                            var probe = start
+                            var lineStart: Int64 = 0
+                            while probe > 0 {
+                                let from = max(0, probe - Int64(chunkSize))
+                                let part = Int(probe - from)
+                                guard read(file, at: from, count: part, into: &buffer) else { return }
+                                if let newline = buffer[0..<part].lastIndex(of: UInt8(ascii: "\n")) {
+                                    lineStart = from + Int64(newline) + 1
+                                    break
+                                }
+                                probe = from
+                            }
+                            end = lineStart
+                            chunk = chunkSize
                         } else {
                             chunk *= 4
                         }
@@ -89,7 +107,7 @@ struct JournalReader: ~Copyable {
                     }
                     first = newline + 1
                 }
-                chunk = Self.chunkSize
+                chunk = chunkSize
                 var keepGoing = true
                 let stop: Bool = buffer.withUnsafeBytes { raw in
                     let region = UnsafeRawBufferPointer(rebasing: raw[first..<count])
@@ -116,7 +134,7 @@ struct JournalReader: ~Copyable {
     /// found by bisection), until `body` returns false.
     func forward(fromMilliseconds from: Int64?, _ body: (UnsafeRawBufferPointer) -> Bool) {
         // Oldest file first; skip files whose last line is older than `from`.
-        var buffer = [UInt8](repeating: 0, count: Self.chunkSize)
+        var buffer = [UInt8](repeating: 0, count: chunkSize)
         for file in files.reversed() {
             let length = completeLength(file)
             var start: Int64 = 0
@@ -124,28 +142,28 @@ struct JournalReader: ~Copyable {
                 if let last = lastLineTime(file, length: length), last < from { continue }
                 start = bisect(file, length: length, for: from)
             }
-            var chunk = Self.chunkSize
+            var chunk = chunkSize
             while start < length {
                 let count = Int(min(Int64(chunk), length - start))
                 guard read(file, at: start, count: count, into: &buffer) else { return }
                 guard let lastNewline = buffer[0..<count].lastIndex(of: UInt8(ascii: "\n")) else {
-                    if chunk >= Self.maxLineBytes {
+                    if chunk >= maxLineBytes {
                         // Skip the over-long line: up to its newline.
                         var skip = start + Int64(count)
                         while skip < length {
-                            let part = Int(min(Int64(Self.chunkSize), length - skip))
+                            let part = Int(min(Int64(chunkSize), length - skip))
                             guard read(file, at: skip, count: part, into: &buffer) else { return }
                             if let newline = buffer[0..<part].firstIndex(of: UInt8(ascii: "\n")) { skip += Int64(newline) + 1; break }
                             skip += Int64(part)
                         }
                         start = skip
-                        chunk = Self.chunkSize
+                        chunk = chunkSize
                     } else {
                         chunk *= 4
                     }
                     continue
                 }
-                chunk = Self.chunkSize
+                chunk = chunkSize
                 let keepGoing: Bool = buffer.withUnsafeBytes { raw in
                     var lineStart = 0
                     let region = UnsafeRawBufferPointer(rebasing: raw[0...lastNewline])

@@ -111,6 +111,42 @@ import TransportTesting
         #expect(History.history(byType, reader: reader).events.isEmpty)
     }
 
+    @Test(arguments: [1, 2, 3])
+    func readingWithTinyChunksFindsEveryWholeLineInBothDirectionsAndSkipsOverlongOnes(_ seed: UInt64) throws {
+        let path = temporaryPath("audit")
+        defer { removeJournal(path) }
+        var random = SplitMix(seed: seed)
+        var text = ""
+        var kept: [String] = []
+        for index in 0..<400 {
+            let long = random.next() % 23 == 0
+            let padding = (index % 5 == 0 ? "needle" : "") + String(repeating: "x", count: long ? 5000 : Int(random.next() % 150))
+            let line = #"{"time":"2026-12-01T10:00:00.000Z","event":"e","n":\#(index),"p":"\#(padding)"}"#
+            text += line + "\n"
+            if !long { kept.append(line) }
+        }
+        text += #"{"time":"2026-12-01T10:00:00.000Z","event":"torn"#
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        for chunk in [37, 64, 256] {
+            let reader = JournalReader(files: JournalFile.openAll(path: path, keep: 0), chunkSize: chunk, maxLineBytes: 1024)
+            var backward: [String] = []
+            reader.backward { line, _ in backward.append(String(decoding: line, as: UTF8.self)); return true }
+            #expect(backward == kept.reversed(), "chunk \(chunk)")
+            var forward: [String] = []
+            reader.forward(fromMilliseconds: nil) { line in forward.append(String(decoding: line, as: UTF8.self)); return true }
+            #expect(forward == kept, "chunk \(chunk)")
+            var found: [String] = []
+            reader.backward(needle: Array("needle".utf8)) { line, _ in found.append(String(decoding: line, as: UTF8.self)); return true }
+            #expect(found == kept.filter { $0.contains("needle") }.reversed(), "chunk \(chunk)")
+            // From a cursor: strictly older lines.
+            var positions: [JournalReader.Position] = []
+            reader.backward { _, position in positions.append(position); return positions.count < 10 }
+            var rest: [String] = []
+            reader.backward(before: positions.last) { line, _ in rest.append(String(decoding: line, as: UTF8.self)); return true }
+            #expect(rest == Array(kept.reversed().dropFirst(10)), "chunk \(chunk)")
+        }
+    }
+
     @Test func rfc3339TimesParseWithFractionsAndOffsetsAndRejectTheRest() {
         #expect(RFC3339.parse("1970-01-01T00:00:00Z") == 0)
         #expect(RFC3339.parse("2026-12-07T15:31:52.250Z") == 1_796_657_512_250)
@@ -324,5 +360,18 @@ import TransportTesting
         #expect(badUsage.status == 400 && badUsage.body.contains("'by'"))
         d.close()
         await server.stop()
+    }
+}
+
+/// A small deterministic generator for test data.
+struct SplitMix {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
     }
 }
