@@ -176,10 +176,8 @@ final class AuditJournal: @unchecked Sendable {
                         let limit = start + Int(max(0, room))
                         end = bytes[start..<limit].lastIndex(of: UInt8(ascii: "\n")).map { $0 + 1 } ?? start
                         if end == start {
-                            if state.size > 0 {
-                                rotate(&state)
-                                continue
-                            }
+                            // A new file, unless that fails: then the lines go on in this one.
+                            if state.size > 0, rotate(&state) { continue }
                             end = (bytes[start...].firstIndex(of: UInt8(ascii: "\n")) ?? (bytes.count - 1)) + 1
                         }
                     }
@@ -212,9 +210,14 @@ final class AuditJournal: @unchecked Sendable {
         }
     }
 
-    /// `path` → `path.1` → … → `path.keep` (the oldest is deleted), and a new `path`.
-    private func rotate(_ state: inout FileState) {
+    /// `path` → `path.1` → … → `path.keep` (the oldest is deleted), and a new `path`. The new
+    /// file is made first, so a failure (a full or read-only directory) renames nothing and the
+    /// next batch tries again; false then, and the current file is kept.
+    private func rotate(_ state: inout FileState) -> Bool {
         _ = fdatasync(state.fd)
+        let fresh = path + ".new"
+        let fd = open(fresh, O_RDWR | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0o640)
+        guard fd >= 0 else { return false }
         if settings.keep <= 0 {
             _ = unlink(path)
         } else {
@@ -224,11 +227,16 @@ final class AuditJournal: @unchecked Sendable {
             }
             _ = rename(path, "\(path).1")
         }
-        let fd = open(path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0o640)
-        guard fd >= 0 else { return }   // keep writing to the renamed file rather than nowhere
+        guard rename(fresh, path) == 0 else {
+            // The old file is renamed already: go on writing it (as `path.1`) rather than nowhere.
+            close(fd)
+            _ = unlink(fresh)
+            return false
+        }
         close(state.fd)
         state = FileState(fd: fd, size: 0)
         Self.syncDirectory(of: path)
+        return true
     }
 
     static func syncDirectory(of path: String) {

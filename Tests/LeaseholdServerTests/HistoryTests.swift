@@ -253,7 +253,12 @@ import TransportTesting
         let path = temporaryPath("audit")
         defer { for suffix in ["", ".1"] { try? FileManager.default.removeItem(atPath: path + suffix) } }
         let clock = ManualClock()
-        let server = try TestServer(clock: clock) { $0.auditFile = path }
+        let server = try TestServer(clock: clock) {
+            $0.auditFile = path
+            // No ping or dead-peer deadline inside the clock's steps (see MetricsByTypeTests).
+            $0.pingInterval = .seconds(3600)
+            $0.deadAfter = .seconds(7200)
+        }
 
         // A holds array-01 for 10 s; B waited those 10 s and holds it 5 s, then drops.
         let (a, _) = try await server.hold(#"[{"name": "array-01"}]"#, holder: "ci/alpha")

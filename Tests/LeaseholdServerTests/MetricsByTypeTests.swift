@@ -8,7 +8,12 @@ import TransportTesting
 @Suite struct MetricsByTypeTests {
     @Test func perTypeSeriesHaveTheRightValuesAfterAScriptedSequence() async throws {
         let clock = ManualClock()
-        let server = try TestServer(clock: clock)
+        // Minutes pass on the manual clock in single steps: no ping or dead-peer deadline may fall
+        // inside them (a connection would be closed as dead, racing its release).
+        let server = try TestServer(clock: clock) {
+            $0.pingInterval = .seconds(3600)
+            $0.deadAfter = .seconds(7200)
+        }
         var metrics = try await server.metrics()
         #expect(metrics.value("leasehold_build_info", ["version": leaseholdVersion]) == 1)
         #expect(metrics.types["leasehold_lease_duration_seconds"] == "histogram")
