@@ -50,7 +50,7 @@ let package = Package(
                 // which Yams' tree hides); Yams exports no product for it.
                 .product(name: "Yams", package: "Yams"),
             ],
-            resources: [.embedInCode("Static/app.js"), .embedInCode("Static/app.css"), .embedInCode("Static/favicon.svg")]
+            resources: [.embedInCode("Static/app.js"), .embedInCode("Static/app.css"), .embedInCode("Static/favicon.svg"), .embedInCode("Static/history.js")]
         ),
         .target(name: "LeaseholdClient", dependencies: ["Transport", "HTTPCodec", "LeaseProtocol"]),
 

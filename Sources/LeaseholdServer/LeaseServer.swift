@@ -51,8 +51,19 @@ public struct ServerOptions: Sendable {
     public var epochFile: String?
     /// Epochs reserved per name and write of the epoch file (small in tests, to reach a ceiling).
     var epochBlock: UInt64 = EpochFile.block
-    /// Audit journal (JSON lines: grants with meta, lease ends, admin actions); nil: logs only.
+    /// Audit journal (JSON lines: grants with meta, lease ends, admin actions); nil: logs only
+    /// (or `<stateDirectory>/audit.jsonl` when there is a state directory).
     public var auditFile: String?
+    /// Rotate the journal past this many bytes (0: never), keeping this many old files.
+    public var auditMaxBytes: Int64 = 256 << 20
+    public var auditKeep = 4
+    /// No journal even with a state directory.
+    public var auditDisabled = false
+    /// The journal file in use: `auditFile`, else the state directory's.
+    public var journalPath: String? {
+        guard !auditDisabled else { return nil }
+        return auditFile ?? stateDirectory.map { $0 + "/audit.jsonl" }
+    }
     /// Where leases, waiters and epochs outlive the process; nil: a stop ends every lease.
     public var stateDirectory: String?
     /// How long a lease kept over a restart waits for its client to resume it.
@@ -71,8 +82,8 @@ public struct ServerOptions: Sendable {
 public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
     public let options: ServerOptions
     private let logger: Logger
-    private let clock: ServerClock
-    private let service: LeaseService
+    let clock: ServerClock
+    let service: LeaseService
     private let group: EventLoopGroup
     private var http: HTTPServer!
     private let shuttingDown = ShutdownFlag()
@@ -94,10 +105,15 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
             try EpochFile(path: path, names: inventory.resources.map(\.name), block: options.epochBlock)
         }
         let clock = self.clock
-        let journal = try options.auditFile.map { path throws(StartupError) in try AuditJournal(path: path, clock: clock) }
         let serviceQueue = DispatchQueue(label: "leasehold.leases")
         let store = try options.stateDirectory.map { directory throws(StartupError) in
             try FileLeaseStore(directory: directory, queue: serviceQueue, logger: logger)
+        }
+        var journalSettings = AuditJournal.Settings()
+        journalSettings.maxBytes = options.auditMaxBytes
+        journalSettings.keep = options.auditKeep
+        let journal = try options.journalPath.map { path throws(StartupError) in
+            try AuditJournal(path: path, clock: clock, settings: journalSettings)
         }
         var limits = LeaseService.Limits()
         limits.waitersTotal = options.maxWaiters
@@ -112,7 +128,7 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         } catch {
             throw StartupError(message: "inventory \(options.inventoryPath): \(error)")
         }
-        journal?.record([("event", .string("started")), ("version", .string(leaseholdVersion))])
+        journal?.record([("event", .string("started")), ("version", .string(leaseholdVersion)), ("state", .bool(store != nil))])
         if options.stateDirectory == nil, inventory.resources.contains(where: { $0.reset != nil }) {
             logger.warning("the inventory names reset commands but there is no --state-dir: a reset that a stop or a crash interrupts is not run again, and its resource comes back free")
         }
@@ -183,7 +199,10 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         service.resetRunner.stopAll()
         http.closeAllConnections(code: code, reason: reason, timeout: .seconds(5)) { [service] in
             service.journal?.record([("event", .string("stopped")), ("kept", .bool(keeping))])
-            service.whenDurable { completion() }
+            service.whenDurable {
+                guard let journal = service.journal else { return completion() }
+                journal.whenDurable { completion() }
+            }
         }
     }
 
@@ -254,6 +273,10 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         case ("GET", "/v1/watch"):
             if let refusal = checkOrigin(head, client, endpoint: path) { return responder.respond(refusal) }
             responder.upgradeToWebSocket(handler: WatchSession(hub: service.watch, hubQueue: service.queue, slots: watchers))
+        case ("GET", "/v1/history"):
+            answerHistory(query: head.query, responder: responder)
+        case ("GET", "/v1/usage"):
+            answerUsage(query: head.query, responder: responder)
         case ("GET", "/v1/status"):
             service.queue.async { [service] in
                 responder.respond(.json(200, bytes: service.snapshotJSON()))
@@ -319,7 +342,7 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
                 }
             } else if Self.adminResourceRoute(path) != nil {
                 responder.respond(.methodNotAllowed("POST"))
-            } else if ["/v1/lease", "/v1/watch", "/v1/status", "/healthz", "/metrics", "/", "/v1/admin"].contains(path) {
+            } else if ["/v1/lease", "/v1/watch", "/v1/status", "/healthz", "/metrics", "/", "/v1/admin", "/v1/history", "/v1/usage"].contains(path) {
                 responder.respond(.methodNotAllowed("GET"))
             } else if path == "/v1/reload" {
                 responder.respond(.methodNotAllowed("POST"))
@@ -385,7 +408,7 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         case "disable": coreAction = .disable(reason: reason.isEmpty ? Disabling.byAdmin : reason)
         default: coreAction = .enable
         }
-        service.admin(coreAction, resource: resource) { [logger, reason, service] result in
+        service.admin(coreAction, resource: resource, by: peer) { [logger, reason, service] result in
             switch result {
             case .ok:
                 logger.notice("admin action", metadata: [

@@ -53,6 +53,10 @@ final class LeaseService: @unchecked Sendable {
         var queueWasFull = false
         /// Set once revoked while its client stops (`revoke_wait`).
         var revokeReason: String?
+        /// What it was granted (for the journal's end line and per-type metrics).
+        var granted: [(name: String, type: String)] = []
+        /// The admin's address that revoked it (nil: not revoked, or the server did: `max_hold`).
+        var revokedBy: String?
     }
 
     /// Server settings for the lease lifecycle.
@@ -328,7 +332,9 @@ final class LeaseService: @unchecked Sendable {
                 // Revoked and waiting for its client to stop: the restart ended that connection.
                 store?.recordEnd(lease.id)
                 journal?.record([("event", .string("released")), ("lease", .string(Self.format(lease.id))),
-                                 ("holder", .string(lease.holder)), ("reason", .string("revoked"))])
+                                 ("holder", .string(lease.holder)), ("reason", .string("revoked")),
+                                 ("resources", .array((lease.grant?.resources ?? []).map { .object([("name", .string($0.name)), ("type", .string($0.type))]) })),
+                                 ("held_seconds", .double(lease.grant.map { Self.seconds(now.duration(since: clock.tick(wallNanoseconds: $0.at))) } ?? 0))])
                 continue
             }
             let grace = lease.grace.map(Self.duration) ?? .zero
@@ -345,7 +351,8 @@ final class LeaseService: @unchecked Sendable {
                                           deadline: lease.waitUntil.map(clock.tick(wallNanoseconds:)), grant: grant, orphanUntil: until))
             leases[lease.id] = LeaseEntry(session: nil, loop: nil, peer: lease.peer, peerHost: lease.peerHost, tokenName: lease.tokenName,
                                           meta: lease.meta, token: nil, tokenHash: lease.tokenHash,
-                                          grace: lease.grace.flatMap { $0 > 0 ? Self.duration($0) : nil })
+                                          grace: lease.grace.flatMap { $0 > 0 ? Self.duration($0) : nil },
+                                          granted: (lease.grant?.resources ?? []).map { ($0.name, $0.type) })
             store?.recordOrphan(lease.id, until: clock.wallNanoseconds(until))
         }
         let refused = table.restore(restored, now: now, into: &effects)
@@ -374,7 +381,8 @@ final class LeaseService: @unchecked Sendable {
 
     enum AdminAction { case free(reason: String, now: Bool), disable(reason: String), enable }
 
-    func admin(_ action: AdminAction, resource: String, completion: @escaping @Sendable (AdminResult) -> Void) {
+    /// `by`: the admin's address (journalled as the `by` of the revocation a `free` causes).
+    func admin(_ action: AdminAction, resource: String, by: String = "", completion: @escaping @Sendable (AdminResult) -> Void) {
         queue.async { [self] in
             let now = clock.now()
             let result: AdminResult
@@ -382,6 +390,12 @@ final class LeaseService: @unchecked Sendable {
             switch action {
             case .free(let reason, let immediately):
                 (result, effects) = table.revoke(resource: resource, reason: reason, now: now, immediately: immediately)
+                for effect in effects {
+                    switch effect {
+                    case .revoking(let id, _, _), .revoked(let id, _, _): leases[id]?.revokedBy = by
+                    default: break
+                    }
+                }
             case .disable(let reason):
                 (result, effects) = table.disable(resource: resource, reason: reason, now: now)
                 if result == .ok, let disabled = table.resource(named: resource)?.disabled {
@@ -454,8 +468,9 @@ final class LeaseService: @unchecked Sendable {
                 if entry.queued {
                     entry.queued = false
                     countWaiting(entry, -1)
-                    leases[id] = entry
                 }
+                entry.granted = granted.map { ($0.name, $0.type) }
+                leases[id] = entry
                 guard let facts = table.facts(of: id) else { continue }
                 let unsaved = reserveEpochs(granted, for: id, entry, holder: facts.holder)
                 if !unsaved.isEmpty {
@@ -473,7 +488,7 @@ final class LeaseService: @unchecked Sendable {
                     ]
                     if let token = entry.tokenName { line.append(("token", .string(token))) }
                     line += [
-                        ("resources", .array(granted.map { .object([("name", .string($0.name)), ("epoch", .int(Int64(clamping: $0.epoch)))]) })),
+                        ("resources", .array(granted.map { .object([("name", .string($0.name)), ("type", .string($0.type)), ("epoch", .int(Int64(clamping: $0.epoch)))]) })),
                         ("meta", .object(entry.meta.map { ($0.0, .string($0.1)) })),
                         ("waited_seconds", .double(Self.seconds(now.duration(since: facts.arrivedAt)))),
                     ]
@@ -481,7 +496,7 @@ final class LeaseService: @unchecked Sendable {
                     journal.record(line)
                 }
                 metrics.grants += 1
-                metrics.grantWait.observe(Self.seconds(now.duration(since: facts.arrivedAt)))
+                metrics.byType.granted(types: granted.map(\.type), wait: Self.seconds(now.duration(since: facts.arrivedAt)))
                 if logger.logLevel <= .info { leaseLogger(id, entry, holder: facts.holder).info("granted", metadata: [
                     "resources": .string(granted.map { "\($0.name)#\($0.epoch)" }.joined(separator: ",")),
                 ]) }
@@ -690,7 +705,18 @@ final class LeaseService: @unchecked Sendable {
             leaseLogger(id, entry, holder: facts.holder).log(level: level, message, metadata: metadata)
         }
         var line: [(String, JSONValue)] = [("lease", .string(Self.format(id))), ("holder", .string(facts.holder))]
+        if facts.grantedAt != nil {
+            line += [("peer", .string(entry.peer)),
+                     ("resources", .array(entry.granted.map { .object([("name", .string($0.name)), ("type", .string($0.type))]) }))]
+        }
         let held = ("held_seconds", JSONValue.double(Self.seconds(now.duration(since: facts.grantedAt ?? now))))
+        if let grantedAt = facts.grantedAt {
+            metrics.byType.ended(types: entry.granted.map(\.type), seconds: Self.seconds(now.duration(since: grantedAt)))
+        } else if case .released(let reason) = ending {
+            metrics.byType.queueDepartures[reason.rawValue, default: 0] += 1
+        } else if case .failed(.waitTimeout) = ending {
+            metrics.byType.waitTimeouts += 1
+        }
         let waited = ("waited_seconds", JSONValue.double(Self.seconds(now.duration(since: facts.arrivedAt))))
         switch ending {
         case .released(.expired):
@@ -708,7 +734,7 @@ final class LeaseService: @unchecked Sendable {
             metrics.revokes += 1
             metrics.releases[.revoked, default: 0] += 1
             log(.notice, "revoked", ["reason": .string(reason)])
-            line = [("event", .string("revoked"))] + line + [("reason", .string(reason)), held]
+            line = [("event", .string("revoked"))] + line + [("reason", .string(reason)), ("by", .string(entry.revokedBy ?? "server")), held]
         case .failed(let why):
             let (code, message): (String, String)
             switch why {
@@ -774,6 +800,7 @@ final class LeaseService: @unchecked Sendable {
             counts[Metrics.ResourceCountKey(type: count.type, state: count.state.rawValue)] = count.count
         }
         metrics.resourceCounts = counts
+        metrics.byType.readQueue(table.snapshot(), now: clock.now())
         return metrics.render(connections: connections)
     }
 

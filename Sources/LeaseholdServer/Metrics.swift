@@ -15,7 +15,8 @@ final class Metrics: @unchecked Sendable {
     var resumes: [String: Int] = [:]
     /// (type, state) → count.
     var resourceCounts: [ResourceCountKey: Int] = [:]
-    var grantWait = Histogram(bounds: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600])
+    /// Per resource type (grant waits, lease durations, waiters…): see `TypeMetrics`.
+    var byType = TypeMetrics()
 
     struct ResourceCountKey: Hashable {
         var type: String
@@ -85,15 +86,7 @@ final class Metrics: @unchecked Sendable {
         for (key, count) in resourceCounts.sorted(by: { ($0.key.type, $0.key.state) < ($1.key.type, $1.key.state) }) {
             out += "leasehold_resources{type=\"\(Self.escape(key.type))\",state=\"\(key.state)\"} \(count)\n"
         }
-        family("leasehold_grant_wait_seconds", "histogram", "Time from acquire to grant.")
-        var cumulative = 0
-        for (index, bound) in grantWait.bounds.enumerated() {
-            cumulative += grantWait.buckets[index]
-            out += "leasehold_grant_wait_seconds_bucket{le=\"\(Self.number(bound))\"} \(cumulative)\n"
-        }
-        out += "leasehold_grant_wait_seconds_bucket{le=\"+Inf\"} \(grantWait.count)\n"
-        out += "leasehold_grant_wait_seconds_sum \(grantWait.sum)\n"
-        out += "leasehold_grant_wait_seconds_count \(grantWait.count)\n"
+        byType.render(into: &out)
         return out
     }
 

@@ -28,6 +28,7 @@ enum StatusPage {
         "/static/app.js": Asset("text/javascript; charset=utf-8", PackageResources.app_js),
         "/static/app.css": Asset("text/css; charset=utf-8", PackageResources.app_css),
         "/static/favicon.svg": Asset("image/svg+xml", PackageResources.favicon_svg),
+        "/static/history.js": Asset("text/javascript; charset=utf-8", PackageResources.history_js),
     ]
 
     /// `/static/app.js?v=HASH`: a URL that changes whenever the file does.
@@ -92,6 +93,7 @@ enum StatusPage {
             <link rel="stylesheet" href="\(assetURL("/static/app.css"))">
             <link rel="icon" type="image/svg+xml" href="\(assetURL("/static/favicon.svg"))">
             <script src="\(assetURL("/static/app.js"))" defer></script>
+            <script src="\(assetURL("/static/history.js"))" defer></script>
             <noscript><meta http-equiv="refresh" content="30"></noscript>
             </head>
             <body data-now-ms="\(clock.unixMilliseconds(now))">
@@ -109,6 +111,7 @@ enum StatusPage {
         html += resourcesSection(snapshot, filter, now: now, clock: clock)
         html += queueSection(snapshot, filter, byName, now: now, clock: clock)
         html += leasesSection(snapshot, filter, byName, now: now, clock: clock)
+        html += usageSection()
         html += """
             </main>
             <footer class="footer">leasehold <span id="version">\(escape(leaseholdVersion))</span> · <a href="/v1/status">/v1/status</a> (JSON) · <code>/v1/watch</code> (live) · <a href="/metrics">/metrics</a></footer>

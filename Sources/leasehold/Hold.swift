@@ -45,10 +45,10 @@ struct Hold: ParsableCommand {
             help: ArgumentHelp("Seconds to wait in the queue; 0: fail at once when busy (default: as long as it takes).", valueName: "seconds"))
     var wait: Double?
 
-    @Option(name: .long, help: ArgumentHelp("Shown on the status page as the holder (default: USER@HOST COMMAND).", valueName: "text"))
+    @Option(name: .long, help: ArgumentHelp("Shown on the status page as the holder (default: USER@HOST COMMAND; in CI, the job: gitlab/PROJECT/JOB#ID COMMAND).", valueName: "text"))
     var holder: String?
 
-    @Option(name: .long, help: ArgumentHelp("Provenance for the status page and audit log, e.g. --meta job=URL (repeatable).", valueName: "key=value"))
+    @Option(name: .long, help: ArgumentHelp("Provenance for the status page and audit log, e.g. --meta job=URL (repeatable). In CI, job (URL), commit and ci are filled from the CI's variables (CI_JOB_URL, BUILD_URL, GITHUB_SERVER_URL/GITHUB_REPOSITORY/GITHUB_RUN_ID, CI_COMMIT_SHA, GIT_COMMIT…) unless given here.", valueName: "key=value"))
     var meta: [String] = []
 
     @Option(name: .long, help: ArgumentHelp("Seconds between SIGTERM and SIGKILL when the lease is lost (or hold is killed).", valueName: "seconds"))
@@ -117,14 +117,16 @@ struct Hold: ParsableCommand {
         } catch {
             fail(error)
         }
-        let metaPairs = meta.map { entry -> (String, String) in
+        var metaPairs = meta.map { entry -> (String, String) in
             let parts = entry.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             return (String(parts[0]), parts.count > 1 ? String(parts[1]) : "")
         }
+        let ci = CIIdentity(environment: CIIdentity.processEnvironment())
+        if let ci { metaPairs = ci.merged(into: metaPairs) }
         // The server keeps the lease past a dropped connection for longer than the command takes to
         // stop (a killed hold's guard stops it), and after a revocation until the command has stopped.
         let margin = HoldController.stopMargin
-        let request = AcquireRequest(want: want, holder: holder ?? Self.defaultHolder(command), meta: metaPairs, wait: wait,
+        let request = AcquireRequest(want: want, holder: holder ?? Self.defaultHolder(command, ci: ci), meta: metaPairs, wait: wait,
                                      grace: max(graceOnDrop, grace + margin), revokeWait: grace + margin, maxHold: maxHold)
         var configuration = ClientConfiguration()
         configuration.connectTimeout = .seconds(fractional: connection.connectTimeout)
@@ -146,12 +148,17 @@ struct Hold: ParsableCommand {
         dispatchMain()
     }
 
-    static func defaultHolder(_ command: [String]) -> String {
+    /// The job and the program in CI (`gitlab/lab/tests/nightly#1234 pytest`), else
+    /// `USER@HOST program`.
+    static func defaultHolder(_ command: [String], ci: CIIdentity? = nil) -> String {
+        let program = command.first.map { $0.split(separator: "/").last.map(String.init) ?? $0 } ?? ""
+        if let ci {
+            return String(String.UnicodeScalarView("\(ci.job) \(program)".unicodeScalars.prefix(200)))
+        }
         var host = [CChar](repeating: 0, count: 256)
         gethostname(&host, host.count - 1)
         let hostname = String(decoding: host.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         let user = environment("USER") ?? environment("LOGNAME") ?? "uid\(getuid())"
-        let program = command.first.map { $0.split(separator: "/").last.map(String.init) ?? $0 } ?? ""
         return String(String.UnicodeScalarView("\(user)@\(hostname) \(program)".unicodeScalars.prefix(200)))
     }
 }

@@ -7,6 +7,6 @@ struct Leasehold: ParsableCommand {
         commandName: "leasehold",
         abstract: "Share lab hardware between test suites: the WebSocket connection is the lease.",
         version: leaseholdVersion,
-        subcommands: [Serve.self, Hold.self, StatusCommand.self, Free.self, Disable.self, Enable.self, Reset.self, Reload.self]
+        subcommands: [Serve.self, Hold.self, StatusCommand.self, HistoryCommand.self, UsageCommand.self, Free.self, Disable.self, Enable.self, Reset.self, Reload.self]
     )
 }

@@ -76,8 +76,17 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "File keeping fencing epochs growing across restarts (created if missing). Without it, epochs start at 0 on every start.")
     var epochFile: String?
 
-    @Option(name: .long, help: "Audit journal: JSON lines for every grant (with meta), lease end and admin action, appended to FILE.")
+    @Option(name: .long, help: "Audit journal: JSON lines for every grant (with meta), lease end and admin action, appended to FILE (with --state-dir the default is DIR/audit.jsonl). GET /v1/history and /v1/usage read it.")
     var auditFile: String?
+
+    @Option(name: .long, help: ArgumentHelp("Rotate the audit journal once it would grow past this many bytes (0: never).", valueName: "bytes"))
+    var auditMaxBytes: Int64 = 256 << 20
+
+    @Option(name: .long, help: "Rotated audit journal files kept (FILE.1 … FILE.N); history spans them.")
+    var auditKeep: Int = 4
+
+    @Flag(name: .long, help: "No audit journal even with --state-dir.")
+    var noAudit = false
 
     @Option(name: .long, help: ArgumentHelp("Directory where leases, waiters and fencing epochs outlive the process (created if missing): a stop by SIGTERM closes connections with 1012 and the next start restores every lease for its client to resume; a crash restores them too. Without it, a stop ends every lease.", valueName: "dir"))
     var stateDir: String?
@@ -100,7 +109,13 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
+    @Option(name: .long, help: "Log lines as text (TIME LEVEL message key=value…) or json (one object per line). Either way lease.id, lease.holder and connection.peer are fields of their own, and control characters in a value are escaped.")
+    var logFormat: String = "text"
+
     func validate() throws {
+        guard LeaseholdLogHandler.Format(rawValue: logFormat) != nil else {
+            throw ValidationError("--log-format must be text or json (got '\(logFormat)')")
+        }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
         }
@@ -118,6 +133,9 @@ struct Serve: ParsableCommand {
         }
         guard (1...64).contains(loops) else { throw ValidationError("--loops must be 1-64") }
         guard (1...256).contains(resetConcurrency) else { throw ValidationError("--reset-concurrency must be 1-256 (got \(resetConcurrency))") }
+        guard auditMaxBytes == 0 || auditMaxBytes >= 4096 else { throw ValidationError("--audit-max-bytes must be 0 (never rotate) or at least 4096") }
+        guard (0...1000).contains(auditKeep) else { throw ValidationError("--audit-keep must be 0-1000") }
+        guard !(noAudit && auditFile != nil) else { throw ValidationError("--no-audit and --audit-file contradict each other") }
         guard (1...10_000).contains(maxPingsPerSecond) else {
             throw ValidationError("--max-pings-per-second must be 1-10000 (got \(maxPingsPerSecond))")
         }
@@ -162,8 +180,9 @@ struct Serve: ParsableCommand {
 
     private func start() throws {
         let level = Logger.Level(rawValue: logLevel) ?? .info
+        let format = LeaseholdLogHandler.Format(rawValue: logFormat) ?? .text
         LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
+            var handler = LeaseholdLogHandler(label: label, format: format)
             handler.logLevel = level
             return handler
         }
@@ -199,6 +218,9 @@ struct Serve: ParsableCommand {
         options.loops = loops
         options.epochFile = epochFile
         options.auditFile = auditFile
+        options.auditMaxBytes = auditMaxBytes
+        options.auditKeep = auditKeep
+        options.auditDisabled = noAudit
         options.stateDirectory = stateDir
         options.resumeGrace = .milliseconds(Int64(resumeGrace * 1000))
         options.maxGrace = maxGrace

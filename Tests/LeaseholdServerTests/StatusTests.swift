@@ -223,7 +223,7 @@ import Transport
         #expect(metrics.value("leasehold_revokes_total") == 0)
         #expect(metrics.value("leasehold_resources", ["type": "switch", "state": "free"]) == 2)
         #expect(metrics.value("leasehold_resources", ["type": "array", "state": "free"]) == 3)
-        #expect(metrics.value("leasehold_grant_wait_seconds_count") == 0)
+        #expect(metrics.value("leasehold_grant_wait_seconds_count", ["type": "switch"]) == 0)
 
         let (holder, _) = try await server.hold(#"[{"name":"switch-01"}]"#)
         let (waiter, _) = try await server.queue(#"[{"name":"switch-01"},{"name":"switch-02"}]"#)
@@ -234,7 +234,7 @@ import Transport
         #expect((metrics.value("leasehold_connections") ?? 0) >= 2)
         #expect(metrics.value("leasehold_resources", ["type": "switch", "state": "held"]) == 1)
         #expect(metrics.value("leasehold_resources", ["type": "switch", "state": "reserved"]) == 1)
-        #expect(metrics.value("leasehold_grant_wait_seconds_count") == 1)
+        #expect(metrics.value("leasehold_grant_wait_seconds_count", ["type": "switch"]) == 1)
 
         holder.send(#"{"op":"release"}"#)
         try await nextGrant(waiter)
@@ -245,12 +245,12 @@ import Transport
         #expect(metrics.value("leasehold_waiters") == 0)
         #expect(metrics.value("leasehold_resources", ["type": "switch", "state": "held"]) == 2)
         #expect(metrics.value("leasehold_resources", ["type": "array", "state": "disabled"]) == 1)
-        #expect(metrics.value("leasehold_grant_wait_seconds_count") == 2)
-        let waited = metrics.value("leasehold_grant_wait_seconds_sum") ?? 0
+        #expect(metrics.value("leasehold_grant_wait_seconds_count", ["type": "switch"]) == 2)
+        let waited = metrics.value("leasehold_grant_wait_seconds_sum", ["type": "switch"]) ?? 0
         #expect(waited > 0)
 
         // The histogram is cumulative and its +Inf bucket is the count.
-        let buckets = metrics.samples.filter { $0.name == "leasehold_grant_wait_seconds_bucket" }
+        let buckets = metrics.samples.filter { $0.name == "leasehold_grant_wait_seconds_bucket" && $0.labels["type"] == "switch" }
         #expect(buckets.count >= 2)
         #expect(zip(buckets, buckets.dropFirst()).allSatisfy { $0.value <= $1.value })
         #expect(buckets.last?.labels["le"] == "+Inf")

@@ -33,3 +33,12 @@ pid_t leasehold_spawn_guarded(const char *file, char *const argv[], char *const 
 
 /// Bytes in the socket's send queue not yet acknowledged by the peer (SIOCOUTQ); -1 on error.
 int leasehold_unacknowledged_bytes(int fd);
+
+#ifndef LEASEHOLD_CPOSIX_SEARCH_H
+#define LEASEHOLD_CPOSIX_SEARCH_H
+#include <stddef.h>
+/// memmem(3) and memrchr(3), GNU extensions that Swift's Glibc module does not expose (the
+/// journal reader finds a resource's lines in a chunk of the audit journal with them).
+void *leasehold_memmem(const void *haystack, size_t haystack_length, const void *needle, size_t needle_length);
+void *leasehold_memrchr(const void *bytes, int byte, size_t length);
+#endif

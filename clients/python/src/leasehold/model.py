@@ -28,6 +28,7 @@ __all__ = [
     "DEFAULT_RESUME_WINDOW",
     "lease_url",
     "default_holder",
+    "ci_identity",
     "decode_event",
     "parse_resources",
     "redact",
@@ -208,14 +209,105 @@ def lease_url(server: str | None) -> str:
     return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
 
 
-def default_holder() -> str:
-    """``user@host pid N``: who holds the lease, as the status page shows it.
+def ci_identity(environ: Mapping[str, str] | None = None) -> tuple[dict[str, str], str] | None:
+    """Provenance and a job name from the usual CI variables, or None outside CI.
 
-    ``LEASEHOLD_HOLDER`` overrides it (CI jobs set it to their job name).
+    Returns ``(meta, job)``: ``meta`` has ``job`` (the job's URL), ``commit``,
+    ``ci`` (``gitlab``, ``github``, ``jenkins``, ``buildkite``, ``circleci``,
+    ``travis``, ``azure``) and ``pipeline`` when known; ``job`` names the job
+    for the holder, e.g. ``gitlab/lab/tests/nightly#1234``. The same rules as
+    ``leasehold hold``.
+    """
+    env = os.environ if environ is None else environ
+
+    def value(name: str) -> str | None:
+        text = (env.get(name) or "").strip()
+        return text or None
+
+    def joined(*parts: str | None) -> str | None:
+        present = [p for p in parts if p]
+        return "/".join(present) if present else None
+
+    def numbered(name: str | None, number: str | None) -> str | None:
+        if name is None:
+            return f"#{number}" if number else None
+        return f"{name}#{number}" if number else name
+
+    url = commit = pipeline = job = None
+    if value("GITLAB_CI") or value("CI_JOB_URL"):
+        system = "gitlab"
+        url, commit, pipeline = value("CI_JOB_URL"), value("CI_COMMIT_SHA"), value("CI_PIPELINE_URL")
+        job = numbered(joined(value("CI_PROJECT_PATH"), value("CI_JOB_NAME")), value("CI_JOB_ID"))
+    elif value("GITHUB_ACTIONS") or value("GITHUB_RUN_ID"):
+        system = "github"
+        server, repository, run = value("GITHUB_SERVER_URL"), value("GITHUB_REPOSITORY"), value("GITHUB_RUN_ID")
+        if server and repository and run:
+            url = f"{server}/{repository}/actions/runs/{run}"
+            attempt = value("GITHUB_RUN_ATTEMPT")
+            if attempt and attempt != "1":
+                url += f"/attempts/{attempt}"
+        commit = value("GITHUB_SHA")
+        job = numbered(joined(value("GITHUB_REPOSITORY"), value("GITHUB_WORKFLOW"), value("GITHUB_JOB")),
+                       value("GITHUB_RUN_NUMBER"))
+    elif value("BUILDKITE") or value("BUILDKITE_BUILD_URL"):
+        system = "buildkite"
+        base = value("BUILDKITE_BUILD_URL")
+        if base:
+            url = f"{base}#{value('BUILDKITE_JOB_ID')}" if value("BUILDKITE_JOB_ID") else base
+        commit = value("BUILDKITE_COMMIT")
+        job = numbered(joined(value("BUILDKITE_PIPELINE_SLUG"), value("BUILDKITE_LABEL")), value("BUILDKITE_BUILD_NUMBER"))
+    elif value("CIRCLECI") or value("CIRCLE_BUILD_URL"):
+        system = "circleci"
+        url, commit = value("CIRCLE_BUILD_URL"), value("CIRCLE_SHA1")
+        job = numbered(joined(value("CIRCLE_PROJECT_REPONAME"), value("CIRCLE_JOB")), value("CIRCLE_BUILD_NUM"))
+    elif value("TRAVIS") or value("TRAVIS_JOB_WEB_URL"):
+        system = "travis"
+        url, commit = value("TRAVIS_JOB_WEB_URL") or value("TRAVIS_BUILD_WEB_URL"), value("TRAVIS_COMMIT")
+        job = numbered(joined(value("TRAVIS_REPO_SLUG"), value("TRAVIS_JOB_NAME")), value("TRAVIS_JOB_NUMBER"))
+    elif value("TF_BUILD") or value("BUILD_BUILDID"):
+        system = "azure"
+        collection, project, build = value("SYSTEM_COLLECTIONURI"), value("SYSTEM_TEAMPROJECT"), value("BUILD_BUILDID")
+        if collection and project and build:
+            url = f"{collection}{'' if collection.endswith('/') else '/'}{project}/_build/results?buildId={build}"
+        commit = value("BUILD_SOURCEVERSION")
+        job = numbered(joined(value("BUILD_DEFINITIONNAME"), value("AGENT_JOBNAME")), value("BUILD_BUILDNUMBER"))
+    elif value("BUILD_URL") or value("JENKINS_URL"):
+        system = "jenkins"
+        url = value("BUILD_URL")
+        job = numbered(value("JOB_NAME"), value("BUILD_NUMBER"))
+    elif value("CI") and (value("CI_COMMIT_SHA") or value("GIT_COMMIT")):
+        system = "ci"
+    else:
+        return None
+    commit = commit or value("GIT_COMMIT") or value("CI_COMMIT_SHA")
+    meta: dict[str, str] = {}
+    if url:
+        meta["job"] = url[:500]
+    if commit:
+        meta["commit"] = commit[:500]
+    meta["ci"] = system
+    if pipeline:
+        meta["pipeline"] = pipeline[:500]
+    return meta, f"{system}/{job or url or 'job'}"
+
+
+def default_holder() -> str:
+    """``user@host pid N`` (in CI: the job, ``gitlab/group/project/job#1234 pid N``):
+    who holds the lease, as the status page shows it.
+
+    ``LEASEHOLD_HOLDER`` overrides it.
     """
     env = os.environ.get("LEASEHOLD_HOLDER")
     if env:
         return env[:200]
+    ci = ci_identity()
+    if ci is not None:
+        return f"{ci[1]} pid {os.getpid()}"[:200]
+    try:
+        user = getpass.getuser()
+    except Exception:  # no user name in some containers
+        user = "unknown"
+    return f"{user}@{socket.gethostname()} pid {os.getpid()}"[:200]
     try:
         user = getpass.getuser()
     except Exception:  # no user name in some containers

@@ -49,6 +49,7 @@ from .model import (
     DEFAULT_URL,
     Want,
     WaitSeconds,
+    ci_identity,
     default_holder,
 )
 
@@ -279,6 +280,8 @@ class LeaseholdState:
         # proof (a pytest started from inside a worker inherits it).
         workerinput = getattr(config, "workerinput", None)
         self.worker: str | None = workerinput.get("workerid") if workerinput else None
+        ci = ci_identity()
+        self.ci_meta: dict[str, str] = ci[0] if ci else {}
         holder = opt("--leasehold-holder") or os.environ.get("LEASEHOLD_HOLDER")
         if not holder:
             holder = "pytest " + default_holder().split(" pid ")[0]
@@ -524,6 +527,10 @@ class LeaseholdState:
         if self.worker:
             full_meta["xdist_worker"] = self.worker
         full_meta.update(meta or {})
+        # Provenance from the CI's variables, where the test and the user left room (16 at most).
+        for key, value in self.ci_meta.items():
+            if key not in full_meta and len(full_meta) < 16:
+                full_meta[key] = value
 
         record: _Record | None = None
 
