@@ -282,7 +282,8 @@ def test_random_crashes_during_churn_never_double_grant_nor_repeat_an_epoch(tmp_
     server = Server(tmp_path, "--resume-grace", "600")
     names = ["switch-01", "switch-02", "array-01", "array-02", "array-03"]
     seen_epochs = {name: 0 for name in names}
-    told = {}  # lease id -> epochs a client was told it holds (and had not released)
+    told = {}  # lease id -> (server process, epochs) a client was told it holds (and had not released)
+    generation = [0]  # which server process the test runs now
     lock = threading.Lock()
     stop = threading.Event()
     problems = []
@@ -290,20 +291,24 @@ def test_random_crashes_during_churn_never_double_grant_nor_repeat_an_epoch(tmp_
     def churn(index):
         local = random.Random(index)
         while not stop.is_set():
+            with lock:
+                opened_against = generation[0]
             try:
                 with connect(server.url + "/v1/lease", open_timeout=2) as ws:
                     want = local.sample(names, local.choice([1, 1, 2]))
-                    ws.send(json.dumps({"op": "acquire", "want": [{"name": n} for n in want], "holder": f"churn-{index}"}))
-                    while True:
-                        answer = event(ws)
-                        if answer["event"] == "granted":
-                            break
+                    # wait 0: nobody queues, so no restored waiter (whose client never comes back) is
+                    # granted later and starves the churn.
+                    ws.send(json.dumps({"op": "acquire", "want": [{"name": n} for n in want], "holder": f"churn-{index}", "wait": 0}))
+                    answer = event(ws)
+                    if answer["event"] != "granted":
+                        time.sleep(0.005)
+                        continue
                     with lock:
                         for r in answer["resources"]:
                             if r["epoch"] <= seen_epochs[r["name"]]:
                                 problems.append(f"epoch {r['epoch']} of {r['name']} after {seen_epochs[r['name']]}")
                             seen_epochs[r["name"]] = max(seen_epochs[r["name"]], r["epoch"])
-                        told[answer["lease"]] = {r["name"]: r["epoch"] for r in answer["resources"]}
+                        told[answer["lease"]] = (opened_against, {r["name"]: r["epoch"] for r in answer["resources"]})
                     time.sleep(local.random() * 0.02)
                     with lock:
                         told.pop(answer["lease"], None)
@@ -317,28 +322,26 @@ def test_random_crashes_during_churn_never_double_grant_nor_repeat_an_epoch(tmp_
     for thread in threads:
         thread.start()
     try:
-        for round_ in range(12):
+        for _ in range(12):
             time.sleep(rng.uniform(0.2, 1.0))
-            if round_ == 0:
-                # The first kill waits for a client that holds a lease (waiting for that event, not
-                # betting on timing): under the lock it cannot drop out of `told` and release before
-                # the kill. Later rounds may find every resource taken by restored waiters whose
-                # clients never come back (granted while orphaned), so they kill at random.
-                deadline = time.monotonic() + HANG_GUARD
-                while True:
-                    with lock:
-                        if told:
-                            server.process.send_signal(signal.SIGKILL)
-                            break
-                    assert time.monotonic() < deadline, "no client was granted anything"
-                    time.sleep(0.001)
-            else:
-                server.process.send_signal(signal.SIGKILL)
+            # Kill while some client holds a lease (waiting for that, not betting on timing), and
+            # note what clients were told under the same lock: none can drop out before the kill.
+            deadline = time.monotonic() + HANG_GUARD
+            while True:
+                with lock:
+                    # Only grants of this process count (one that was on its way when the previous
+                    # process died may be noted late).
+                    current = {lease: epochs for lease, (made_by, epochs) in told.items() if made_by == generation[0]}
+                    if current:
+                        server.process.send_signal(signal.SIGKILL)
+                        held_before = current
+                        epochs_before = dict(seen_epochs)
+                        told.clear()
+                        generation[0] += 1
+                        break
+                assert time.monotonic() < deadline, "no client was granted anything"
+                time.sleep(0.001)
             server.process.wait(timeout=HANG_GUARD)
-            with lock:
-                held_before = dict(told)
-                epochs_before = dict(seen_epochs)
-                told.clear()
             server.start()
             status = server.status()
             holders = {}
