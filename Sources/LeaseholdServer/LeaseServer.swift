@@ -3,6 +3,7 @@ import Synchronization
 import HTTPCodec
 import LeaseCore
 import LeaseProtocol
+import PerMessageDeflate
 import Logging
 import Transport
 #if canImport(Glibc)
@@ -25,6 +26,9 @@ public struct ServerOptions: Sendable {
     public var deadAfter: Duration = .seconds(45)
     public var requestTimeout: Duration = .seconds(30)
     public var maxMessageSize: Int = 64 * 1024
+    /// permessage-deflate (RFC 7692) for clients that offer it. Clients are asked not to keep
+    /// context, so no inflate stream outlives a message; ours is freed when a connection is quiet.
+    public var compression = true
     /// Pings a client may send a second; past it its connection closes with 1008.
     public var maxPingsPerSecond = 20
     /// Open connections in all (beyond: 503 before any upgrade) and from one address (429).
@@ -114,6 +118,13 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         var configuration = HTTPServerConfiguration()
         configuration.webSocket.maxMessageSize = options.maxMessageSize
         configuration.webSocket.maxPingsPerSecond = options.maxPingsPerSecond
+        if options.compression {
+            var compression = PerMessageDeflateConfiguration()
+            compression.requestPeerNoContextTakeover = true
+            configuration.webSocket.compression = compression
+        } else {
+            configuration.webSocket.compression = nil
+        }
         configuration.maxConnections = options.maxConnections
         configuration.maxConnectionsPerAddress = options.maxConnectionsPerAddress
         configuration.perAddressLimitExempt = options.trustedProxies

@@ -1,5 +1,6 @@
 import Dispatch
 import HTTPCodec
+import PerMessageDeflate
 import WebSocketCodec
 
 public struct WebSocketConfiguration: Sendable {
@@ -14,6 +15,9 @@ public struct WebSocketConfiguration: Sendable {
     /// Pings the peer may send a second (a burst of as many is allowed); past it the connection
     /// closes with 1008. Every ping costs a pong: this bounds what one peer can make us write.
     public var maxPingsPerSecond: Int = 20
+    /// permessage-deflate (RFC 7692): accepted when a client offers it (server), offered
+    /// (client); nil: off.
+    public var compression: PerMessageDeflateConfiguration? = .default
 
     public init() {}
 }
@@ -88,7 +92,7 @@ public final class HTTPResponder: @unchecked Sendable {
     /// hands the connection to `handler`; otherwise answers the matching error (400, 405, 426).
     /// Must be called on `loop`.
     public func upgradeToWebSocket(handler: WebSocketHandler) {
-        switch WebSocketUpgrade.validate(head) {
+        switch WebSocketUpgrade.validate(head, compression: connection.compression) {
         case .failure(let error):
             connection.complete(error.response, keepAlive: false)
         case .success(let accepted):
@@ -294,6 +298,8 @@ final class HTTPConnectionHandler: ConnectionDelegate, @unchecked Sendable {
         serveRequests()
     }
 
+    var compression: PerMessageDeflateConfiguration? { server.configuration.webSocket.compression }
+
     func upgrade(to handler: WebSocketHandler, accepted: WebSocketUpgrade.Accepted) {
         awaitingResponse = false
         guard connection.isOpen else { return }
@@ -302,7 +308,7 @@ final class HTTPConnectionHandler: ConnectionDelegate, @unchecked Sendable {
         let leftover = parser.takeUnconsumedBytes()
         let socket = WebSocketConnection(connection: connection, role: .server, handler: handler,
                                          configuration: server.configuration.webSocket,
-                                         subprotocol: accepted.subprotocol)
+                                         subprotocol: accepted.subprotocol, compression: accepted.compression)
         connection.delegate = socket
         socket.start(leftover: leftover)
     }
@@ -327,9 +333,14 @@ public enum WebSocketUpgrade {
     public struct Accepted: Sendable {
         public let responseBytes: [UInt8]
         public let subprotocol: String?
+        /// permessage-deflate as agreed; nil when not offered, declined or off.
+        public let compression: PerMessageDeflateParameters?
     }
 
-    public static func validate(_ head: HTTPRequestHead) -> Result<Accepted, HTTPResponseError> {
+    /// `compression`: permessage-deflate is accepted when offered (nil: always declined).
+    public static func validate(_ head: HTTPRequestHead, compression: PerMessageDeflateConfiguration? = nil)
+        -> Result<Accepted, HTTPResponseError>
+    {
         func reject(_ status: Int, _ message: String, _ extra: [(String, String)] = []) -> Result<Accepted, HTTPResponseError> {
             var response = HTTPResponse.text(status, message + "\n")
             for (name, value) in extra { response.headers.add(name: name, value: value) }
@@ -356,9 +367,10 @@ public enum WebSocketUpgrade {
         guard keys.count == 1, let key = keys.first?.trimmingOWS(), WebSocketHandshake.isValidKey(key) else {
             return reject(400, "missing or invalid Sec-WebSocket-Key (must be base64 of 16 bytes)")
         }
+        let offers: [WebSocketExtensionOffer]
         do {
-            // Parsed so a malformed header is refused; no extension is negotiated yet.
-            _ = try WebSocketExtensions.parse(head.headers.values(for: "Sec-WebSocket-Extensions"))
+            // Parsed so a malformed header is refused even when compression is off.
+            offers = try WebSocketExtensions.parse(head.headers.values(for: "Sec-WebSocket-Extensions"))
         } catch {
             return reject(400, "malformed Sec-WebSocket-Extensions: \(error.reason)")
         }
@@ -370,8 +382,13 @@ public enum WebSocketUpgrade {
         var text = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         text += "Sec-WebSocket-Accept: \(WebSocketHandshake.acceptValue(forKey: key))\r\n"
         if let subprotocol { text += "Sec-WebSocket-Protocol: \(subprotocol)\r\n" }
+        var agreed: PerMessageDeflateParameters?
+        if let compression, let negotiated = PerMessageDeflateNegotiation.accept(offers: offers, configuration: compression) {
+            text += "Sec-WebSocket-Extensions: \(negotiated.response.headerValue)\r\n"
+            agreed = negotiated.parameters
+        }
         text += "\r\n"
-        return .success(Accepted(responseBytes: Array(text.utf8), subprotocol: subprotocol))
+        return .success(Accepted(responseBytes: Array(text.utf8), subprotocol: subprotocol, compression: agreed))
     }
 }
 

@@ -1,4 +1,5 @@
 import HTTPCodec
+import PerMessageDeflate
 import WebSocketCodec
 
 public enum WebSocketClientError: Error, Equatable, Sendable, CustomStringConvertible {
@@ -48,6 +49,9 @@ public enum WebSocketClient {
         let hostHeader = host.contains(":") && !host.hasPrefix("[") ? "[\(host)]" : host
         var request = "GET \(path) HTTP/1.1\r\nHost: \(hostHeader):\(port)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         request += "Sec-WebSocket-Key: \(key)\r\nSec-WebSocket-Version: 13\r\n"
+        if let compression = configuration.compression {
+            request += "Sec-WebSocket-Extensions: \(PerMessageDeflateNegotiation.offer(configuration: compression).headerValue)\r\n"
+        }
         for (name, value) in headers { request += "\(name): \(value)\r\n" }
         request += "\r\n"
         let requestBytes = Array(request.utf8)
@@ -112,12 +116,27 @@ final class ClientHandshake: ConnectionDelegate, @unchecked Sendable {
             fail(.invalidHandshake("wrong Sec-WebSocket-Accept"))
             return
         }
+        var compression: PerMessageDeflateParameters?
+        do {
+            let elements = try WebSocketExtensions.parse(head.headers.values(for: "Sec-WebSocket-Extensions"))
+            if !elements.isEmpty {
+                guard let offered = configuration.compression else {
+                    fail(.invalidHandshake("server accepted an extension that was not offered"))
+                    return
+                }
+                compression = try PerMessageDeflateNegotiation.validateResponse(elements, configuration: offered)
+            }
+        } catch {
+            fail(.invalidHandshake(error.reason))
+            return
+        }
         guard let handler, let completion else { return }
         self.handler = nil
         self.completion = nil
         let leftover = parser.takeUnconsumedBytes()
         let socket = WebSocketConnection(connection: connection, role: .client, handler: handler,
-                                         configuration: configuration, subprotocol: head.headers["Sec-WebSocket-Protocol"])
+                                         configuration: configuration, subprotocol: head.headers["Sec-WebSocket-Protocol"],
+                                         compression: compression)
         connection.delegate = socket
         completion(.success(socket))
         socket.start(leftover: leftover)

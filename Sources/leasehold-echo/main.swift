@@ -37,8 +37,9 @@ enum FileHandleStderr {
 }
 
 let usage = """
-    usage: leasehold-echo [--listen HOST:PORT]... [--max-message-size BYTES] [--loops N]
+    usage: leasehold-echo [--listen HOST:PORT]... [--max-message-size BYTES] [--loops N] [--compression on|off]
       Echoes every WebSocket text and binary message on any path. Default --listen 127.0.0.1:9001.
+      --compression: accept permessage-deflate (RFC 7692) when a client offers it (default on).
     """
 var listen: [String] = []
 var configuration = HTTPServerConfiguration()
@@ -57,6 +58,12 @@ while let argument = arguments.popFirst() {
     case "--loops":
         guard let value = arguments.popFirst().flatMap({ Int($0) }), (1...64).contains(value) else { fail("--loops needs 1-64") }
         loops = value
+    case "--compression":
+        switch arguments.popFirst() {
+        case "on": configuration.webSocket.compression = .default
+        case "off": configuration.webSocket.compression = nil
+        default: fail("--compression needs on or off")
+        }
     case "-h", "--help":
         FileHandleStderr.write(usage + "\n", fd: 1)
         exit(0)

@@ -91,6 +91,9 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "The largest revoke_wait (seconds a revoked lease keeps its resources while its client stops) honoured; more is capped.")
     var maxRevokeWait: Double = 60
 
+    @Option(name: .long, help: ArgumentHelp("permessage-deflate (RFC 7692) for WebSocket clients that offer it: on or off.", valueName: "on|off"))
+    var compression: String = "on"
+
     @Option(name: .long, help: "Event loops (serial queues) for connections.")
     var loops: Int = 2
 
@@ -98,6 +101,9 @@ struct Serve: ParsableCommand {
     var logLevel: String = "info"
 
     func validate() throws {
+        guard compression == "on" || compression == "off" else {
+            throw ValidationError("--compression must be on or off")
+        }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
         }
@@ -185,6 +191,7 @@ struct Serve: ParsableCommand {
         options.requestTimeout = .milliseconds(Int64(requestTimeout * 1000))
         options.maxMessageSize = maxMessageSize
         options.maxPingsPerSecond = maxPingsPerSecond
+        options.compression = compression == "on"
         options.maxConnections = maxConnections
         options.maxConnectionsPerAddress = maxConnectionsPerAddress
         options.maxWatchers = maxWatchers
