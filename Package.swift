@@ -30,12 +30,13 @@ let package = Package(
 
         // Sockets, event loops, HTTP and WebSocket connections.
         .target(name: "CPosix"),
-        // OpenSSL from the system (libssl-dev): SHA-256 of resume tokens.
+        // OpenSSL from the system (libssl-dev): SHA-256 of resume tokens, TLS in Transport.
         .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
         // zlib from the system (zlib1g-dev) and permessage-deflate (RFC 7692) on it.
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         .target(name: "PerMessageDeflate", dependencies: ["WebSocketCodec", "CZlib"]),
-        .target(name: "Transport", dependencies: ["CPosix", "WebSocketCodec", "HTTPCodec", "PerMessageDeflate"]),
+        // TLS (OpenSSL 3, non-blocking) lives in Transport, behind the same Connection as plain TCP.
+        .target(name: "Transport", dependencies: ["CPosix", "COpenSSL", "WebSocketCodec", "HTTPCodec", "PerMessageDeflate"]),
         // For tests, never shipped: a clock that moves only when a test says so, a TSan-visible lock.
         .target(name: "TransportTesting", dependencies: ["Transport"]),
 

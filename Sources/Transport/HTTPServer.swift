@@ -29,12 +29,16 @@ public enum HTTPServerProblem: Sendable, CustomStringConvertible {
     /// A connection was answered with `status` and closed: `limit` connections in all (503) or
     /// from its address (429) are open.
     case refused(peer: SocketAddress, status: Int, limit: Int)
+    /// A TLS connection failed (handshake or later) and was closed; `reason` is OpenSSL's.
+    case tlsFailed(peer: SocketAddress, reason: String)
 
     public var description: String {
         switch self {
         case .acceptFailed(let error): return "accept failed: \(error)"
         case .refused(let peer, let status, let limit):
             return "refused \(peer) with \(status): \(status == 503 ? "connection limit" : "connection limit per address") \(limit) reached"
+        case .tlsFailed(let peer, let reason):
+            return "TLS with \(peer) failed: \(reason)"
         }
     }
 }
@@ -72,6 +76,11 @@ public final class HTTPResponder: @unchecked Sendable {
     public let loop: EventLoop
     /// The request being answered.
     public let head: HTTPRequestHead
+    /// Whether the request came over TLS.
+    public let isTLS: Bool
+    /// The verified client certificate's subject (mutual TLS) and its common name.
+    public let tlsClientSubject: String?
+    public let tlsClientName: String?
     private let connection: HTTPConnectionHandler
 
     init(connection: HTTPConnectionHandler, request: HTTPRequestHead) {
@@ -79,6 +88,10 @@ public final class HTTPResponder: @unchecked Sendable {
         self.loop = connection.connection.loop
         self.peer = connection.connection.peer
         self.head = request
+        let tls = connection.connection.tls
+        isTLS = tls != nil
+        tlsClientSubject = tls?.peerSubject
+        tlsClientName = tls?.peerCommonName
     }
 
     /// Sends `response`. May be called from any queue.
@@ -131,11 +144,12 @@ public final class HTTPServer: @unchecked Sendable {
     public var connectionCapacity: Int { limit.maximum }
 
     /// Starts listening on `address`; returns the bound address (with the real port for port 0).
+    /// With `tls` every connection on it speaks TLS (https://, wss://).
     @discardableResult
-    public func listen(on address: SocketAddress) throws(SocketError) -> SocketAddress {
+    public func listen(on address: SocketAddress, tls: TLSServerContext? = nil) throws(SocketError) -> SocketAddress {
         let listener = try Listener(
             address: address, backlog: configuration.backlog, queue: acceptQueue,
-            onAccept: { [unowned self] fd, peer in self.accepted(fd, peer: peer) },
+            onAccept: { [unowned self] fd, peer in self.accepted(fd, peer: peer, tls: tls) },
             onError: { [onProblem] error in onProblem(.acceptFailed(error)) })
         acceptQueue.sync { listeners.append(listener) }
         return listener.address
@@ -152,7 +166,7 @@ public final class HTTPServer: @unchecked Sendable {
         return listener.address
     }
 
-    private func accepted(_ fd: Int32, peer: SocketAddress) {
+    private func accepted(_ fd: Int32, peer: SocketAddress, tls: TLSServerContext? = nil) {
         // The head timeout runs from here, before the connection counts as open or reaches its loop.
         let acceptedAt = group.clock.now()
         if let refusal = limit.tryAcquire(address: peer.host) {
@@ -173,9 +187,21 @@ public final class HTTPServer: @unchecked Sendable {
         if let deadAfter = configuration.webSocket.deadAfter { Posix.setDeadPeerTimeouts(fd, deadAfter: deadAfter) }
         let loop = group.next()
         let configuration = configuration
+        // The connection limit is checked above, before any TLS work.
+        let session = tls?.makeSession(fd: fd)
+        if tls != nil, session == nil {
+            onProblem(.tlsFailed(peer: peer, reason: "cannot create a TLS session: \(TLSSession.drainErrors())"))
+            limit.release(address: peer.host)
+            Posix.close(fd)
+            return
+        }
+        let onProblem = onProblem
         loop.execute { [self] in
             let connection = Connection(acceptedFD: fd, peer: peer, loop: loop,
-                                        maxOutputBytes: configuration.maxOutputBytes)
+                                        maxOutputBytes: configuration.maxOutputBytes, tls: session)
+            if session != nil {
+                connection.onTLSFailure = { reason in onProblem(.tlsFailed(peer: peer, reason: reason)) }
+            }
             connection.limit = limit
             let http = HTTPConnectionHandler(connection: connection, server: self)
             connection.delegate = http

@@ -26,10 +26,11 @@ public enum WebSocketClient {
     public typealias Completion = @Sendable (Result<WebSocketConnection, WebSocketClientError>) -> Void
 
     /// Connects to `host:port`, sends the upgrade for `path` and, on a valid 101, hands the socket
-    /// to `handler`. `completion` runs once, on `loop`.
+    /// to `handler`. `completion` runs once, on `loop`. With `tls` it speaks wss://: the server's
+    /// certificate must chain to the context's trust and name `host`.
     public static func connect(host: String, port: UInt16, path: String, headers: [(String, String)] = [],
                                loop: EventLoop, configuration: WebSocketConfiguration = WebSocketConfiguration(),
-                               handshakeTimeout: Duration = .seconds(10),
+                               handshakeTimeout: Duration = .seconds(10), tls: TLSClientContext? = nil,
                                handler: WebSocketHandler, completion: @escaping Completion) {
         let address: SocketAddress
         do {
@@ -55,10 +56,22 @@ public enum WebSocketClient {
         for (name, value) in headers { request += "\(name): \(value)\r\n" }
         request += "\r\n"
         let requestBytes = Array(request.utf8)
-        loop.execute {
-            let connection = Connection(connectingFD: fd, peer: address, loop: loop, maxOutputBytes: 8 << 20)
+        var session: TLSSession?
+        if let tls {
+            guard let made = tls.makeSession(fd: fd, serverName: host) else {
+                Posix.close(fd)
+                loop.execute { completion(.failure(.connectFailed("cannot create a TLS session: \(TLSSession.drainErrors())"))) }
+                return
+            }
+            session = made
+        }
+        loop.execute { [session] in
+            let connection = Connection(connectingFD: fd, peer: address, loop: loop, maxOutputBytes: 8 << 20, tls: session)
             let handshake = ClientHandshake(connection: connection, key: key, request: requestBytes,
                                             configuration: configuration, handler: handler, completion: completion)
+            if session != nil {
+                connection.onTLSFailure = { [weak handshake] reason in handshake?.tlsFailure = reason }
+            }
             connection.delegate = handshake
             connection.deadline = loop.clock.deadline(after: handshakeTimeout)
             loop.watchDeadline(connection)
@@ -75,6 +88,8 @@ final class ClientHandshake: ConnectionDelegate, @unchecked Sendable {
     private let configuration: WebSocketConfiguration
     private var handler: WebSocketHandler?
     private var completion: WebSocketClient.Completion?
+    /// Why TLS failed, when it did (OpenSSL's reasons).
+    var tlsFailure: String?
     /// Bounded: a head over 16 KiB or a refusal body over 64 KiB fails the handshake.
     private var parser = HTTPResponseParser(maxHeadSize: 16 * 1024, maxBodySize: 64 * 1024)
 
@@ -156,6 +171,8 @@ final class ClientHandshake: ConnectionDelegate, @unchecked Sendable {
         switch reason {
         case .connectFailed(let errno):
             fail(.connectFailed(SocketError(call: "connect", errno: errno).description))
+        case .reset where tlsFailure != nil:
+            fail(.connectFailed("TLS: \(tlsFailure ?? "")"))
         default:
             // A refusal whose body runs until the close is complete now.
             if let response = try? parser.finish() {

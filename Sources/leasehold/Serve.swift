@@ -91,6 +91,18 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "The largest revoke_wait (seconds a revoked lease keeps its resources while its client stops) honoured; more is capped.")
     var maxRevokeWait: Double = 60
 
+    @Option(name: .long, help: ArgumentHelp("Address to serve TLS on (https://, wss://; repeatable, beside --listen). Needs --tls-cert and --tls-key.", valueName: "host:port"))
+    var listenTls: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("PEM certificate for --listen-tls, the chain after it allowed; re-read on SIGHUP.", valueName: "file"))
+    var tlsCert: String?
+
+    @Option(name: .long, help: ArgumentHelp("PEM private key of --tls-cert; re-read on SIGHUP.", valueName: "file"))
+    var tlsKey: String?
+
+    @Option(name: .long, help: ArgumentHelp("PEM CA certificates: TLS clients must then show a certificate they issued (mutual TLS); its common name is the lease's default holder.", valueName: "file"))
+    var tlsClientCa: String?
+
     @Option(name: .long, help: ArgumentHelp("permessage-deflate (RFC 7692) for WebSocket clients that offer it: on or off.", valueName: "on|off"))
     var compression: String = "on"
 
@@ -101,6 +113,12 @@ struct Serve: ParsableCommand {
     var logLevel: String = "info"
 
     func validate() throws {
+        if !listenTls.isEmpty, tlsCert == nil || tlsKey == nil {
+            throw ValidationError("--listen-tls needs --tls-cert and --tls-key")
+        }
+        if listenTls.isEmpty, tlsCert != nil || tlsKey != nil || tlsClientCa != nil {
+            throw ValidationError("--tls-cert, --tls-key and --tls-client-ca need a --listen-tls address")
+        }
         guard compression == "on" || compression == "off" else {
             throw ValidationError("--compression must be on or off")
         }
@@ -173,7 +191,7 @@ struct Serve: ParsableCommand {
 
         var options = ServerOptions()
         options.inheritedListeners = try Self.socketsFromSystemd()
-        options.listen = listen.isEmpty && options.inheritedListeners.isEmpty ? ["0.0.0.0:7400"] : listen
+        options.listen = listen.isEmpty && options.inheritedListeners.isEmpty && listenTls.isEmpty ? ["0.0.0.0:7400"] : listen
         do {
             options.trustedProxies = try trustedProxy.map { text throws(AddressError) in try AddressRange(parsing: text) }
         } catch {
@@ -192,6 +210,10 @@ struct Serve: ParsableCommand {
         options.maxMessageSize = maxMessageSize
         options.maxPingsPerSecond = maxPingsPerSecond
         options.compression = compression == "on"
+        options.listenTLS = listenTls
+        options.tlsCertificate = tlsCert
+        options.tlsKey = tlsKey
+        options.tlsClientCA = tlsClientCa
         options.maxConnections = maxConnections
         options.maxConnectionsPerAddress = maxConnectionsPerAddress
         options.maxWatchers = maxWatchers
@@ -225,8 +247,14 @@ struct Serve: ParsableCommand {
         } catch {
             throw ServeFailure(error.message)
         }
+        // Before the listening lines: whoever reads them may signal at once (a SIGTERM must stop
+        // the server cleanly, not kill it).
+        installSignalHandlers(server: server, logger: logger)
         for address in addresses {
             writeStdout("leasehold listening on \(address)\n")
+        }
+        for address in server.tlsAddresses {
+            writeStdout("leasehold listening on \(address) (TLS)\n")
         }
         logger.info("serving", metadata: [
             "inventory": .string(inventory), "listen": .string(addresses.joined(separator: " ")),
@@ -235,7 +263,6 @@ struct Serve: ParsableCommand {
             // The descriptor limit is raised to its hard limit at start; this is what it allows.
             "connections.max": .stringConvertible(server.connectionCapacity),
         ])
-        installSignalHandlers(server: server, logger: logger)
         dispatchMain()
     }
 
