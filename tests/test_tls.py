@@ -6,6 +6,7 @@ certificate while a lease stays up; plain HTTP sent to the TLS port.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import re
 import signal
@@ -301,3 +302,82 @@ def test_sighup_swaps_the_certificate_while_a_lease_stays_up(tmp_path, pki):
             holder.ping().wait(DEADLINE)
     finally:
         stop(server)
+
+
+def cli(*arguments: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(binary()), *arguments], capture_output=True, text=True, timeout=DEADLINE * 3,
+                          env={**os.environ, **(env or {})})
+
+
+def test_the_cli_holds_reads_status_and_administers_over_tls(tls_server, pki):
+    ca = ["--ca-file", pki.path("ca.pem")]
+    held = cli("hold", "--server", tls_server.wss, *ca, "--name", "switch-01", "--", "sh", "-c", "echo lease=$LEASEHOLD_LEASE")
+    assert held.returncode == 0, held.stderr
+    assert held.stdout.startswith("lease=L")
+    status = cli("status", "--server", tls_server.https, *ca)
+    assert status.returncode == 0, status.stderr
+    assert "switch-01" in status.stdout
+    disabled = cli("disable", "array-01", "--server", tls_server.https, *ca, env={"LEASEHOLD_ADMIN_TOKEN": ADMIN_TOKEN})
+    assert disabled.returncode == 0, disabled.stderr
+    # LEASEHOLD_CA_FILE does what --ca-file does.
+    enabled = cli("enable", "array-01", "--server", tls_server.https,
+                  env={"LEASEHOLD_ADMIN_TOKEN": ADMIN_TOKEN, "LEASEHOLD_CA_FILE": pki.path("ca.pem")})
+    assert enabled.returncode == 0, enabled.stderr
+
+
+def test_the_cli_refuses_an_untrusted_server_with_a_clear_error(tls_server, pki):
+    untrusted = cli("hold", "--server", tls_server.wss, "--name", "switch-01", "--", "true")
+    assert untrusted.returncode == 69
+    assert "TLS with" in untrusted.stderr and "certificate verify failed" in untrusted.stderr
+    missing = cli("status", "--server", tls_server.https, "--ca-file", "/nonexistent/ca.pem")
+    assert missing.returncode == 69
+    assert "cannot load CA certificates from /nonexistent/ca.pem" in missing.stderr
+
+
+def test_the_cli_shows_a_client_certificate_under_mutual_tls(mtls_server, pki):
+    ca = ["--ca-file", pki.path("ca.pem")]
+    refused = cli("status", "--server", mtls_server.https, *ca)
+    assert refused.returncode == 69, refused.stdout
+    mine = ["--cert", pki.path("alice.pem"), "--key", pki.path("alice.key")]
+    held = cli("hold", "--server", mtls_server.wss, *ca, *mine, "--name", "switch-01", "--", "true")
+    assert held.returncode == 0, held.stderr
+    status = cli("status", "--server", mtls_server.https, *ca, *mine)
+    assert status.returncode == 0 and "switch-01" in status.stdout
+
+
+def test_the_python_client_leases_over_wss(tls_server, pki, monkeypatch):
+    import leasehold
+
+    with leasehold.lease(name="switch-01", server=tls_server.wss, ca_file=pki.path("ca.pem"), holder="py/client") as held:
+        assert held.resources[0].name == "switch-01"
+    # LEASEHOLD_CA_FILE, and an https:// URL mapped to wss://.
+    monkeypatch.setenv("LEASEHOLD_CA_FILE", pki.path("ca.pem"))
+    with leasehold.lease(name="switch-01", server=tls_server.https, holder="py/env") as held:
+        assert held.id
+    monkeypatch.delenv("LEASEHOLD_CA_FILE")
+    with pytest.raises(leasehold.LeaseholdError) as refused:
+        with leasehold.lease(name="switch-01", server=tls_server.wss, open_timeout=DEADLINE):
+            pass
+    assert "certificate" in str(refused.value).lower()
+
+
+def test_the_python_client_shows_a_client_certificate(mtls_server, pki):
+    import leasehold
+
+    with leasehold.lease(name="switch-01", server=mtls_server.wss, ssl=pki.context("alice")) as held:
+        assert held.resources[0].name == "switch-01"
+        status = json.loads(curl(pki, "--cert", pki.path("alice.pem"), "--key", pki.path("alice.key"),
+                                 f"{mtls_server.https}/v1/status").stdout)
+        assert status["resources"][0]["holder"] == held.holder
+
+
+def test_the_async_python_client_leases_over_wss(tls_server, pki):
+    import asyncio
+
+    import leasehold
+
+    async def hold() -> str:
+        async with leasehold.alease(name="switch-01", server=tls_server.wss, ca_file=pki.path("ca.pem")) as held:
+            return held.resources[0].name
+
+    assert asyncio.run(asyncio.wait_for(hold(), DEADLINE * 3)) == "switch-01"

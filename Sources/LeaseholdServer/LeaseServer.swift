@@ -145,6 +145,9 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         if options.compression {
             var compression = PerMessageDeflateConfiguration()
             compression.requestPeerNoContextTakeover = true
+            // Lease messages are sparse and snapshots are compressed once for all watchers: no
+            // connection keeps a zlib stream between messages.
+            compression.releaseAfterEachMessage = true
             configuration.webSocket.compression = compression
         } else {
             configuration.webSocket.compression = nil

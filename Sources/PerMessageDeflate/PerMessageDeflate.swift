@@ -29,7 +29,7 @@ public final class PerMessageDeflate {
     public func compress(_ payload: UnsafeRawBufferPointer) -> [UInt8]? {
         guard payload.count >= configuration.minimumCompressedSize else { return nil }
         let compressed = deflater.compress(payload)
-        if parameters.localNoContextTakeover { deflater.release() }
+        if parameters.localNoContextTakeover || configuration.releaseAfterEachMessage { deflater.release() }
         return compressed
     }
 

@@ -281,11 +281,8 @@ final class TLSSession: @unchecked Sendable {
         while true {
             let code = ERR_get_error()
             guard code != 0 else { break }
-            if let reason = ERR_reason_error_string(code) {
-                reasons.append(String(cString: reason))
-            } else {
-                reasons.append("error \(code)")
-            }
+            // A system error's code has no reason string of its own; the queue names it next.
+            if let reason = ERR_reason_error_string(code) { reasons.append(String(cString: reason)) }
         }
         return reasons.joined(separator: "; ")
     }
@@ -297,5 +294,43 @@ final class TLSSession: @unchecked Sendable {
         var text = [UInt8](repeating: 0, count: 1024)
         let count = BIO_read(bio, &text, Int32(text.count))
         return count > 0 ? String(decoding: text[0..<Int(count)], as: UTF8.self) : ""
+    }
+}
+
+/// A client TLS session for callers that do their own waiting (poll(2) on a non-blocking
+/// socket), like the blocking HTTP client of the CLI.
+public final class TLSClientStream: @unchecked Sendable {
+    public enum Step: Equatable {
+        case bytes(Int)
+        /// Wait until the socket is readable / writable, then call again.
+        case wantRead, wantWrite
+        case closed
+        case failed(String)
+    }
+
+    private let session: TLSSession
+
+    init(session: TLSSession) { self.session = session }
+
+    public func read(into buffer: UnsafeMutableRawBufferPointer) -> Step { step(session.read(into: buffer)) }
+    public func write(_ bytes: UnsafeRawBufferPointer) -> Step { step(session.write(bytes)) }
+    /// close_notify, without waiting for the server's.
+    public func shutdown() { session.shutdown() }
+
+    private func step(_ outcome: TLSSession.Outcome) -> Step {
+        switch outcome {
+        case .bytes(let count): return .bytes(count)
+        case .wantRead: return .wantRead
+        case .wantWrite: return .wantWrite
+        case .closed: return .closed
+        case .failed(let reason, _): return .failed(reason)
+        }
+    }
+}
+
+extension TLSClientContext {
+    /// A session over the connected socket `fd` that checks the certificate names `serverName`.
+    public func stream(fd: Int32, serverName: String) -> TLSClientStream? {
+        makeSession(fd: fd, serverName: serverName).map(TLSClientStream.init)
     }
 }

@@ -5,6 +5,8 @@ import WebSocketCodec
 public enum WebSocketClientError: Error, Equatable, Sendable, CustomStringConvertible {
     case invalidAddress(String)
     case connectFailed(String)
+    /// The TLS handshake failed (OpenSSL's reasons: an untrusted certificate, a refused one...).
+    case tlsFailed(String)
     /// The server answered the upgrade with something other than 101.
     case rejected(status: Int, body: String)
     case invalidHandshake(String)
@@ -14,6 +16,7 @@ public enum WebSocketClientError: Error, Equatable, Sendable, CustomStringConver
         switch self {
         case .invalidAddress(let message): return message
         case .connectFailed(let message): return "cannot connect: \(message)"
+        case .tlsFailed(let message): return "TLS failed: \(message)"
         case .rejected(let status, let body): return "server refused the WebSocket upgrade with HTTP \(status): \(body)"
         case .invalidHandshake(let message): return "invalid handshake answer: \(message)"
         case .timedOut: return "no handshake answer in time"
@@ -60,7 +63,7 @@ public enum WebSocketClient {
         if let tls {
             guard let made = tls.makeSession(fd: fd, serverName: host) else {
                 Posix.close(fd)
-                loop.execute { completion(.failure(.connectFailed("cannot create a TLS session: \(TLSSession.drainErrors())"))) }
+                loop.execute { completion(.failure(.tlsFailed("cannot create a TLS session: \(TLSSession.drainErrors())"))) }
                 return
             }
             session = made
@@ -172,7 +175,7 @@ final class ClientHandshake: ConnectionDelegate, @unchecked Sendable {
         case .connectFailed(let errno):
             fail(.connectFailed(SocketError(call: "connect", errno: errno).description))
         case .reset where tlsFailure != nil:
-            fail(.connectFailed("TLS: \(tlsFailure ?? "")"))
+            fail(.tlsFailed(tlsFailure ?? ""))
         default:
             // A refusal whose body runs until the close is complete now.
             if let response = try? parser.finish() {

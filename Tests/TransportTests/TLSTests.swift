@@ -57,7 +57,7 @@ extension TransportIntegration {
             let other = try TestCertificate()
             let trust = try TLSClientContext(TLSClientConfiguration(caFile: other.certificate))
             let result = await connectClient(port: server.port, loop: makeClientGroup().next(), tls: trust, handler: ClientHandler())
-            guard case .failure(.connectFailed(let message)) = result else {
+            guard case .failure(.tlsFailed(let message)) = result else {
                 Issue.record("expected a TLS failure, got \(result)")
                 return
             }
