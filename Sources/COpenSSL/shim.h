@@ -40,3 +40,9 @@ static inline long leasehold_ssl_ctx_ignore_unexpected_eof(SSL_CTX *ctx) {
 static inline int leasehold_x509_name_print(BIO *bio, const X509_NAME *name) {
     return X509_NAME_print_ex(bio, name, 0, XN_FLAG_RFC2253);
 }
+
+static inline long leasehold_ssl_ctx_no_session_cache(SSL_CTX *ctx) {
+    // No server-side session cache: one SSL_SESSION kept per client would cost memory per
+    // connection; resumption still works with stateless tickets.
+    return SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+}

@@ -247,6 +247,8 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
         guard readPaused, let source = readSource else { return }
         readPaused = false
         source.resume()
+        // Bytes OpenSSL already decrypted make no readiness event: read them now.
+        if let tls, tls.hasPendingBytes { loop.queue.async { [self] in handleReadable() } }
     }
 
     // MARK: writing
