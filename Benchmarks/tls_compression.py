@@ -132,6 +132,93 @@ def memory(connections: int, variants: list[str]) -> None:
                 process.wait(timeout=30)
 
 
+async def watch_run(port: int, watchers: int, changes: int, compressed: bool, pid: int) -> tuple[float, int, int]:
+    """Opens `watchers` raw /v1/watch streams (frames counted, payloads not inflated: the clients
+    must cost little next to the server), makes `changes` lease changes 0.3 s apart, and returns
+    the server CPU seconds spent from the first change until every watcher is quiet, the
+    snapshots delivered and the bytes they took on the wire."""
+    import base64
+
+    extension = "Sec-WebSocket-Extensions: permessage-deflate\r\n" if compressed else ""
+    counts = [0] * watchers
+    wire = [0] * watchers
+    ready = asyncio.Event()
+    opened = 0
+
+    async def watcher(index: int) -> None:
+        nonlocal opened
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 24)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write((f"GET /v1/watch HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                      f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                      f"{extension}\r\n").encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        assert (b"permessage-deflate" in head) == compressed
+        opened += 1
+        if opened == watchers:
+            ready.set()
+        try:
+            while True:
+                first, second = await reader.readexactly(2)
+                length = second & 0x7F
+                if length == 126:
+                    length = int.from_bytes(await reader.readexactly(2), "big")
+                elif length == 127:
+                    length = int.from_bytes(await reader.readexactly(8), "big")
+                remaining = length
+                while remaining:
+                    chunk = await reader.read(min(remaining, 1 << 20))
+                    if not chunk:
+                        return
+                    remaining -= len(chunk)
+                if first & 0x0F in (1, 2):
+                    counts[index] += 1
+                    wire[index] += length
+                elif first & 0x0F == 8:
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            return
+
+    from websockets.asyncio.client import connect
+
+    tasks = [asyncio.create_task(watcher(i)) for i in range(watchers)]
+    await asyncio.wait_for(ready.wait(), 120)
+    await asyncio.sleep(2)  # the first snapshots delivered
+    base_counts, base_wire = sum(counts), sum(wire)
+    cpu_before = server_cpu_seconds(pid)
+    for _ in range(changes):
+        async with connect(f"ws://127.0.0.1:{port}/v1/lease", compression=None) as ws:
+            await ws.send(json.dumps({"op": "acquire", "want": [{"name": "bench-00000"}]}))
+            await ws.recv()
+        await asyncio.sleep(0.3)
+    # Quiet: no snapshot for a second.
+    last = -1
+    while last != sum(counts):
+        last = sum(counts)
+        await asyncio.sleep(1)
+    cpu = server_cpu_seconds(pid) - cpu_before
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return cpu, sum(counts) - base_counts, sum(wire) - base_wire
+
+
+def watch(resources: int, watchers: int, changes: int) -> None:
+    print(f"| watch, {resources} resources, {watchers} watchers, {changes} lease changes | server CPU | snapshots delivered | bytes on the wire | CPU per snapshot |")
+    print("| --- | --- | --- | --- | --- |")
+    for compressed in (False, True):
+        with tempfile.TemporaryDirectory() as temporary:
+            process, port = start_server(Path(temporary), resources, False, True)
+            try:
+                cpu, delivered, wire = asyncio.run(watch_run(port, watchers, changes, compressed, process.pid))
+                print(f"| {'compressed' if compressed else 'plain'} | {cpu:.2f} s | {delivered} | {wire / 2**20:,.1f} MiB | "
+                      f"{cpu / delivered * 1000 if delivered else 0:.2f} ms |", flush=True)
+            finally:
+                process.terminate()
+                process.wait(timeout=30)
+
+
 def handshakes(seconds: int) -> None:
     with tempfile.TemporaryDirectory() as temporary:
         directory = Path(temporary)
@@ -162,7 +249,10 @@ def handshakes(seconds: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["memory", "handshakes"])
+    parser.add_argument("what", choices=["memory", "handshakes", "watch"])
+    parser.add_argument("--resources", type=int, default=20_000)
+    parser.add_argument("--watchers", type=int, default=100)
+    parser.add_argument("--changes", type=int, default=10)
     parser.add_argument("--connections", type=int, default=10_000)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--concurrency", type=int, default=200, help="connections opened at once")
@@ -174,6 +264,8 @@ def main() -> None:
         sys.exit(f"{BINARY} not found: swift build -c release --product leasehold (or set LEASEHOLD_BIN)")
     if arguments.what == "memory":
         memory(arguments.connections, arguments.only)
+    elif arguments.what == "watch":
+        watch(arguments.resources, arguments.watchers, arguments.changes)
     else:
         handshakes(arguments.seconds)
 
