@@ -91,7 +91,7 @@ def echo_server():
 def client(server: EchoServer, **options):
     # No proxy from the environment for loopback; permessage-deflate stays offered, as a browser
     # or a default client would offer it (the server accepts it).
-    options.setdefault("open_timeout", 5)
+    options.setdefault("open_timeout", 10)  # liveness only: a loaded machine may be slow
     options.setdefault("close_timeout", 5)
     return connect(server.uri, proxy=None, **options)
 

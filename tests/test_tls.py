@@ -13,8 +13,10 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidMessage
@@ -23,6 +25,7 @@ from websockets.sync.client import connect
 from test_lease_interop import DEADLINE, INVENTORY, binary
 
 ADMIN_TOKEN = "tls-admin-token-1234"
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def openssl(*arguments: str, cwd) -> None:
@@ -381,3 +384,24 @@ def test_the_async_python_client_leases_over_wss(tls_server, pki):
             return held.resources[0].name
 
     assert asyncio.run(asyncio.wait_for(hold(), DEADLINE * 3)) == "switch-01"
+
+
+def test_the_pytest_plugin_leases_over_wss_with_its_ca_file_option(tls_server, pki, tmp_path):
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    (inner / "test_inner.py").write_text(
+        "import pytest\n\n"
+        "@pytest.mark.lease(name='switch-01')\n"
+        "def test_held(leased):\n"
+        "    assert leased.resources[0].name == 'switch-01' and leased.id.startswith('L')\n"
+    )
+    environment = {key: value for key, value in os.environ.items() if key != "LEASEHOLD_CA_FILE"}
+    source = str(REPO_ROOT / "clients" / "python" / "src")
+    environment["PYTHONPATH"] = source + os.pathsep + environment.get("PYTHONPATH", "")
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--leasehold-url={tls_server.wss}",
+         f"--leasehold-ca-file={pki.path('ca.pem')}", str(inner)],
+        capture_output=True, text=True, timeout=DEADLINE * 6, env=environment, cwd=inner,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "1 passed" in run.stdout
