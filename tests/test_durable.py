@@ -344,6 +344,20 @@ def test_random_crashes_during_churn_never_double_grant_nor_repeat_an_epoch(tmp_
             # Nobody will resume them: free them (one resource frees its whole lease) for the churn to go on.
             for lease in status["leases"]:
                 assert server.free(lease["resources"][0], reason="test", now=True) == 200
+            # The dead clients' waiters are restored too, orphaned: each keeps its place and, once
+            # granted, its resources. Free those as they are granted, or the churn waits behind them.
+            orphans = {waiter["id"] for waiter in status["queue"] if waiter.get("state") == "orphaned"}
+            deadline = time.monotonic() + HANG_GUARD
+            while orphans:
+                current = server.status()
+                granted = [lease for lease in current["leases"] if lease["id"] in orphans]
+                orphans &= {lease["id"] for lease in granted} | {waiter["id"] for waiter in current["queue"]}
+                for lease in granted:
+                    assert server.free(lease["resources"][0], reason="test", now=True) == 200
+                    orphans.discard(lease["id"])
+                assert time.monotonic() < deadline, f"restored waiters never granted: {sorted(orphans)}"
+                if orphans and not granted:
+                    time.sleep(0.01)
         assert not problems, problems
         assert checked > 0, "no kill came while a client held a lease"
     finally:
