@@ -14,6 +14,7 @@ let package = Package(
         .library(name: "Transport", targets: ["Transport"]),
         .library(name: "LeaseProtocol", targets: ["LeaseProtocol"]),
         .library(name: "HTTPCodec", targets: ["HTTPCodec"]),
+        .library(name: "PerMessageDeflate", targets: ["PerMessageDeflate"]),
         // For the fuzz package (scripts/fuzz): the inventory loader.
         .library(name: "LeaseholdServer", targets: ["LeaseholdServer"]),
     ],
@@ -29,9 +30,13 @@ let package = Package(
 
         // Sockets, event loops, HTTP and WebSocket connections.
         .target(name: "CPosix"),
-        // OpenSSL from the system (libssl-dev): SHA-256 of resume tokens.
+        // OpenSSL from the system (libssl-dev): SHA-256 of resume tokens, TLS in Transport.
         .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
-        .target(name: "Transport", dependencies: ["CPosix", "WebSocketCodec", "HTTPCodec"]),
+        // zlib from the system (zlib1g-dev) and permessage-deflate (RFC 7692) on it.
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        .target(name: "PerMessageDeflate", dependencies: ["WebSocketCodec", "CZlib"]),
+        // TLS (OpenSSL 3, non-blocking) lives in Transport, behind the same Connection as plain TCP.
+        .target(name: "Transport", dependencies: ["CPosix", "COpenSSL", "WebSocketCodec", "HTTPCodec", "PerMessageDeflate"]),
         // For tests, never shipped: a clock that moves only when a test says so, a TSan-visible lock.
         .target(name: "TransportTesting", dependencies: ["Transport"]),
 
@@ -44,7 +49,7 @@ let package = Package(
         .target(
             name: "LeaseholdServer",
             dependencies: [
-                "Transport", "HTTPCodec", "LeaseCore", "LeaseProtocol", "COpenSSL", "CPosix",
+                "Transport", "HTTPCodec", "LeaseCore", "LeaseProtocol", "COpenSSL", "CPosix", "PerMessageDeflate",
                 .product(name: "Logging", package: "swift-log"),
                 // InventoryFile also imports Yams' CYaml (libyaml's events show anchors and aliases,
                 // which Yams' tree hides); Yams exports no product for it.
@@ -66,7 +71,8 @@ let package = Package(
 
         .testTarget(name: "WebSocketCodecTests", dependencies: ["WebSocketCodec"]),
         .testTarget(name: "HTTPCodecTests", dependencies: ["HTTPCodec"]),
-        .testTarget(name: "TransportTests", dependencies: ["Transport", "TransportTesting"]),
+        .testTarget(name: "PerMessageDeflateTests", dependencies: ["PerMessageDeflate", "WebSocketCodec", "CZlib"]),
+        .testTarget(name: "TransportTests", dependencies: ["Transport", "TransportTesting", "PerMessageDeflate"]),
         .testTarget(name: "LeaseCoreTests", dependencies: ["LeaseCore", "LeaseProtocol"]),
         .testTarget(name: "LeaseProtocolTests", dependencies: ["LeaseProtocol"]),
         .testTarget(

@@ -45,7 +45,7 @@ class EchoServer:
             raise AssertionError(f"leasehold-echo did not exit within {timeout} s of SIGTERM")
 
 
-def start_echo_server() -> EchoServer:
+def start_echo_server(*arguments: str) -> EchoServer:
     if not ECHO_BIN.is_file():
         pytest.fail(
             f"leasehold-echo not found at {ECHO_BIN}: run `swift build` in {REPO} first "
@@ -53,7 +53,7 @@ def start_echo_server() -> EchoServer:
             pytrace=False,
         )
     process = subprocess.Popen(
-        [str(ECHO_BIN), "--listen", "127.0.0.1:0"],
+        [str(ECHO_BIN), "--listen", "127.0.0.1:0", *arguments],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -89,9 +89,9 @@ def echo_server():
 
 
 def client(server: EchoServer, **options):
-    # No proxy from the environment for loopback; permessage-deflate stays offered (the server
-    # declines it), as a browser or a default client would offer it.
-    options.setdefault("open_timeout", 5)
+    # No proxy from the environment for loopback; permessage-deflate stays offered, as a browser
+    # or a default client would offer it (the server accepts it).
+    options.setdefault("open_timeout", 10)  # liveness only: a loaded machine may be slow
     options.setdefault("close_timeout", 5)
     return connect(server.uri, proxy=None, **options)
 
@@ -110,11 +110,22 @@ def test_binary_echo(echo_server):
             assert ws.recv(timeout=5) == message
 
 
-def test_deflate_offer_is_declined(echo_server):
+def test_deflate_offer_is_declined_with_compression_off():
+    server = start_echo_server("--compression", "off")
+    try:
+        with client(server) as ws:
+            assert ws.response.headers.get("Sec-WebSocket-Extensions") is None
+            ws.send("plain" * 100)
+            assert ws.recv(timeout=5) == "plain" * 100
+    finally:
+        assert server.stop() == 0
+
+
+def test_deflate_offer_is_accepted(echo_server):
     with client(echo_server) as ws:
-        assert ws.response.headers.get("Sec-WebSocket-Extensions") is None
-        ws.send("plain")
-        assert ws.recv(timeout=5) == "plain"
+        assert ws.response.headers.get("Sec-WebSocket-Extensions") == "permessage-deflate; client_max_window_bits=15"
+        ws.send("compressed " * 100)
+        assert ws.recv(timeout=5) == "compressed " * 100
 
 
 def test_one_mebibyte_messages(echo_server):

@@ -1,4 +1,5 @@
 import HTTPCodec
+import Transport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -40,16 +41,24 @@ public struct HTTPClient: Sendable {
 
     public func request(_ method: String, _ path: String, headers: [(String, String)] = [],
                         body: [UInt8] = []) throws(LeaseholdError) -> Response {
-        guard !server.tls else { throw .tlsNotSupported(server) }
+        let tlsContext = try server.tlsContext()
         let deadline = monotonicNow().addingSaturated(timeout)
         let fd = try connect(deadline: deadline)
         defer { Glibc.close(fd) }
+        var tls: TLSClientStream?
+        if let tlsContext {
+            guard let stream = tlsContext.stream(fd: fd, serverName: server.host) else {
+                throw .tls(server, "cannot create a TLS session")
+            }
+            tls = stream
+        }
+        defer { tls?.shutdown() }
         var head = "\(method) \(server.path(path)) HTTP/1.1\r\nHost: \(server.authority)\r\nConnection: close\r\n"
         head += "User-Agent: leasehold-client\r\nContent-Length: \(body.count)\r\n"
         for (name, value) in headers { head += "\(name): \(value)\r\n" }
         head += "\r\n"
-        try send(fd, Array(head.utf8) + body, deadline: deadline)
-        return try receiveAll(fd, deadline: deadline)
+        try send(fd, Array(head.utf8) + body, tls: tls, deadline: deadline)
+        return try receiveAll(fd, tls: tls, deadline: deadline)
     }
 
     // MARK: sockets
@@ -119,8 +128,21 @@ public struct HTTPClient: Sendable {
         throw .connectionRefused(server, lastError)
     }
 
-    private func send(_ fd: Int32, _ bytes: [UInt8], deadline: UInt64) throws(LeaseholdError) {
+    private func send(_ fd: Int32, _ bytes: [UInt8], tls: TLSClientStream?, deadline: UInt64) throws(LeaseholdError) {
         var offset = 0
+        if let tls {
+            // The handshake runs inside the first write.
+            while offset < bytes.count {
+                switch bytes.withUnsafeBytes({ tls.write(UnsafeRawBufferPointer(rebasing: $0[offset...])) }) {
+                case .bytes(let count): offset += count
+                case .wantRead: try wait(fd, for: Int16(POLLIN), deadline: deadline, "in the TLS handshake")
+                case .wantWrite: try wait(fd, for: Int16(POLLOUT), deadline: deadline, "sending the request")
+                case .closed: throw .connectionRefused(server, "the server closed the connection during the TLS handshake")
+                case .failed(let reason): throw .tls(server, reason)
+                }
+            }
+            return
+        }
         while offset < bytes.count {
             let written = bytes.withUnsafeBytes { buffer in
                 Glibc.send(fd, buffer.baseAddress.map { $0 + offset }, buffer.count - offset, Int32(MSG_NOSIGNAL))
@@ -137,11 +159,26 @@ public struct HTTPClient: Sendable {
     }
 
     /// Reads until one whole answer is parsed (or the server closes the connection).
-    private func receiveAll(_ fd: Int32, deadline: UInt64) throws(LeaseholdError) -> Response {
+    private func receiveAll(_ fd: Int32, tls: TLSClientStream?, deadline: UInt64) throws(LeaseholdError) -> Response {
         var parser = HTTPResponseParser(maxHeadSize: 64 * 1024, maxBodySize: maxResponseBytes)
         var chunk = [UInt8](repeating: 0, count: 16 * 1024)
         while true {
-            let count = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            let count: Int
+            if let tls {
+                switch chunk.withUnsafeMutableBytes({ tls.read(into: $0) }) {
+                case .bytes(let read): count = read
+                case .closed: count = 0
+                case .wantRead:
+                    try wait(fd, for: Int16(POLLIN), deadline: deadline, "reading the answer")
+                    continue
+                case .wantWrite:
+                    try wait(fd, for: Int16(POLLOUT), deadline: deadline, "reading the answer")
+                    continue
+                case .failed(let reason): throw .tls(server, reason)
+                }
+            } else {
+                count = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            }
             do throws(HTTPParseError) {
                 if count == 0 {
                     guard let answer = try parser.finish() else {

@@ -68,14 +68,19 @@ public final class LeaseSession: WebSocketHandler, @unchecked Sendable {
                                onEvent: (@Sendable (LeaseEvent) -> Void)? = nil,
                                completion: @escaping @Sendable (Result<LeaseSession, LeaseholdError>) -> Void) {
         let session = LeaseSession(server: server, configuration: configuration, loop: loop, onEvent: onEvent)
-        guard !server.tls else {
-            loop.execute { completion(.failure(.tlsNotSupported(server))) }
+        let tls: TLSClientContext?
+        do {
+            tls = try server.tlsContext()
+        } catch {
+            session.state = .ended
+            session.continuation.finish()
+            loop.execute { completion(.failure(error)) }
             return
         }
         WebSocketClient.connect(host: server.host, port: server.port, path: server.path("/v1/lease"),
                                 headers: configuration.leaseToken.map { [("Authorization", "Bearer \($0)")] } ?? [],
                                 loop: loop, configuration: configuration.webSocket,
-                                handshakeTimeout: configuration.connectTimeout, handler: session) { result in
+                                handshakeTimeout: configuration.connectTimeout, tls: tls, handler: session) { result in
             switch result {
             case .success(let socket):
                 session.socket = socket
@@ -263,6 +268,7 @@ extension LeaseholdError {
         switch error {
         case .invalidAddress(let message): self = .connectionRefused(server, message)
         case .connectFailed(let message): self = .connectionRefused(server, message)
+        case .tlsFailed(let message): self = .tls(server, message)
         case .rejected(let status, let body): self = .handshakeRejected(server, status: status, body)
         case .invalidHandshake(let message): self = .handshakeRejected(server, status: 0, message)
         case .timedOut: self = .connectionRefused(server, "no WebSocket handshake within \(timeout)")

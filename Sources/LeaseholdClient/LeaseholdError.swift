@@ -4,8 +4,9 @@
 public enum LeaseholdError: Error, Sendable, Equatable, CustomStringConvertible {
     /// `--server`/`LEASEHOLD_URL` is not a server address.
     case invalidServerURL(String, String)
-    /// A `wss://`/`https://` address: the transport has no TLS yet.
-    case tlsNotSupported(ServerURL)
+    /// A `wss://`/`https://` address whose TLS could not be set up or failed (untrusted or
+    /// wrong certificate, unreadable CA file or client certificate, refused client certificate).
+    case tls(ServerURL, String)
     /// No TCP connection (refused, unknown host, unreachable network, connect timeout).
     case connectionRefused(ServerURL, String)
     /// The server answered the WebSocket upgrade with an HTTP error (or garbage).
@@ -37,8 +38,8 @@ public enum LeaseholdError: Error, Sendable, Equatable, CustomStringConvertible 
         switch self {
         case .invalidServerURL(let text, let problem):
             return "invalid server address '\(text)': \(problem). Use ws://HOST:PORT (--server or LEASEHOLD_URL)."
-        case .tlsNotSupported(let url):
-            return "\(url): TLS (wss://) is not supported yet. Use a ws:// address, e.g. through a TLS-terminating tunnel."
+        case .tls(let url, let detail):
+            return "TLS with \(url) failed: \(detail). Check --ca-file (default: the system's trust store) and, if the server requires a client certificate, --cert and --key."
         case .connectionRefused(let url, let detail):
             return "cannot connect to \(url): \(detail). Is `leasehold serve` running there? Check --server or LEASEHOLD_URL."
         case .handshakeRejected(let url, 401, let body):

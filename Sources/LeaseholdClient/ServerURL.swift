@@ -1,3 +1,5 @@
+import Transport
+
 /// Where the server is: `ws://HOST[:PORT][/PREFIX]` (also `wss://`, `http://`, `https://`, or a bare
 /// `HOST:PORT`). The port defaults to 7400, the server's default, for every scheme.
 public struct ServerURL: Sendable, Equatable, CustomStringConvertible {
@@ -10,6 +12,9 @@ public struct ServerURL: Sendable, Equatable, CustomStringConvertible {
     public let tls: Bool
     /// A path prefix in front of `/v1/...` (for a server behind a reverse proxy); "" normally.
     public let pathPrefix: String
+    /// For `wss://`/`https://`: what to trust (default: the system's store) and the client
+    /// certificate to show (mutual TLS).
+    public var trust = TLSClientConfiguration()
 
     public init(host: String, port: UInt16 = ServerURL.defaultPort, tls: Bool = false, pathPrefix: String = "") {
         self.host = host
@@ -83,5 +88,17 @@ extension String {
         while let first = view.first, first == " " || first == "\t" || first == "\n" || first == "\r" { view = view.dropFirst() }
         while let last = view.last, last == " " || last == "\t" || last == "\n" || last == "\r" { view = view.dropLast() }
         return String(view)
+    }
+}
+
+extension ServerURL {
+    /// The TLS context for this address; nil for ws:// and http://.
+    func tlsContext() throws(LeaseholdError) -> TLSClientContext? {
+        guard tls else { return nil }
+        do {
+            return try TLSClientContext(trust)
+        } catch {
+            throw .tls(self, error.message)
+        }
     }
 }

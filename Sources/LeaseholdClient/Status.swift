@@ -317,14 +317,17 @@ public final class StatusWatcher: WebSocketHandler, @unchecked Sendable {
                              loop: EventLoop = LeaseSession.sharedLoop,
                              onSnapshot: @escaping @Sendable (StatusSnapshot) -> Void,
                              onEnd: @escaping @Sendable (LeaseholdError) -> Void) {
-        guard !server.tls else {
-            loop.execute { onEnd(.tlsNotSupported(server)) }
+        let tls: TLSClientContext?
+        do {
+            tls = try server.tlsContext()
+        } catch {
+            loop.execute { onEnd(error) }
             return
         }
         let watcher = StatusWatcher(server: server, onSnapshot: onSnapshot, onEnd: onEnd)
         WebSocketClient.connect(host: server.host, port: server.port, path: server.path("/v1/watch"), loop: loop,
                                 configuration: configuration.webSocket, handshakeTimeout: configuration.connectTimeout,
-                                handler: watcher) { result in
+                                tls: tls, handler: watcher) { result in
             if case .failure(let error) = result {
                 watcher.end(LeaseholdError(error, server: server, timeout: configuration.connectTimeout))
             }

@@ -3,6 +3,7 @@ import Synchronization
 import HTTPCodec
 import LeaseCore
 import LeaseProtocol
+import PerMessageDeflate
 import Logging
 import Transport
 #if canImport(Glibc)
@@ -25,6 +26,17 @@ public struct ServerOptions: Sendable {
     public var deadAfter: Duration = .seconds(45)
     public var requestTimeout: Duration = .seconds(30)
     public var maxMessageSize: Int = 64 * 1024
+    /// TLS listeners (`--listen-tls`): every endpoint over https:// and wss://.
+    public var listenTLS: [String] = []
+    /// PEM certificate (chain) and key for the TLS listeners; re-read by `reload`.
+    public var tlsCertificate: String?
+    public var tlsKey: String?
+    /// CA certificates client certificates must chain to: TLS then requires one (mutual TLS)
+    /// and its subject's common name is the lease's default holder.
+    public var tlsClientCA: String?
+    /// permessage-deflate (RFC 7692) for clients that offer it. Clients are asked not to keep
+    /// context, so no inflate stream outlives a message; ours is freed when a connection is quiet.
+    public var compression = true
     /// Pings a client may send a second; past it its connection closes with 1008.
     public var maxPingsPerSecond = 20
     /// Open connections in all (beyond: 503 before any upgrade) and from one address (429).
@@ -93,6 +105,10 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
     private let hostNames: Set<String>
     /// Serial, so two reloads apply in the order they were asked for.
     private let reloadQueue = DispatchQueue(label: "leasehold.reload")
+    /// The TLS listeners' certificate and key (reloaded with the inventory); nil without TLS.
+    public let tls: TLSServerContext?
+    /// The TLS listeners' bound addresses, once `start` has run.
+    public private(set) var tlsAddresses: [SocketAddress] = []
 
     /// `clock` drives every timeout, ping and timer of the server; tests pass a `ManualClock`.
     public init(options: ServerOptions, logger: Logger, clock: LoopClock = .system) throws(StartupError) {
@@ -101,6 +117,18 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         self.clock = ServerClock(clock)
         hostNames = Self.hostNames(allowed: options.allowedHosts + (options.publicURL.flatMap(Self.authority(ofURL:)).map { [Self.name(ofAuthority: $0)] } ?? []))
         let inventory = try Self.loadInventory(path: options.inventoryPath)
+        if !options.listenTLS.isEmpty {
+            guard let certificate = options.tlsCertificate, let key = options.tlsKey else {
+                throw StartupError(message: "TLS listeners need a certificate and a key (--tls-cert, --tls-key)")
+            }
+            do {
+                tls = try TLSServerContext(certificate: certificate, key: key, clientCA: options.tlsClientCA)
+            } catch {
+                throw StartupError(message: "TLS: \(error.message)")
+            }
+        } else {
+            tls = nil
+        }
         let epochFile = try options.epochFile.map { path throws(StartupError) in
             try EpochFile(path: path, names: inventory.resources.map(\.name), block: options.epochBlock)
         }
@@ -136,6 +164,16 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         var configuration = HTTPServerConfiguration()
         configuration.webSocket.maxMessageSize = options.maxMessageSize
         configuration.webSocket.maxPingsPerSecond = options.maxPingsPerSecond
+        if options.compression {
+            var compression = PerMessageDeflateConfiguration()
+            compression.requestPeerNoContextTakeover = true
+            // Lease messages are sparse and snapshots are compressed once for all watchers: no
+            // connection keeps a zlib stream between messages.
+            compression.releaseAfterEachMessage = true
+            configuration.webSocket.compression = compression
+        } else {
+            configuration.webSocket.compression = nil
+        }
         configuration.maxConnections = options.maxConnections
         configuration.maxConnectionsPerAddress = options.maxConnectionsPerAddress
         configuration.perAddressLimitExempt = options.trustedProxies
@@ -148,6 +186,8 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
                               switch problem {
                               case .acceptFailed(let error):
                                   logger.warning("accept failed", metadata: ["error": .string("\(error)")])
+                              case .tlsFailed(let peer, let reason):
+                                  logger.notice("TLS failed", metadata: ["connection.peer": .string(peer.description), "reason": .string(reason)])
                               case .refused(let peer, let status, let limit):
                                   logger.notice("connection refused at its limit", metadata: [
                                       "connection.peer": .string(peer.description), "http.status": .stringConvertible(status),
@@ -183,6 +223,16 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
                 throw StartupError(message: "cannot listen on \(text): \(error)")
             }
         }
+        for text in options.listenTLS {
+            do {
+                let address = try SocketAddress(parsing: text)
+                tlsAddresses.append(try http.listen(on: address, tls: tls))
+            } catch let error as AddressError {
+                throw StartupError(message: error.description)
+            } catch {
+                throw StartupError(message: "cannot listen (TLS) on \(text): \(error)")
+            }
+        }
         return bound
     }
 
@@ -209,7 +259,14 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
     /// Re-reads the inventory file (SIGHUP and `POST /v1/reload`).
     public func reload(completion: @escaping @Sendable (Result<String, StartupError>) -> Void) {
         // Reading and parsing a large file takes a while: not on an event loop or the lease queue.
-        reloadQueue.async { [options, service] in
+        reloadQueue.async { [options, service, tls] in
+            // The certificate and key first: if they cannot be read, nothing changes.
+            do throws(TLSError) {
+                try tls?.reload()
+            } catch {
+                completion(.failure(StartupError(message: "TLS certificate: \(error.message)")))
+                return
+            }
             let inventory: Inventory
             do throws(StartupError) {
                 inventory = try Self.loadInventory(path: options.inventoryPath)
@@ -220,7 +277,8 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
             service.reload(inventory) { result in
                 switch result {
                 case .applied:
-                    completion(.success("inventory reloaded: \(inventory.resources.count == 1 ? "1 resource" : "\(inventory.resources.count) resources")"))
+                    let certificate = tls.map { "; TLS certificate reloaded (\($0.certificateSubject))" } ?? ""
+                    completion(.success("inventory reloaded: \(inventory.resources.count == 1 ? "1 resource" : "\(inventory.resources.count) resources")" + certificate))
                 case .invalid(let problems):
                     completion(.failure(StartupError(message: problems.map(\.description).joined(separator: "; "))))
                 }
@@ -268,7 +326,10 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
                 }
             }
             let session = LeaseSession(service: service, peer: client.peer, peerHost: client.host,
-                                       requestTimeout: options.requestTimeout, tokenName: tokenName)
+                                       requestTimeout: options.requestTimeout, tokenName: tokenName,
+                                       clientCertificate: responder.tlsClientSubject.map {
+                                           .init(subject: $0, name: responder.tlsClientName ?? $0)
+                                       })
             responder.upgradeToWebSocket(handler: session)
         case ("GET", "/v1/watch"):
             if let refusal = checkOrigin(head, client, endpoint: path) { return responder.respond(refusal) }

@@ -47,6 +47,8 @@ final class LeaseService: @unchecked Sendable {
         let tokenHash: String
         /// How long it survives an abrupt end of its connection; nil: not at all.
         let grace: Duration?
+        /// The verified client certificate's subject (mutual TLS), for the journal.
+        var clientSubject: String? = nil
         /// In the queue (counted in `waitingTotal` and `waitingByAddress`).
         var queued = false
         /// Asked while the queue was full: it could only be granted at once.
@@ -176,7 +178,9 @@ final class LeaseService: @unchecked Sendable {
 
     func acquire(_ id: LeaseID, _ request: AcquireRequest, session: LeaseSession) {
         guard let loop = session.loop else { return }
-        let holder = session.tokenName.map { "\($0)/" + (request.holder ?? session.peer) } ?? request.holder ?? session.peer
+        // The default holder: the client certificate's name under mutual TLS, else the address.
+        let named = request.holder ?? session.clientCertificate?.name ?? session.peer
+        let holder = session.tokenName.map { "\($0)/" + named } ?? named
         let asked = Request(
             want: request.want.map(Self.coreGroup),
             holder: holder,
@@ -194,7 +198,8 @@ final class LeaseService: @unchecked Sendable {
                                    tokenName: session.tokenName,
                                    meta: journal == nil && store == nil ? [] : request.meta,
                                    token: token, tokenHash: ResumeToken.hash(token),
-                                   grace: request.grace.flatMap { $0 > 0 ? Self.duration($0) : nil })
+                                   grace: request.grace.flatMap { $0 > 0 ? Self.duration($0) : nil },
+                                   clientSubject: session.clientCertificate?.subject)
             if waitingTotal >= limits.waitersTotal || waitingByAddress[session.peerHost, default: 0] >= limits.waitersPerAddress {
                 coreRequest.wait = .zero
                 entry.queueWasFull = true
@@ -487,6 +492,7 @@ final class LeaseService: @unchecked Sendable {
                         ("peer", .string(entry.peer)),
                     ]
                     if let token = entry.tokenName { line.append(("token", .string(token))) }
+                    if let subject = entry.clientSubject { line.append(("client_certificate", .string(subject))) }
                     line += [
                         ("resources", .array(granted.map { .object([("name", .string($0.name)), ("type", .string($0.type)), ("epoch", .int(Int64(clamping: $0.epoch)))]) })),
                         ("meta", .object(entry.meta.map { ($0.0, .string($0.1)) })),

@@ -32,8 +32,15 @@ final class LeaseSession: WebSocketHandler, @unchecked Sendable {
     /// The lease token's name (see `LeaseTokens`); it prefixes the holder.
     let tokenName: String?
 
-    init(service: LeaseService, peer: String, peerHost: String, requestTimeout: Duration, tokenName: String? = nil) {
+    /// The verified client certificate (mutual TLS): its common name is the default holder, its
+    /// subject goes into the journal.
+    struct ClientCertificate { let subject: String; let name: String }
+    let clientCertificate: ClientCertificate?
+
+    init(service: LeaseService, peer: String, peerHost: String, requestTimeout: Duration, tokenName: String? = nil,
+         clientCertificate: ClientCertificate? = nil) {
         self.service = service
+        self.clientCertificate = clientCertificate
         self.tokenName = tokenName
         self.peer = peer
         self.peerHost = peerHost

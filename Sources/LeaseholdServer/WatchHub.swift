@@ -26,8 +26,8 @@ final class WatchHub: @unchecked Sendable {
         dispatchPrecondition(condition: .onQueue(queue))
         #endif
         watchers[ObjectIdentifier(watcher)] = watcher
-        let text = render()
-        watcher.loop?.execute { watcher.offer(text) }
+        let message = SharedMessage(text: render())
+        watcher.loop?.execute { watcher.offer(message) }
     }
 
     func remove(_ watcher: WatchSession) {
@@ -59,9 +59,11 @@ final class WatchHub: @unchecked Sendable {
         broadcastScheduled = false
         guard !watchers.isEmpty else { return }
         lastBroadcast = clock.source.now()
-        let text = render()
+        // Rendered once, and compressed at most once per window size for every watcher that
+        // negotiated permessage-deflate (the first watcher to send it compresses it).
+        let message = SharedMessage(text: render())
         for watcher in watchers.values {
-            watcher.loop?.execute { watcher.offer(text) }
+            watcher.loop?.execute { watcher.offer(message) }
         }
     }
 }
@@ -73,7 +75,7 @@ final class WatchSession: WebSocketHandler, @unchecked Sendable {
     private let hubQueue: DispatchQueue
     private weak var socket: WebSocketConnection?
     private(set) var loop: EventLoop?
-    private var latest: [UInt8]?
+    private var latest: SharedMessage?
     private var retryScheduled = false
     static let backlogLimit = 256 * 1024
     private let slots: ConnectionLimit
@@ -110,15 +112,15 @@ final class WatchSession: WebSocketHandler, @unchecked Sendable {
     }
 
     /// On this watcher's loop.
-    func offer(_ text: [UInt8]) {
+    func offer(_ message: SharedMessage) {
         guard let socket, socket.isOpen else { return }
         if socket.pendingOutputBytes > Self.backlogLimit {
-            latest = text
+            latest = message
             scheduleRetry()
             return
         }
         latest = nil
-        socket.send(text: text)
+        socket.send(message)
     }
 
     private func scheduleRetry() {
@@ -126,7 +128,7 @@ final class WatchSession: WebSocketHandler, @unchecked Sendable {
         retryScheduled = true
         loop.queue.asyncAfter(deadline: .now() + .milliseconds(100)) { [self] in
             retryScheduled = false
-            if let text = latest { offer(text) }
+            if let message = latest { offer(message) }
         }
     }
 }

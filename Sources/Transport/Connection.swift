@@ -38,6 +38,16 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
     var delegate: ConnectionDelegate?
     /// Released when the descriptor is closed.
     var limit: ConnectionLimit?
+    /// TLS over the socket, when this is a TLS connection: reads and writes go through it.
+    private(set) var tls: TLSSession?
+    /// Told, once, why a TLS connection failed (handshake or later), with OpenSSL's reasons.
+    var onTLSFailure: ((_ reason: String) -> Void)?
+    /// OpenSSL needs the socket writable to go on reading (a handshake message to send).
+    private var readWantsWrite = false
+    /// OpenSSL needs the socket readable to go on writing (the handshake is not done).
+    private var writeWantsRead = false
+    /// Plain HTTP came to this TLS connection and got a plain 400.
+    private var plainHTTPAnswered = false
 
     private var state: State
     private var readSource: DispatchSourceRead?
@@ -61,11 +71,12 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
     static let flushTimeout: UInt64 = 30_000_000_000
 
     /// Wraps an accepted, connected socket. Call on `loop`.
-    init(acceptedFD fd: Int32, peer: SocketAddress, loop: EventLoop, maxOutputBytes: Int) {
+    init(acceptedFD fd: Int32, peer: SocketAddress, loop: EventLoop, maxOutputBytes: Int, tls: TLSSession? = nil) {
         self.fd = fd
         self.loop = loop
         self.peer = peer
         self.maxOutputBytes = maxOutputBytes
+        self.tls = tls
         state = .open
         super.init()
         Posix.setNoDelay(fd)
@@ -75,11 +86,12 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
 
     /// Wraps a socket with a connect in progress. Set the delegate, then call `finishConnecting()`;
     /// the delegate hears `connectionDidConnect`.
-    init(connectingFD fd: Int32, peer: SocketAddress, loop: EventLoop, maxOutputBytes: Int) {
+    init(connectingFD fd: Int32, peer: SocketAddress, loop: EventLoop, maxOutputBytes: Int, tls: TLSSession? = nil) {
         self.fd = fd
         self.loop = loop
         self.peer = peer
         self.maxOutputBytes = maxOutputBytes
+        self.tls = tls
         state = .connecting
         super.init()
         loop.connections[ObjectIdentifier(self)] = self
@@ -128,7 +140,7 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
         // loop's others; the rest is picked up in a later turn.
         for _ in 0..<4 {
             guard state == .open || state == .draining, !readPaused else { return }
-            switch Posix.read(fd, into: loop.readBuffer) {
+            switch readSome() {
             case .bytes(let count):
                 guard state == .open else { continue }  // draining: discard
                 corked = true
@@ -137,16 +149,91 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
                 corked = false
                 if state == .open || shutdownAfterFlush { flush() }
             case .wouldBlock:
+                if writeWantsRead, state == .open || state == .draining {
+                    // The handshake moved on: output waiting for it may go now.
+                    writeWantsRead = false
+                    flush()
+                }
                 return
             case .endOfFile:
                 peerClosed()
                 return
             case .failed(let error):
-                terminate(.reset(errno: error.errno), abortive: true)
+                // A plain HTTP client was answered in plain text: let the answer arrive (FIN, not RST).
+                terminate(.reset(errno: error.errno), abortive: !plainHTTPAnswered)
                 return
             }
         }
+        // Four buffers this turn; the rest (in the socket, or decrypted bytes OpenSSL already
+        // holds, which readiness never reports) in a later one.
         loop.queue.async { [self] in handleReadable() }
+    }
+
+    /// One read: from the socket, or through TLS.
+    private func readSome() -> Posix.IOResult {
+        guard let tls else { return Posix.read(fd, into: loop.readBuffer) }
+        switch tls.read(into: loop.readBuffer) {
+        case .bytes(let count):
+            return .bytes(count)
+        case .wantRead:
+            return .wouldBlock
+        case .wantWrite:
+            readWantsWrite = true
+            armWriteSource()
+            return .wouldBlock
+        case .closed:
+            return .endOfFile
+        case .failed(let reason, let plainHTTP):
+            tlsFailed(reason, plainHTTP: plainHTTP)
+            return .failed(SocketError(call: "SSL_read", errno: EPROTO))
+        }
+    }
+
+    /// How one write went: the count, or what to wait for.
+    private enum SendOutcome { case bytes(Int), wouldBlock, waitForReadable, failed(SocketError) }
+
+    private func sendSome(_ bytes: UnsafeRawBufferPointer) -> SendOutcome {
+        guard let tls else {
+            guard let base = bytes.baseAddress else { return .bytes(0) }
+            var vector = iovec(iov_base: UnsafeMutableRawPointer(mutating: base), iov_len: bytes.count)
+            switch withUnsafePointer(to: &vector, { Posix.send(fd, UnsafeBufferPointer(start: $0, count: 1)) }) {
+            case .bytes(let count): return .bytes(count)
+            case .wouldBlock, .endOfFile: return .wouldBlock
+            case .failed(let error): return .failed(error)
+            }
+        }
+        switch tls.write(bytes) {
+        case .bytes(let count): return .bytes(count)
+        case .wantWrite: return .wouldBlock
+        case .wantRead:
+            writeWantsRead = true
+            return .waitForReadable
+        case .closed:
+            return .failed(SocketError(call: "SSL_write", errno: EPIPE))
+        case .failed(let reason, let plainHTTP):
+            tlsFailed(reason, plainHTTP: plainHTTP)
+            return .failed(SocketError(call: "SSL_write", errno: EPROTO))
+        }
+    }
+
+    private func tlsFailed(_ reason: String, plainHTTP: Bool) {
+        if plainHTTP {
+            // Plain HTTP sent to a TLS port: a plain answer it can read, then the close. The rest
+            // of the request is read first (a little of it, at most), or closing with unread
+            // input would reset the connection before the client reads the answer.
+            plainHTTPAnswered = true
+            for _ in 0..<4 {
+                guard case .bytes = Posix.read(fd, into: loop.readBuffer) else { break }
+            }
+            let body = "this port speaks HTTPS (TLS): use https:// or wss://\n"
+            let answer = "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n" + body
+            Posix.sendOnce(fd, Array(answer.utf8))
+            shutdown(fd, Int32(SHUT_WR))
+        }
+        if let report = onTLSFailure {
+            onTLSFailure = nil
+            report(plainHTTP ? "plain HTTP request on a TLS port" : reason)
+        }
     }
 
     /// Stops reading until `resumeReading()`, e.g. while a request waits for its response.
@@ -160,6 +247,8 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
         guard readPaused, let source = readSource else { return }
         readPaused = false
         source.resume()
+        // Bytes OpenSSL already decrypted make no readiness event: read them now.
+        if let tls, tls.hasPendingBytes { loop.queue.async { [self] in handleReadable() } }
     }
 
     // MARK: writing
@@ -187,14 +276,10 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
 
     /// Returns the count written, or nil when the connection failed.
     private func writeDirect(_ bytes: [UInt8]) -> Int? {
-        let result: Posix.IOResult = bytes.withUnsafeBytes { raw in
-            guard let base = raw.baseAddress else { return .bytes(0) }
-            var vector = iovec(iov_base: UnsafeMutableRawPointer(mutating: base), iov_len: raw.count)
-            return withUnsafePointer(to: &vector) { Posix.send(fd, UnsafeBufferPointer(start: $0, count: 1)) }
-        }
+        let result = bytes.withUnsafeBytes { sendSome($0) }
         switch result {
         case .bytes(let count): return count
-        case .wouldBlock, .endOfFile: return 0
+        case .wouldBlock, .waitForReadable: return 0
         case .failed(let error):
             terminate(.reset(errno: error.errno), abortive: true)
             return nil
@@ -203,16 +288,25 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
 
     private func flush() {
         while outputOffset < output.count {
-            let result: Posix.IOResult = output.withUnsafeBytes { raw in
-                guard let base = raw.baseAddress else { return .bytes(0) }
-                var vector = iovec(iov_base: UnsafeMutableRawPointer(mutating: base + outputOffset),
-                                   iov_len: raw.count - outputOffset)
-                return withUnsafePointer(to: &vector) { Posix.send(fd, UnsafeBufferPointer(start: $0, count: 1)) }
+            let result = output.withUnsafeBytes { raw in
+                sendSome(UnsafeRawBufferPointer(rebasing: raw[outputOffset...]))
             }
             switch result {
             case .bytes(let count):
                 outputOffset += count
-            case .wouldBlock, .endOfFile:
+            case .waitForReadable:
+                // TLS needs the peer's handshake bytes first: reading resumes the flush.
+                if pendingOutputBytes > maxOutputBytes {
+                    terminate(.outputOverflow, abortive: true)
+                    return
+                }
+                compactOutput()
+                if writeSourceResumed, let source = writeSource {
+                    source.suspend()
+                    writeSourceResumed = false
+                }
+                return
+            case .wouldBlock:
                 if pendingOutputBytes > maxOutputBytes {
                     terminate(.outputOverflow, abortive: true)
                     return
@@ -273,6 +367,11 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
             delegate?.connectionDidConnect()
             if state == .open { flush() }
         case .open, .draining:
+            if readWantsWrite {
+                readWantsWrite = false
+                handleReadable()
+                guard state == .open || state == .draining else { return }
+            }
             flush()
         case .closed:
             return
@@ -301,6 +400,7 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
 
     private func halfCloseAndDrain() {
         shutdownAfterFlush = false
+        tls?.shutdown()  // close_notify, then FIN
         shutdown(fd, Int32(SHUT_WR))
         deadline = loop.now() + Connection.drainTimeout
         loop.watchDeadline(self)
@@ -369,6 +469,7 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
     private func finish() {
         readSource = nil
         writeSource = nil
+        tls = nil
         Glibc.close(fd)
         limit?.release(address: peer.host)
         limit = nil

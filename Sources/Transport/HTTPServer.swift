@@ -1,5 +1,6 @@
 import Dispatch
 import HTTPCodec
+import PerMessageDeflate
 import WebSocketCodec
 
 public struct WebSocketConfiguration: Sendable {
@@ -14,6 +15,9 @@ public struct WebSocketConfiguration: Sendable {
     /// Pings the peer may send a second (a burst of as many is allowed); past it the connection
     /// closes with 1008. Every ping costs a pong: this bounds what one peer can make us write.
     public var maxPingsPerSecond: Int = 20
+    /// permessage-deflate (RFC 7692): accepted when a client offers it (server), offered
+    /// (client); nil: off.
+    public var compression: PerMessageDeflateConfiguration? = .default
 
     public init() {}
 }
@@ -25,12 +29,16 @@ public enum HTTPServerProblem: Sendable, CustomStringConvertible {
     /// A connection was answered with `status` and closed: `limit` connections in all (503) or
     /// from its address (429) are open.
     case refused(peer: SocketAddress, status: Int, limit: Int)
+    /// A TLS connection failed (handshake or later) and was closed; `reason` is OpenSSL's.
+    case tlsFailed(peer: SocketAddress, reason: String)
 
     public var description: String {
         switch self {
         case .acceptFailed(let error): return "accept failed: \(error)"
         case .refused(let peer, let status, let limit):
             return "refused \(peer) with \(status): \(status == 503 ? "connection limit" : "connection limit per address") \(limit) reached"
+        case .tlsFailed(let peer, let reason):
+            return "TLS with \(peer) failed: \(reason)"
         }
     }
 }
@@ -68,6 +76,11 @@ public final class HTTPResponder: @unchecked Sendable {
     public let loop: EventLoop
     /// The request being answered.
     public let head: HTTPRequestHead
+    /// Whether the request came over TLS.
+    public let isTLS: Bool
+    /// The verified client certificate's subject (mutual TLS) and its common name.
+    public let tlsClientSubject: String?
+    public let tlsClientName: String?
     private let connection: HTTPConnectionHandler
 
     init(connection: HTTPConnectionHandler, request: HTTPRequestHead) {
@@ -75,6 +88,10 @@ public final class HTTPResponder: @unchecked Sendable {
         self.loop = connection.connection.loop
         self.peer = connection.connection.peer
         self.head = request
+        let tls = connection.connection.tls
+        isTLS = tls != nil
+        tlsClientSubject = tls?.peerSubject
+        tlsClientName = tls?.peerCommonName
     }
 
     /// Sends `response`. May be called from any queue.
@@ -88,7 +105,7 @@ public final class HTTPResponder: @unchecked Sendable {
     /// hands the connection to `handler`; otherwise answers the matching error (400, 405, 426).
     /// Must be called on `loop`.
     public func upgradeToWebSocket(handler: WebSocketHandler) {
-        switch WebSocketUpgrade.validate(head) {
+        switch WebSocketUpgrade.validate(head, compression: connection.compression) {
         case .failure(let error):
             connection.complete(error.response, keepAlive: false)
         case .success(let accepted):
@@ -127,11 +144,12 @@ public final class HTTPServer: @unchecked Sendable {
     public var connectionCapacity: Int { limit.maximum }
 
     /// Starts listening on `address`; returns the bound address (with the real port for port 0).
+    /// With `tls` every connection on it speaks TLS (https://, wss://).
     @discardableResult
-    public func listen(on address: SocketAddress) throws(SocketError) -> SocketAddress {
+    public func listen(on address: SocketAddress, tls: TLSServerContext? = nil) throws(SocketError) -> SocketAddress {
         let listener = try Listener(
             address: address, backlog: configuration.backlog, queue: acceptQueue,
-            onAccept: { [unowned self] fd, peer in self.accepted(fd, peer: peer) },
+            onAccept: { [unowned self] fd, peer in self.accepted(fd, peer: peer, tls: tls) },
             onError: { [onProblem] error in onProblem(.acceptFailed(error)) })
         acceptQueue.sync { listeners.append(listener) }
         return listener.address
@@ -148,7 +166,7 @@ public final class HTTPServer: @unchecked Sendable {
         return listener.address
     }
 
-    private func accepted(_ fd: Int32, peer: SocketAddress) {
+    private func accepted(_ fd: Int32, peer: SocketAddress, tls: TLSServerContext? = nil) {
         // The head timeout runs from here, before the connection counts as open or reaches its loop.
         let acceptedAt = group.clock.now()
         if let refusal = limit.tryAcquire(address: peer.host) {
@@ -169,9 +187,21 @@ public final class HTTPServer: @unchecked Sendable {
         if let deadAfter = configuration.webSocket.deadAfter { Posix.setDeadPeerTimeouts(fd, deadAfter: deadAfter) }
         let loop = group.next()
         let configuration = configuration
+        // The connection limit is checked above, before any TLS work.
+        let session = tls?.makeSession(fd: fd)
+        if tls != nil, session == nil {
+            onProblem(.tlsFailed(peer: peer, reason: "cannot create a TLS session: \(TLSSession.drainErrors())"))
+            limit.release(address: peer.host)
+            Posix.close(fd)
+            return
+        }
+        let onProblem = onProblem
         loop.execute { [self] in
             let connection = Connection(acceptedFD: fd, peer: peer, loop: loop,
-                                        maxOutputBytes: configuration.maxOutputBytes)
+                                        maxOutputBytes: configuration.maxOutputBytes, tls: session)
+            if session != nil {
+                connection.onTLSFailure = { reason in onProblem(.tlsFailed(peer: peer, reason: reason)) }
+            }
             connection.limit = limit
             let http = HTTPConnectionHandler(connection: connection, server: self)
             connection.delegate = http
@@ -294,6 +324,8 @@ final class HTTPConnectionHandler: ConnectionDelegate, @unchecked Sendable {
         serveRequests()
     }
 
+    var compression: PerMessageDeflateConfiguration? { server.configuration.webSocket.compression }
+
     func upgrade(to handler: WebSocketHandler, accepted: WebSocketUpgrade.Accepted) {
         awaitingResponse = false
         guard connection.isOpen else { return }
@@ -302,7 +334,7 @@ final class HTTPConnectionHandler: ConnectionDelegate, @unchecked Sendable {
         let leftover = parser.takeUnconsumedBytes()
         let socket = WebSocketConnection(connection: connection, role: .server, handler: handler,
                                          configuration: server.configuration.webSocket,
-                                         subprotocol: accepted.subprotocol)
+                                         subprotocol: accepted.subprotocol, compression: accepted.compression)
         connection.delegate = socket
         socket.start(leftover: leftover)
     }
@@ -327,9 +359,14 @@ public enum WebSocketUpgrade {
     public struct Accepted: Sendable {
         public let responseBytes: [UInt8]
         public let subprotocol: String?
+        /// permessage-deflate as agreed; nil when not offered, declined or off.
+        public let compression: PerMessageDeflateParameters?
     }
 
-    public static func validate(_ head: HTTPRequestHead) -> Result<Accepted, HTTPResponseError> {
+    /// `compression`: permessage-deflate is accepted when offered (nil: always declined).
+    public static func validate(_ head: HTTPRequestHead, compression: PerMessageDeflateConfiguration? = nil)
+        -> Result<Accepted, HTTPResponseError>
+    {
         func reject(_ status: Int, _ message: String, _ extra: [(String, String)] = []) -> Result<Accepted, HTTPResponseError> {
             var response = HTTPResponse.text(status, message + "\n")
             for (name, value) in extra { response.headers.add(name: name, value: value) }
@@ -356,9 +393,10 @@ public enum WebSocketUpgrade {
         guard keys.count == 1, let key = keys.first?.trimmingOWS(), WebSocketHandshake.isValidKey(key) else {
             return reject(400, "missing or invalid Sec-WebSocket-Key (must be base64 of 16 bytes)")
         }
+        let offers: [WebSocketExtensionOffer]
         do {
-            // Parsed so a malformed header is refused; no extension is negotiated yet.
-            _ = try WebSocketExtensions.parse(head.headers.values(for: "Sec-WebSocket-Extensions"))
+            // Parsed so a malformed header is refused even when compression is off.
+            offers = try WebSocketExtensions.parse(head.headers.values(for: "Sec-WebSocket-Extensions"))
         } catch {
             return reject(400, "malformed Sec-WebSocket-Extensions: \(error.reason)")
         }
@@ -370,8 +408,13 @@ public enum WebSocketUpgrade {
         var text = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         text += "Sec-WebSocket-Accept: \(WebSocketHandshake.acceptValue(forKey: key))\r\n"
         if let subprotocol { text += "Sec-WebSocket-Protocol: \(subprotocol)\r\n" }
+        var agreed: PerMessageDeflateParameters?
+        if let compression, let negotiated = PerMessageDeflateNegotiation.accept(offers: offers, configuration: compression) {
+            text += "Sec-WebSocket-Extensions: \(negotiated.response.headerValue)\r\n"
+            agreed = negotiated.parameters
+        }
         text += "\r\n"
-        return .success(Accepted(responseBytes: Array(text.utf8), subprotocol: subprotocol))
+        return .success(Accepted(responseBytes: Array(text.utf8), subprotocol: subprotocol, compression: agreed))
     }
 }
 

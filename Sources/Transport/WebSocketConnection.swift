@@ -1,3 +1,4 @@
+import PerMessageDeflate
 import WebSocketCodec
 
 /// The application side of a WebSocket. Every call arrives on the socket's loop.
@@ -53,6 +54,13 @@ public final class WebSocketConnection: ConnectionDelegate, @unchecked Sendable 
     let connection: Connection
     private var handler: WebSocketHandler?
     private var machine: WebSocketStateMachine
+    /// permessage-deflate, when negotiated.
+    let compression: PerMessageDeflate?
+
+    /// What permessage-deflate agreed on this connection; nil when it is off.
+    public var compressionParameters: PerMessageDeflateParameters? { compression?.parameters }
+    /// Whether zlib streams are held now (they are freed between messages or when quiet).
+    public var holdsCompressionStreams: Bool { compression?.holdsStreams ?? false }
 
     /// How the socket ended for the application; nil while it is open.
     public var end: WebSocketEnd? { machine.end }
@@ -66,13 +74,19 @@ public final class WebSocketConnection: ConnectionDelegate, @unchecked Sendable 
     }
 
     init(connection: Connection, role: WebSocketRole, handler: WebSocketHandler,
-         configuration: WebSocketConfiguration, subprotocol: String?) {
+         configuration: WebSocketConfiguration, subprotocol: String?,
+         compression: PerMessageDeflateParameters? = nil) {
         self.connection = connection
         self.loop = connection.loop
         self.role = role
         self.handler = handler
         self.subprotocol = subprotocol
-        machine = WebSocketStateMachine(role: role, configuration: configuration, now: connection.loop.now())
+        let codec = compression.map {
+            PerMessageDeflate(parameters: $0, configuration: configuration.compression ?? .default)
+        }
+        self.compression = codec
+        machine = WebSocketStateMachine(role: role, configuration: configuration, now: connection.loop.now(),
+                                        compression: codec)
     }
 
     func start(leftover: [UInt8]) {
@@ -107,6 +121,22 @@ public final class WebSocketConnection: ConnectionDelegate, @unchecked Sendable 
         payload.withUnsafeBytes { send(.ping, $0) }
     }
 
+    /// Sends a message that goes to many sockets. With permessage-deflate it is compressed once
+    /// for all sockets whose peer takes our window (the first one compresses it) and the same
+    /// bytes are sent; this socket's own compressor then starts afresh.
+    public func send(_ message: SharedMessage) {
+        loop.assertOnLoop()
+        guard machine.isOpen else { return }
+        let opcode: WebSocketOpcode = message.isText ? .text : .binary
+        if let compression, let compressed = message.compressed(windowBits: compression.compressionWindowBits,
+                                                                 configuration: compression.configuration) {
+            compression.forgetCompressionContext()
+            compressed.withUnsafeBytes { writeFrame(opcode, $0, rsv1: true) }
+        } else {
+            message.payload.withUnsafeBytes { writeFrame(opcode, $0, rsv1: false) }
+        }
+    }
+
     private func send(_ opcode: WebSocketOpcode, _ payload: UnsafeRawBufferPointer) {
         loop.assertOnLoop()
         guard machine.isOpen else { return }
@@ -114,10 +144,19 @@ public final class WebSocketConnection: ConnectionDelegate, @unchecked Sendable 
     }
 
     private func write(_ opcode: WebSocketOpcode, _ payload: UnsafeRawBufferPointer) {
+        // Data messages are compressed when permessage-deflate is on (control frames never are).
+        if !opcode.isControl, let compression, let compressed = compression.compress(payload) {
+            compressed.withUnsafeBytes { writeFrame(opcode, $0, rsv1: true) }
+        } else {
+            writeFrame(opcode, payload, rsv1: false)
+        }
+    }
+
+    private func writeFrame(_ opcode: WebSocketOpcode, _ payload: UnsafeRawBufferPointer, rsv1: Bool) {
         var frame: [UInt8] = []
         frame.reserveCapacity(payload.count + WebSocketEncoder.maximumHeaderLength)
         let maskingKey = role == .client ? WebSocketEncoder.makeMaskingKey() : nil
-        WebSocketEncoder.appendFrame(opcode: opcode, payload: payload, maskingKey: maskingKey, into: &frame)
+        WebSocketEncoder.appendFrame(opcode: opcode, payload: payload, rsv1: rsv1, maskingKey: maskingKey, into: &frame)
         connection.write(frame)
     }
 
@@ -159,11 +198,14 @@ public final class WebSocketConnection: ConnectionDelegate, @unchecked Sendable 
 
     private func perform(_ actions: WebSocketStateMachine.Actions) {
         if let frame = actions.send {
+            // A ping of ours means the peer has been quiet for a while: free what zlib holds.
+            if frame.opcode == .ping { compression?.releaseIdleStreams() }
             frame.payload.withUnsafeBytes { write(frame.opcode, $0) }
         }
         // The server closes TCP first after the close handshake (RFC 6455 §7.1.1); a client waits
         // for the server to do so, within the drain timeout.
         if let mode = actions.closeTransport { connection.close(mode) }
+        if actions.end != nil { compression?.releaseIdleStreams() }
         if let end = actions.end, let handler {
             // Told at a safe point of the loop's turn, never from inside another callback.
             self.handler = nil

@@ -1,3 +1,4 @@
+import PerMessageDeflate
 import WebSocketCodec
 
 /// The rules of one RFC 6455 connection, without I/O and without a clock, like the lease core:
@@ -66,9 +67,15 @@ struct WebSocketStateMachine {
     private var pingAllowanceAt: UInt64
     /// When the bytes being decoded arrived.
     private var receivedAt: UInt64
+    /// permessage-deflate, when negotiated: messages whose first frame has RSV1 are inflated.
+    private let compression: PerMessageDeflate?
+    private let maxMessageSize: Int
 
-    init(role: WebSocketRole, configuration: WebSocketConfiguration, now: UInt64) {
-        decoder = WebSocketDecoder(role: role, maxMessageSize: configuration.maxMessageSize)
+    init(role: WebSocketRole, configuration: WebSocketConfiguration, now: UInt64, compression: PerMessageDeflate? = nil) {
+        decoder = WebSocketDecoder(role: role, maxMessageSize: configuration.maxMessageSize,
+                                   reservedBitsAllowed: compression == nil ? 0 : 0x40)
+        self.compression = compression
+        maxMessageSize = configuration.maxMessageSize
         pingInterval = configuration.pingInterval.map { UInt64(max(1, $0.saturatedNanoseconds)) } ?? .max
         deadAfter = configuration.deadAfter.map { UInt64(max(1, $0.saturatedNanoseconds)) } ?? .max
         closeTimeout = configuration.closeTimeout
@@ -123,8 +130,24 @@ struct WebSocketStateMachine {
             return fail(error)
         }
         switch event {
-        case .text, .binary:
-            return state == .open ? Actions(deliver: event) : Actions.none
+        case .text(let payload), .binary(let payload):
+            guard state == .open else { return Actions.none }
+            guard decoder.lastMessageReservedBits & 0x40 != 0, let compression else { return Actions(deliver: event) }
+            let isText: Bool
+            if case .text = event { isText = true } else { isText = false }
+            do {
+                let message = try compression.decompress(payload, limit: maxMessageSize)
+                if isText {
+                    guard UTF8Validation.isValid(message) else {
+                        return fail(WebSocketError(closeCode: WebSocketCloseCodes.invalidPayloadData,
+                                                   reason: "text message is not valid UTF-8"))
+                    }
+                    return Actions(deliver: .text(message))
+                }
+                return Actions(deliver: .binary(message))
+            } catch {
+                return fail(error)
+            }
         case .ping(let payload):
             guard state == .open else { return Actions.none }
             guard takePingAllowance() else {

@@ -37,10 +37,15 @@ enum FileHandleStderr {
 }
 
 let usage = """
-    usage: leasehold-echo [--listen HOST:PORT]... [--max-message-size BYTES] [--loops N]
+    usage: leasehold-echo [--listen HOST:PORT]... [--listen-tls HOST:PORT --tls-cert FILE --tls-key FILE]
+                          [--max-message-size BYTES] [--loops N] [--compression on|off]
       Echoes every WebSocket text and binary message on any path. Default --listen 127.0.0.1:9001.
+      --compression: accept permessage-deflate (RFC 7692) when a client offers it (default on).
     """
 var listen: [String] = []
+var listenTLS: [String] = []
+var tlsCertificate: String?
+var tlsKey: String?
 var configuration = HTTPServerConfiguration()
 configuration.webSocket.maxMessageSize = 64 << 20  // Autobahn sends 16 MiB messages
 configuration.maxOutputBytes = 80 << 20
@@ -57,6 +62,21 @@ while let argument = arguments.popFirst() {
     case "--loops":
         guard let value = arguments.popFirst().flatMap({ Int($0) }), (1...64).contains(value) else { fail("--loops needs 1-64") }
         loops = value
+    case "--listen-tls":
+        guard let value = arguments.popFirst() else { fail("--listen-tls needs HOST:PORT") }
+        listenTLS.append(value)
+    case "--tls-cert":
+        guard let value = arguments.popFirst() else { fail("--tls-cert needs a PEM file") }
+        tlsCertificate = value
+    case "--tls-key":
+        guard let value = arguments.popFirst() else { fail("--tls-key needs a PEM file") }
+        tlsKey = value
+    case "--compression":
+        switch arguments.popFirst() {
+        case "on": configuration.webSocket.compression = .default
+        case "off": configuration.webSocket.compression = nil
+        default: fail("--compression needs on or off")
+        }
     case "-h", "--help":
         FileHandleStderr.write(usage + "\n", fd: 1)
         exit(0)
@@ -64,7 +84,16 @@ while let argument = arguments.popFirst() {
         fail("unknown argument '\(argument)'\n\(usage)")
     }
 }
-if listen.isEmpty { listen = ["127.0.0.1:9001"] }
+if listen.isEmpty && listenTLS.isEmpty { listen = ["127.0.0.1:9001"] }
+var tls: TLSServerContext?
+if !listenTLS.isEmpty {
+    guard let tlsCertificate, let tlsKey else { fail("--listen-tls needs --tls-cert and --tls-key") }
+    do {
+        tls = try TLSServerContext(certificate: tlsCertificate, key: tlsKey)
+    } catch {
+        fail("TLS: \(error)")
+    }
+}
 
 signal(SIGPIPE, SIG_IGN)  // a closed stdout must not stop the server; sockets use MSG_NOSIGNAL
 let group = EventLoopGroup(count: loops, label: "echo.loop")
@@ -76,6 +105,15 @@ for text in listen {
         let address = try SocketAddress(parsing: text)
         let bound = try server.listen(on: address)
         FileHandleStderr.write("leasehold-echo listening on \(bound)\n", fd: 1)
+    } catch {
+        fail("cannot listen on \(text): \(error)")
+    }
+}
+for text in listenTLS {
+    do {
+        let address = try SocketAddress(parsing: text)
+        let bound = try server.listen(on: address, tls: tls)
+        FileHandleStderr.write("leasehold-echo listening on \(bound) (TLS)\n", fd: 1)
     } catch {
         fail("cannot listen on \(text): \(error)")
     }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import LeaseholdClient
 import LeaseholdServer
+import Transport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -31,7 +32,7 @@ enum ExitStatus {
     static func forError(_ error: LeaseholdError) -> Int32 {
         switch error {
         case .invalidServerURL, .local: return usage
-        case .tlsNotSupported, .connectionRefused, .handshakeRejected, .protocolViolation: return unavailable
+        case .tls, .connectionRefused, .handshakeRejected, .protocolViolation: return unavailable
         case .connectionLost(_, _, let granted): return granted ? connectionLost : unavailable
         case .waitTimeout: return waitTimeout
         case .revoked: return revoked
@@ -57,15 +58,28 @@ struct ConnectionOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("Seconds to wait for the server to answer a connection or an HTTP call.", valueName: "seconds"))
     var connectTimeout: Double = 10
 
+    @Option(name: .long, help: ArgumentHelp("For wss:// and https://: PEM file of the CA certificates to trust (default: $LEASEHOLD_CA_FILE, else the system's trust store).", valueName: "file"))
+    var caFile: String?
+
+    @Option(name: .long, help: ArgumentHelp("Client certificate (PEM, chain allowed) for a server that requires one (mutual TLS); with --key.", valueName: "file"))
+    var cert: String?
+
+    @Option(name: .long, help: ArgumentHelp("Private key of --cert (PEM).", valueName: "file"))
+    var key: String?
+
     func validate() throws {
         guard connectTimeout > 0, connectTimeout <= 3600 else { throw ValidationError("--connect-timeout must be more than 0 and at most 3600 seconds (got \(connectTimeout))") }
+        guard (cert == nil) == (key == nil) else { throw ValidationError("--cert and --key go together") }
     }
 
     func serverURL() throws -> ServerURL {
         var text = ServerURL.defaultText
         if let server { text = server } else if let value = environment("LEASEHOLD_URL"), !value.isEmpty { text = value }
         do {
-            return try ServerURL(parsing: text)
+            var url = try ServerURL(parsing: text)
+            url.trust = TLSClientConfiguration(caFile: caFile ?? environment("LEASEHOLD_CA_FILE").flatMap { $0.isEmpty ? nil : $0 },
+                                               certificateFile: cert, keyFile: key)
+            return url
         } catch {
             fail(error)
         }

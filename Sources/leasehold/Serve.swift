@@ -103,6 +103,21 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "Reset commands (the inventory's reset) running at once; the rest wait their turn.")
     var resetConcurrency: Int = 4
 
+    @Option(name: .long, help: ArgumentHelp("Address to serve TLS on (https://, wss://; repeatable, beside --listen). Needs --tls-cert and --tls-key.", valueName: "host:port"))
+    var listenTls: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("PEM certificate for --listen-tls, the chain after it allowed; re-read on SIGHUP.", valueName: "file"))
+    var tlsCert: String?
+
+    @Option(name: .long, help: ArgumentHelp("PEM private key of --tls-cert; re-read on SIGHUP.", valueName: "file"))
+    var tlsKey: String?
+
+    @Option(name: .long, help: ArgumentHelp("PEM CA certificates: TLS clients must then show a certificate they issued (mutual TLS); its common name is the lease's default holder.", valueName: "file"))
+    var tlsClientCa: String?
+
+    @Option(name: .long, help: ArgumentHelp("permessage-deflate (RFC 7692) for WebSocket clients that offer it: on or off.", valueName: "on|off"))
+    var compression: String = "on"
+
     @Option(name: .long, help: "Event loops (serial queues) for connections.")
     var loops: Int = 2
 
@@ -115,6 +130,15 @@ struct Serve: ParsableCommand {
     func validate() throws {
         guard LeaseholdLogHandler.Format(rawValue: logFormat) != nil else {
             throw ValidationError("--log-format must be text or json (got '\(logFormat)')")
+        }
+        if !listenTls.isEmpty, tlsCert == nil || tlsKey == nil {
+            throw ValidationError("--listen-tls needs --tls-cert and --tls-key")
+        }
+        if listenTls.isEmpty, tlsCert != nil || tlsKey != nil || tlsClientCa != nil {
+            throw ValidationError("--tls-cert, --tls-key and --tls-client-ca need a --listen-tls address")
+        }
+        guard compression == "on" || compression == "off" else {
+            throw ValidationError("--compression must be on or off")
         }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
@@ -190,7 +214,7 @@ struct Serve: ParsableCommand {
 
         var options = ServerOptions()
         options.inheritedListeners = try Self.socketsFromSystemd()
-        options.listen = listen.isEmpty && options.inheritedListeners.isEmpty ? ["0.0.0.0:7400"] : listen
+        options.listen = listen.isEmpty && options.inheritedListeners.isEmpty && listenTls.isEmpty ? ["0.0.0.0:7400"] : listen
         do {
             options.trustedProxies = try trustedProxy.map { text throws(AddressError) in try AddressRange(parsing: text) }
         } catch {
@@ -208,6 +232,11 @@ struct Serve: ParsableCommand {
         options.requestTimeout = .milliseconds(Int64(requestTimeout * 1000))
         options.maxMessageSize = maxMessageSize
         options.maxPingsPerSecond = maxPingsPerSecond
+        options.compression = compression == "on"
+        options.listenTLS = listenTls
+        options.tlsCertificate = tlsCert
+        options.tlsKey = tlsKey
+        options.tlsClientCA = tlsClientCa
         options.maxConnections = maxConnections
         options.maxConnectionsPerAddress = maxConnectionsPerAddress
         options.maxWatchers = maxWatchers
@@ -245,8 +274,14 @@ struct Serve: ParsableCommand {
         } catch {
             throw ServeFailure(error.message)
         }
+        // Before the listening lines: whoever reads them may signal at once (a SIGTERM must stop
+        // the server cleanly, not kill it).
+        installSignalHandlers(server: server, logger: logger)
         for address in addresses {
             writeStdout("leasehold listening on \(address)\n")
+        }
+        for address in server.tlsAddresses {
+            writeStdout("leasehold listening on \(address) (TLS)\n")
         }
         logger.info("serving", metadata: [
             "inventory": .string(inventory), "listen": .string(addresses.joined(separator: " ")),
@@ -255,7 +290,6 @@ struct Serve: ParsableCommand {
             // The descriptor limit is raised to its hard limit at start; this is what it allows.
             "connections.max": .stringConvertible(server.connectionCapacity),
         ])
-        installSignalHandlers(server: server, logger: logger)
         dispatchMain()
     }
 

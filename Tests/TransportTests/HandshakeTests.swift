@@ -72,9 +72,9 @@ extension TransportIntegration {
             }
         }
 
-        @Test("a permessage-deflate offer is declined: no Sec-WebSocket-Extensions, frames stay plain")
+        @Test("with compression off a permessage-deflate offer is declined: no Sec-WebSocket-Extensions, frames stay plain")
         func deflateDeclined() async throws {
-            try await withServer { server in
+            try await withServer(configure: { $0.webSocket.compression = nil }) { server in
                 let socket = try await RawWebSocket(port: server.port, extraHeaders: [
                     ("Sec-WebSocket-Extensions", "permessage-deflate; client_max_window_bits"),
                 ])

@@ -18,15 +18,17 @@ final class RawWebSocket {
 
     /// Connects and upgrades; throws unless the answer is a 101 with the right accept value.
     convenience init(port: UInt16, path: String = "/ws", extraHeaders: [(String, String)] = [],
-                     maxMessageSize: Int = 64 << 20, timeout: Double = hangGuard) async throws {
+                     maxMessageSize: Int = 64 << 20, timeout: Double = hangGuard, reservedBitsAllowed: UInt8 = 0) async throws {
         let socket = try await TestSocket(port: port, timeout: timeout)
         let key = WebSocketHandshake.makeClientKey()
         try await socket.send(Self.upgradeRequest(path: path, port: port, key: key, extraHeaders: extraHeaders))
-        try await self.init(requestSentOn: socket, key: key, maxMessageSize: maxMessageSize)
+        try await self.init(requestSentOn: socket, key: key, maxMessageSize: maxMessageSize,
+                            reservedBitsAllowed: reservedBitsAllowed)
     }
 
     /// Reads the answer to an upgrade request already sent on `socket` with `key`.
-    init(requestSentOn socket: TestSocket, key: String, maxMessageSize: Int = 64 << 20) async throws {
+    init(requestSentOn socket: TestSocket, key: String, maxMessageSize: Int = 64 << 20,
+         reservedBitsAllowed: UInt8 = 0) async throws {
         self.socket = socket
         handshake = try await socket.readHTTPResponse()
         guard handshake.status == 101 else {
@@ -35,21 +37,26 @@ final class RawWebSocket {
         guard handshake.header("Sec-WebSocket-Accept") == WebSocketHandshake.acceptValue(forKey: key) else {
             throw TestClientError("wrong Sec-WebSocket-Accept \(handshake.header("Sec-WebSocket-Accept") ?? "nil")")
         }
-        decoder = WebSocketDecoder(role: .client, maxMessageSize: maxMessageSize)
+        decoder = WebSocketDecoder(role: .client, maxMessageSize: maxMessageSize, reservedBitsAllowed: reservedBitsAllowed)
         feedPending()
     }
 
     // MARK: sending
 
-    static func frame(_ opcode: WebSocketOpcode, _ payload: [UInt8], fin: Bool = true, masked: Bool = true) -> [UInt8] {
+    /// RSV bits of the first frame of the message `next()` returned last (RSV1: compressed).
+    var lastMessageReservedBits: UInt8 { decoder.lastMessageReservedBits }
+
+    static func frame(_ opcode: WebSocketOpcode, _ payload: [UInt8], fin: Bool = true, masked: Bool = true,
+                      rsv1: Bool = false) -> [UInt8] {
         var frame: [UInt8] = []
-        WebSocketEncoder.appendFrame(opcode: opcode, payload: payload, fin: fin,
+        WebSocketEncoder.appendFrame(opcode: opcode, payload: payload, fin: fin, rsv1: rsv1,
                                      maskingKey: masked ? WebSocketEncoder.makeMaskingKey() : nil, into: &frame)
         return frame
     }
 
-    func send(_ opcode: WebSocketOpcode, _ payload: [UInt8], fin: Bool = true, masked: Bool = true) async throws {
-        try await socket.send(Self.frame(opcode, payload, fin: fin, masked: masked))
+    func send(_ opcode: WebSocketOpcode, _ payload: [UInt8], fin: Bool = true, masked: Bool = true,
+              rsv1: Bool = false) async throws {
+        try await socket.send(Self.frame(opcode, payload, fin: fin, masked: masked, rsv1: rsv1))
     }
 
     func send(text: String) async throws { try await send(.text, Array(text.utf8)) }

@@ -144,13 +144,13 @@ final class TestServer: Sendable {
     var log: EventLog { handler.log }
 
     init(loops: Int = 2, group: EventLoopGroup? = nil, host: String = "127.0.0.1", clock: LoopClock = .system,
-         configure: (inout HTTPServerConfiguration) -> Void = { _ in }) throws {
+         tls: TLSServerContext? = nil, configure: (inout HTTPServerConfiguration) -> Void = { _ in }) throws {
         var configuration = HTTPServerConfiguration()
         configure(&configuration)
         self.group = group ?? EventLoopGroup(count: loops, label: "test.server", clock: clock)
         handler = TestHandler()
         server = HTTPServer(group: self.group, configuration: configuration, handler: handler)
-        port = try server.listen(on: SocketAddress(host: host, port: 0)).port
+        port = try server.listen(on: SocketAddress(host: host, port: 0), tls: tls).port
         keepAlive.withLock { $0.append(self) }
     }
 
@@ -208,12 +208,12 @@ final class ClientHandler: WebSocketHandler {
 
 /// `WebSocketClient.connect` as an async call.
 func connectClient(host: String = "127.0.0.1", port: UInt16, path: String = "/ws", headers: [(String, String)] = [], loop: EventLoop,
-                   configuration: WebSocketConfiguration = WebSocketConfiguration(),
+                   configuration: WebSocketConfiguration = WebSocketConfiguration(), tls: TLSClientContext? = nil,
                    handshakeTimeout: Duration = .seconds(5),
                    handler: WebSocketHandler) async -> Result<WebSocketConnection, WebSocketClientError> {
     let result = await withCheckedContinuation { continuation in
         WebSocketClient.connect(host: host, port: port, path: path, headers: headers, loop: loop,
-                                configuration: configuration, handshakeTimeout: handshakeTimeout,
+                                configuration: configuration, handshakeTimeout: handshakeTimeout, tls: tls,
                                 handler: handler) { continuation.resume(returning: $0) }
     }
     // The socket was built on the loop; a sync with the loop's queue is the hand-over that

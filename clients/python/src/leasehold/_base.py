@@ -24,6 +24,7 @@ import asyncio
 import logging
 import os
 import random
+import ssl as ssl_module
 import threading
 import time
 from dataclasses import dataclass, field
@@ -289,6 +290,8 @@ class LeaseBase:
         close_timeout: float = 5.0,
         raise_if_lost: bool = True,
         websocket_options: Mapping[str, Any] | None = None,
+        ssl: ssl_module.SSLContext | None = None,
+        ca_file: str | None = None,
     ) -> None:
         if wait is not None and wait < 0:
             raise ValueError("wait= must be >= 0 seconds, or None to wait forever")
@@ -314,6 +317,12 @@ class LeaseBase:
         self.raise_if_lost = raise_if_lost
         self.websocket_options: dict[str, Any] = dict(websocket_options or {})
         self.websocket_options.setdefault("logger", websocket_log)
+        if ssl is not None and ca_file is not None:
+            raise ValueError("give ssl= or ca_file=, not both")
+        if self.url.startswith("wss://") and "ssl" not in self.websocket_options:
+            self.websocket_options["ssl"] = tls_context(ssl, ca_file)
+        elif not self.url.startswith("wss://") and (ssl is not None or ca_file is not None):
+            raise ValueError(f"ssl= and ca_file= are for wss:// (or https://) servers, not {self.url}")
         # A server started with --lease-token-file wants one of its tokens.
         token = os.environ.get("LEASEHOLD_LEASE_TOKEN", "").strip()
         if token:
@@ -870,3 +879,16 @@ def close_info(exc: ConnectionClosed) -> tuple[int | None, str | None]:
     if exc.rcvd is None:
         return None, None
     return exc.rcvd.code, exc.rcvd.reason
+
+
+def tls_context(context: ssl_module.SSLContext | None, ca_file: str | None) -> ssl_module.SSLContext:
+    """The TLS context for a wss:// server: ``context`` as given, else one that trusts
+    ``ca_file`` (or ``LEASEHOLD_CA_FILE``), else the system's trust store. A client
+    certificate for mutual TLS is loaded into a context passed as ``ssl=``
+    (``context.load_cert_chain(cert, key)``)."""
+    if context is not None:
+        return context
+    path = ca_file or os.environ.get("LEASEHOLD_CA_FILE", "").strip() or None
+    if path is not None and not os.path.isfile(path):
+        raise ValueError(f"CA file {path!r} does not exist (ca_file= or LEASEHOLD_CA_FILE)")
+    return ssl_module.create_default_context(cafile=path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import ssl as ssl_module
 from types import TracebackType
 from typing import Any, Callable, Mapping, Sequence
 
@@ -215,6 +216,8 @@ def alease(
     close_timeout: float = 5.0,
     raise_if_lost: bool = True,
     websocket_options: Mapping[str, Any] | None = None,
+    ssl: "ssl_module.SSLContext | None" = None,
+    ca_file: str | None = None,
 ) -> AsyncLease:
     """Ask for lab resources; use the result in an ``async with`` block.
 
@@ -247,4 +250,6 @@ def alease(
         close_timeout=close_timeout,
         raise_if_lost=raise_if_lost,
         websocket_options=websocket_options,
+        ssl=ssl,
+        ca_file=ca_file,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import ssl as ssl_module
 import threading
 from types import TracebackType
 from typing import Any, Callable, Mapping, Sequence
@@ -219,6 +220,8 @@ def lease(
     close_timeout: float = 5.0,
     raise_if_lost: bool = True,
     websocket_options: Mapping[str, Any] | None = None,
+    ssl: "ssl_module.SSLContext | None" = None,
+    ca_file: str | None = None,
 ) -> Lease:
     """Ask for lab resources; use the result in a ``with`` block.
 
@@ -237,8 +240,8 @@ def lease(
         type, count, labels: shorthand for one group of ``count`` resources of
             ``type`` carrying ``labels``.
         name: shorthand for one named resource.
-        server: the server URL (``ws://host:7400``); default ``LEASEHOLD_URL``,
-            else ``ws://127.0.0.1:7400``.
+        server: the server URL (``ws://host:7400``, or ``wss://host:7443`` for a
+            server with TLS); default ``LEASEHOLD_URL``, else ``ws://127.0.0.1:7400``.
         wait: seconds to wait in the queue; ``None`` (default) waits forever,
             ``0`` does not queue.
         holder: who holds it, shown on the status page; default
@@ -268,7 +271,11 @@ def lease(
         raise_if_lost: whether leaving the ``with`` block raises the lease's
             :attr:`~Lease.error` when it ended early.
         websocket_options: extra keyword arguments for
-            ``websockets.sync.client.connect`` (``ssl=...``, ``proxy=None``, ...).
+            ``websockets.sync.client.connect`` (``proxy=None``, ...).
+        ssl: for ``wss://``: the ``ssl.SSLContext`` to use (load a client
+            certificate into it for mutual TLS).
+        ca_file: for ``wss://``: PEM file of the CA certificates to trust;
+            default ``LEASEHOLD_CA_FILE``, else the system's trust store.
 
     Returns:
         A :class:`Lease`, not acquired yet: entering ``with`` acquires it.
@@ -293,4 +300,6 @@ def lease(
         close_timeout=close_timeout,
         raise_if_lost=raise_if_lost,
         websocket_options=websocket_options,
+        ssl=ssl,
+        ca_file=ca_file,
     )

@@ -74,6 +74,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         f"ini value, or {DEFAULT_URL})",
     )
     group.addoption(
+        "--leasehold-ca-file",
+        default=None,
+        metavar="FILE",
+        help="for a wss:// server: PEM file of the CA certificates to trust "
+        "(default: $LEASEHOLD_CA_FILE, else the system's trust store)",
+    )
+    group.addoption(
         "--leasehold-wait",
         default=None,
         type=float,
@@ -543,6 +550,7 @@ class LeaseholdState:
         lease = Lease(
             want,
             server=server or self.url,
+            ca_file=self.config.getoption("--leasehold-ca-file") if (server or self.url).startswith(("wss:", "https:")) else None,
             wait=self.wait if wait is _UNSET else wait,
             holder=holder or self.holder,
             meta=full_meta,
