@@ -34,6 +34,20 @@ final class Metrics: @unchecked Sendable {
             buckets = Array(repeating: 0, count: bounds.count)
         }
 
+        /// The `_bucket` (cumulative), `_sum` and `_count` samples; `label`: `key="value"` or nil.
+        func render(_ name: String, label: String? = nil, into out: inout String) {
+            let prefix = label.map { $0 + "," } ?? ""
+            let only = label.map { "{" + $0 + "}" } ?? ""
+            var cumulative = 0
+            for (index, bound) in bounds.enumerated() {
+                cumulative += buckets[index]
+                out += "\(name)_bucket{\(prefix)le=\"\(Metrics.number(bound))\"} \(cumulative)\n"
+            }
+            out += "\(name)_bucket{\(prefix)le=\"+Inf\"} \(count)\n"
+            out += "\(name)_sum\(only) \(sum)\n"
+            out += "\(name)_count\(only) \(count)\n"
+        }
+
         mutating func observe(_ value: Double) {
             sum += value
             count += 1
@@ -66,14 +80,7 @@ final class Metrics: @unchecked Sendable {
             out += "leasehold_resets_total{result=\"\(result)\"} \(resets[result, default: 0])\n"
         }
         family("leasehold_reset_duration_seconds", "histogram", "How long reset commands ran.")
-        var resetCumulative = 0
-        for (index, bound) in resetDuration.bounds.enumerated() {
-            resetCumulative += resetDuration.buckets[index]
-            out += "leasehold_reset_duration_seconds_bucket{le=\"\(Self.number(bound))\"} \(resetCumulative)\n"
-        }
-        out += "leasehold_reset_duration_seconds_bucket{le=\"+Inf\"} \(resetDuration.count)\n"
-        out += "leasehold_reset_duration_seconds_sum \(resetDuration.sum)\n"
-        out += "leasehold_reset_duration_seconds_count \(resetDuration.count)\n"
+        resetDuration.render("leasehold_reset_duration_seconds", into: &out)
         family("leasehold_grants_total", "counter", "Leases granted.")
         out += "leasehold_grants_total \(grants)\n"
         family("leasehold_releases_total", "counter", "Granted leases that ended, by reason.")

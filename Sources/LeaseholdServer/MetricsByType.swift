@@ -89,14 +89,6 @@ struct TypeMetrics {
     }
 
     static func histogram(_ histogram: Metrics.Histogram, _ name: String, _ type: String, _ out: inout String) {
-        let label = "type=\"\(Metrics.escape(type))\""
-        var cumulative = 0
-        for (index, bound) in histogram.bounds.enumerated() {
-            cumulative += histogram.buckets[index]
-            out += "\(name)_bucket{\(label),le=\"\(Metrics.number(bound))\"} \(cumulative)\n"
-        }
-        out += "\(name)_bucket{\(label),le=\"+Inf\"} \(histogram.count)\n"
-        out += "\(name)_sum{\(label)} \(histogram.sum)\n"
-        out += "\(name)_count{\(label)} \(histogram.count)\n"
+        histogram.render(name, label: "type=\"\(Metrics.escape(type))\"", into: &out)
     }
 }
