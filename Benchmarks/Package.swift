@@ -20,6 +20,8 @@ let package = Package(
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
         .target(name: "CEpoll"),
+        // The no-op epoll server that leasehold's transport is measured against.
+        .executableTarget(name: "NoopServer", linkerSettings: [.linkedLibrary("crypto")]),
         .executableTarget(
             name: "LoadBench",
             dependencies: [

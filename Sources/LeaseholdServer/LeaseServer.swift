@@ -133,7 +133,10 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
             try EpochFile(path: path, names: inventory.resources.map(\.name), block: options.epochBlock)
         }
         let clock = self.clock
-        let serviceQueue = DispatchQueue(label: "leasehold.leases")
+        group = EventLoopGroup(count: max(1, options.loops), label: "leasehold.loop", clock: clock.source)
+        // The lease table runs on the first loop's thread: a request read there is decided and
+        // answered without waking another thread (the common case with `--loops 1`).
+        let serviceQueue = DispatchQueue(label: "leasehold.leases", target: group.loops[0].queue)
         let store = try options.stateDirectory.map { directory throws(StartupError) in
             try FileLeaseStore(directory: directory, queue: serviceQueue, logger: logger)
         }
@@ -160,7 +163,6 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         if options.stateDirectory == nil, inventory.resources.contains(where: { $0.reset != nil }) {
             logger.warning("the inventory names reset commands but there is no --state-dir: a reset that a stop or a crash interrupts is not run again, and its resource comes back free")
         }
-        group = EventLoopGroup(count: max(1, options.loops), label: "leasehold.loop", clock: clock.source)
         var configuration = HTTPServerConfiguration()
         configuration.webSocket.maxMessageSize = options.maxMessageSize
         configuration.webSocket.maxPingsPerSecond = options.maxPingsPerSecond

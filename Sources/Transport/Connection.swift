@@ -18,7 +18,9 @@ protocol ConnectionDelegate: AnyObject, Sendable {
 
 /// One TCP socket on one event loop: non-blocking reads into the loop's buffer, a bounded output
 /// buffer written with direct writes first and write readiness only while bytes remain, and a
-/// close that always ends with the descriptor closed in the Dispatch cancel handler.
+/// close that always ends with the descriptor closed at the end of the loop's turn. Readiness
+/// comes from the loop's epoll instance; the socket is registered only while it waits for
+/// something (a paused, idle socket is not, so a reset peer cannot make it spin).
 final class Connection: DeadlineOwner, @unchecked Sendable {
     enum CloseReason: Sendable, Equatable {
         case closedByUs
@@ -50,11 +52,15 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
     private var plainHTTPAnswered = false
 
     private var state: State
-    private var readSource: DispatchSourceRead?
-    private var writeSource: DispatchSourceWrite?
-    private var writeSourceResumed = false
+    /// The loop's registration of `fd`, while there is one, and the events it waits for.
+    private var token: UInt64?
+    private var watchedEvents: UInt32 = 0
+    /// Reads are wanted (from the moment the socket is connected until it closes)…
+    private var reading = false
+    /// …except while paused.
     private var readPaused = false
-    private var cancelsPending = 0
+    /// Output is waiting for the socket to become writable (or a connect for its end).
+    private var wantsWritable = false
 
     private var output: [UInt8] = []
     private var outputOffset = 0
@@ -81,7 +87,8 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
         super.init()
         Posix.setNoDelay(fd)
         loop.connections[ObjectIdentifier(self)] = self
-        startReading()
+        reading = true
+        updateInterest()
     }
 
     /// Wraps a socket with a connect in progress. Set the delegate, then call `finishConnecting()`;
@@ -98,11 +105,11 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
     }
 
     func finishConnecting() {
-        // Loopback connects are often done already: then no write source is needed at all.
+        // Loopback connects are often done already: then no write readiness is needed at all.
         if Posix.isConnected(fd) {
             handleWritable()
         } else {
-            armWriteSource()
+            armWritable()
         }
     }
 
@@ -123,21 +130,48 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
         pendingOutputBytes + max(0, Int(leasehold_unacknowledged_bytes(fd)))
     }
 
-    // MARK: reading
+    // MARK: readiness
 
-    private func startReading() {
-        let source = DispatchSource.makeReadSource(fileDescriptor: fd, queue: loop.queue)
-        source.setEventHandler { [unowned self] in self.handleReadable() }
-        source.setCancelHandler { [self] in self.sourceCancelled() }
-        cancelsPending += 1
-        readSource = source
-        source.activate()
+    /// Registers, changes or ends the loop's watch of `fd` to match what the connection waits for.
+    private func updateInterest() {
+        guard state != .closed else { return }
+        var wanted: UInt32 = 0
+        if reading, !readPaused { wanted |= EPOLLIN.rawValue }
+        if wantsWritable { wanted |= EPOLLOUT.rawValue }
+        guard wanted != watchedEvents else { return }
+        if wanted == 0, let token {
+            loop.unwatch(fd, token: token)
+            self.token = nil
+        } else if let token {
+            loop.rewatch(fd, events: wanted, token: token)
+        } else {
+            guard let registered = loop.watch(fd, events: wanted, by: self) else {
+                terminate(.reset(errno: errno), abortive: true)
+                return
+            }
+            token = registered
+        }
+        watchedEvents = wanted
     }
+
+    func epollEvents(_ events: UInt32) {
+        // Errors and hang-ups are reported whatever was asked for: the read or write that
+        // follows finds out which.
+        let trouble = events & (EPOLLERR.rawValue | EPOLLHUP.rawValue) != 0
+        if reading, !readPaused, trouble || events & EPOLLIN.rawValue != 0 {
+            handleReadable()
+        }
+        if wantsWritable, trouble || events & EPOLLOUT.rawValue != 0 {
+            handleWritable()
+        }
+    }
+
+    // MARK: reading
 
     private func handleReadable() {
         // Read until the socket is drained (a short read does not prove it: a reset may already be
         // queued behind the data), but at most 4 buffers a turn so one busy peer cannot starve the
-        // loop's others; the rest is picked up in a later turn.
+        // loop's others; readiness reports the rest again in a later turn.
         for _ in 0..<4 {
             guard state == .open || state == .draining, !readPaused else { return }
             switch readSome() {
@@ -164,9 +198,8 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
                 return
             }
         }
-        // Four buffers this turn; the rest (in the socket, or decrypted bytes OpenSSL already
-        // holds, which readiness never reports) in a later one.
-        loop.queue.async { [self] in handleReadable() }
+        // Decrypted bytes OpenSSL already holds make no readiness event: read them in a later turn.
+        if let tls, tls.hasPendingBytes { loop.queue.async { [self] in handleReadable() } }
     }
 
     /// One read: from the socket, or through TLS.
@@ -179,7 +212,7 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
             return .wouldBlock
         case .wantWrite:
             readWantsWrite = true
-            armWriteSource()
+            armWritable()
             return .wouldBlock
         case .closed:
             return .endOfFile
@@ -238,15 +271,15 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
 
     /// Stops reading until `resumeReading()`, e.g. while a request waits for its response.
     func pauseReading() {
-        guard !readPaused, let source = readSource else { return }
+        guard !readPaused else { return }
         readPaused = true
-        source.suspend()
+        updateInterest()
     }
 
     func resumeReading() {
-        guard readPaused, let source = readSource else { return }
+        guard readPaused else { return }
         readPaused = false
-        source.resume()
+        updateInterest()
         // Bytes OpenSSL already decrypted make no readiness event: read them now.
         if let tls, tls.hasPendingBytes { loop.queue.async { [self] in handleReadable() } }
     }
@@ -271,7 +304,7 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
             terminate(.outputOverflow, abortive: true)
             return
         }
-        if !corked, state == .open { armWriteSource() }
+        if !corked, state == .open { armWritable() }
     }
 
     /// Returns the count written, or nil when the connection failed.
@@ -301,10 +334,7 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
                     return
                 }
                 compactOutput()
-                if writeSourceResumed, let source = writeSource {
-                    source.suspend()
-                    writeSourceResumed = false
-                }
+                disarmWritable()
                 return
             case .wouldBlock:
                 if pendingOutputBytes > maxOutputBytes {
@@ -312,7 +342,7 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
                     return
                 }
                 compactOutput()
-                armWriteSource()
+                armWritable()
                 return
             case .failed(let error):
                 terminate(.reset(errno: error.errno), abortive: true)
@@ -322,10 +352,7 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
         // Drained: give the memory back and stop watching writability.
         output = []
         outputOffset = 0
-        if writeSourceResumed, let source = writeSource {
-            source.suspend()
-            writeSourceResumed = false
-        }
+        disarmWritable()
         if shutdownAfterFlush { halfCloseAndDrain() }
     }
 
@@ -336,21 +363,16 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
         }
     }
 
-    private func armWriteSource() {
-        if let source = writeSource {
-            if !writeSourceResumed {
-                writeSourceResumed = true
-                source.resume()
-            }
-            return
-        }
-        let source = DispatchSource.makeWriteSource(fileDescriptor: fd, queue: loop.queue)
-        source.setEventHandler { [unowned self] in self.handleWritable() }
-        source.setCancelHandler { [self] in self.sourceCancelled() }
-        cancelsPending += 1
-        writeSource = source
-        writeSourceResumed = true
-        source.activate()
+    private func armWritable() {
+        guard !wantsWritable else { return }
+        wantsWritable = true
+        updateInterest()
+    }
+
+    private func disarmWritable() {
+        guard wantsWritable else { return }
+        wantsWritable = false
+        updateInterest()
     }
 
     private func handleWritable() {
@@ -363,7 +385,9 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
             }
             state = .open
             Posix.setNoDelay(fd)
-            startReading()
+            reading = true
+            wantsWritable = false
+            updateInterest()
             delegate?.connectionDidConnect()
             if state == .open { flush() }
         case .open, .draining:
@@ -420,8 +444,8 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
                 deadline = loop.now() + Connection.flushTimeout
                 loop.watchDeadline(self)
                 readPaused = true
-                readSource?.suspend()
-                armWriteSource()
+                wantsWritable = true
+                updateInterest()
             } else {
                 terminate(.peerClosed, abortive: false)
             }
@@ -441,34 +465,26 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
         }
     }
 
-    /// The one place a connection ends: sources cancelled, descriptor closed in the cancel handler.
+    /// The one place a connection ends: the watch ends at once, and the descriptor is closed at
+    /// the end of the loop's turn, so that no code still on the stack can use its number after
+    /// another connection has been given it.
     private func terminate(_ reason: CloseReason, abortive: Bool) {
         guard state != .closed else { return }
         if abortive { Posix.setLingerZero(fd) }
+        if let token {
+            loop.unwatch(fd, token: token)
+            self.token = nil
+        }
+        watchedEvents = 0
         state = .closed
         deadline = .max
         notifyClosed(reason)
         output = []
         outputOffset = 0
-        if let source = readSource {
-            source.cancel()
-            if readPaused { readPaused = false; source.resume() }
-        }
-        if let source = writeSource {
-            source.cancel()
-            if !writeSourceResumed { writeSourceResumed = true; source.resume() }
-        }
-        if cancelsPending == 0 { finish() }
-    }
-
-    private func sourceCancelled() {
-        cancelsPending -= 1
-        if cancelsPending == 0 { finish() }
+        loop.queue.async { [self] in finish() }
     }
 
     private func finish() {
-        readSource = nil
-        writeSource = nil
         tls = nil
         Glibc.close(fd)
         limit?.release(address: peer.host)
@@ -485,3 +501,5 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
         loop.queue.async { delegate.connectionDidClose(reason) }
     }
 }
+
+extension Connection: EpollWatcher {}

@@ -1,4 +1,8 @@
+import CPosix
 import Dispatch
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Something with one deadline that its event loop watches (a connection's next timeout).
 ///
@@ -16,8 +20,19 @@ open class DeadlineOwner: @unchecked Sendable {
     open func deadlineReached(now: UInt64) {}
 }
 
+/// A descriptor watched by an event loop's epoll instance.
+protocol EpollWatcher: AnyObject {
+    /// Readiness for the descriptor this watcher registered (`EPOLLIN`, `EPOLLOUT`, `EPOLLERR`…).
+    func epollEvents(_ events: UInt32)
+}
+
 /// A serial Dispatch queue that runs a share of the connections, with a shared read buffer and
 /// one timer for all their deadlines. Everything a connection owns is touched only on its loop.
+///
+/// Readiness comes from one epoll instance per loop, watched by a single Dispatch read source:
+/// when any of the loop's descriptors is ready, the loop's queue drains the epoll instance itself
+/// (as redis's `ae` does). A busy loop handles many connections' events per wake-up, and no
+/// connection has a Dispatch source of its own (those cost a thread hop per event, and memory).
 public final class EventLoop: @unchecked Sendable {
     public let queue: DispatchQueue
     public let index: Int
@@ -40,17 +55,105 @@ public final class EventLoop: @unchecked Sendable {
     /// Connections by id: the loop owns them until their descriptor is closed.
     var connections: [ObjectIdentifier: Connection] = [:]
 
+    private let epoll: Int32
+    private var epollSource: DispatchSourceRead?
+    /// Registrations by token. A token is never reused, so an event still in a batch for a
+    /// descriptor that was closed (and its number reused) finds nothing.
+    private var watchers: [UInt64: EpollWatcher] = [:]
+    private var nextToken: UInt64 = 1
+    /// The loop polls its epoll instance itself (the source is suspended) while it finds events.
+    private var pollingItself = false
+    private let events: UnsafeMutablePointer<epoll_event>
+    private static let eventsPerBatch = 256
+
     public init(index: Int, label: String = "leasehold.loop", clock: LoopClock = .system) {
         self.index = index
         self.clock = clock
         queue = DispatchQueue(label: "\(label).\(index)")
         readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
+        events = .allocate(capacity: Self.eventsPerBatch)
+        epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
+        precondition(epoll >= 0, "epoll_create1 failed: errno \(errno)")
         timer = clock.makeTimer(queue: queue) { [weak self] in self?.fireDueDeadlines() }
+        let source = DispatchSource.makeReadSource(fileDescriptor: epoll, queue: queue)
+        source.setEventHandler { [unowned self] in readinessReported() }
+        epollSource = source
+        source.activate()
     }
 
     deinit {
         timer?.cancel()
+        if pollingItself { epollSource?.resume() }
+        epollSource?.cancel()
         readBuffer.deallocate()
+        events.deallocate()
+        // The source may still hold the descriptor: close it once the source is gone.
+        let epoll = self.epoll
+        queue.async { Glibc.close(epoll) }
+    }
+
+    // MARK: readiness
+
+    /// Watches `fd` for `events` (level-triggered); returns the registration's token, or nil with
+    /// errno set. Call on the loop's queue.
+    func watch(_ fd: Int32, events: UInt32, by watcher: EpollWatcher) -> UInt64? {
+        assertOnLoop()
+        let token = nextToken
+        nextToken += 1
+        guard leasehold_epoll_control(epoll, EPOLL_CTL_ADD, fd, events, token) == 0 else { return nil }
+        watchers[token] = watcher
+        return token
+    }
+
+    /// Changes what a registration waits for.
+    func rewatch(_ fd: Int32, events: UInt32, token: UInt64) {
+        assertOnLoop()
+        _ = leasehold_epoll_control(epoll, EPOLL_CTL_MOD, fd, events, token)
+    }
+
+    /// Ends a registration; call before the descriptor is closed.
+    func unwatch(_ fd: Int32, token: UInt64) {
+        assertOnLoop()
+        _ = leasehold_epoll_control(epoll, EPOLL_CTL_DEL, fd, 0, token)
+        watchers[token] = nil
+    }
+
+    /// The source saw readiness. From here the loop polls by itself, turn after turn, for as long
+    /// as it finds events: every return from a Dispatch source's handler costs a wake-up of
+    /// Dispatch's manager thread to re-arm it, which under load would be most of the server's
+    /// context switches. When a poll finds nothing, the source takes over again.
+    private func readinessReported() {
+        guard !pollingItself else { return }
+        pollingItself = true
+        epollSource?.suspend()
+        pollTurn()
+    }
+
+    private func pollTurn() {
+        if drainReadiness() {
+            // After the work this turn queued (lease decisions, closes), poll again.
+            queue.async { [unowned self] in pollTurn() }
+        } else {
+            pollingItself = false
+            epollSource?.resume()
+        }
+    }
+
+    /// Handles ready descriptors, a bounded number of batches a turn so that timers and queued
+    /// work get their turn. True when there were any.
+    private func drainReadiness() -> Bool {
+        var found = false
+        for _ in 0..<4 {
+            let count = Int(epoll_wait(epoll, events, Int32(Self.eventsPerBatch), 0))
+            guard count > 0 else { return found }
+            found = true
+            for index in 0..<count {
+                let event = events[index]
+                watchers[event.data.u64]?.epollEvents(event.events)
+            }
+            guard count == Self.eventsPerBatch else { return found }
+        }
+        return found
     }
 
     /// Runs `work` on this loop's queue.

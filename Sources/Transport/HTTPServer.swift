@@ -120,8 +120,7 @@ public final class HTTPServer: @unchecked Sendable {
     public let configuration: HTTPServerConfiguration
     let handler: HTTPRequestHandler
     let limit: ConnectionLimit
-    private let acceptQueue = DispatchQueue(label: "leasehold.accept")
-    private var listeners: [Listener] = []
+    private let listeners = Locked<[Listener]>([])
     private let onProblem: @Sendable (HTTPServerProblem) -> Void
 
     public init(group: EventLoopGroup, configuration: HTTPServerConfiguration, handler: HTTPRequestHandler,
@@ -148,10 +147,10 @@ public final class HTTPServer: @unchecked Sendable {
     @discardableResult
     public func listen(on address: SocketAddress, tls: TLSServerContext? = nil) throws(SocketError) -> SocketAddress {
         let listener = try Listener(
-            address: address, backlog: configuration.backlog, queue: acceptQueue,
-            onAccept: { [unowned self] fd, peer in self.accepted(fd, peer: peer, tls: tls) },
+            address: address, backlog: configuration.backlog, loops: group.loops,
+            onAccept: { [unowned self] fd, peer, loop in self.accepted(fd, peer: peer, loop: loop, tls: tls) },
             onError: { [onProblem] error in onProblem(.acceptFailed(error)) })
-        acceptQueue.sync { listeners.append(listener) }
+        listeners.withLock { $0.append(listener) }
         return listener.address
     }
 
@@ -159,15 +158,16 @@ public final class HTTPServer: @unchecked Sendable {
     @discardableResult
     public func listen(adopting fd: Int32) throws(SocketError) -> SocketAddress {
         let listener = try Listener(
-            adopting: fd, queue: acceptQueue,
-            onAccept: { [unowned self] fd, peer in self.accepted(fd, peer: peer) },
+            adopting: fd, loops: group.loops,
+            onAccept: { [unowned self] fd, peer, loop in self.accepted(fd, peer: peer, loop: loop) },
             onError: { [onProblem] error in onProblem(.acceptFailed(error)) })
-        acceptQueue.sync { listeners.append(listener) }
+        listeners.withLock { $0.append(listener) }
         return listener.address
     }
 
-    private func accepted(_ fd: Int32, peer: SocketAddress, tls: TLSServerContext? = nil) {
-        // The head timeout runs from here, before the connection counts as open or reaches its loop.
+    /// A connection `loop` accepted; it stays on that loop. On the loop's queue.
+    private func accepted(_ fd: Int32, peer: SocketAddress, loop: EventLoop, tls: TLSServerContext? = nil) {
+        // The head timeout runs from here, before the connection counts as open.
         let acceptedAt = group.clock.now()
         if let refusal = limit.tryAcquire(address: peer.host) {
             let response: HTTPResponse
@@ -185,8 +185,6 @@ public final class HTTPServer: @unchecked Sendable {
             return
         }
         if let deadAfter = configuration.webSocket.deadAfter { Posix.setDeadPeerTimeouts(fd, deadAfter: deadAfter) }
-        let loop = group.next()
-        let configuration = configuration
         // The connection limit is checked above, before any TLS work.
         let session = tls?.makeSession(fd: fd)
         if tls != nil, session == nil {
@@ -195,25 +193,21 @@ public final class HTTPServer: @unchecked Sendable {
             Posix.close(fd)
             return
         }
-        let onProblem = onProblem
-        loop.execute { [self] in
-            let connection = Connection(acceptedFD: fd, peer: peer, loop: loop,
-                                        maxOutputBytes: configuration.maxOutputBytes, tls: session)
-            if session != nil {
-                connection.onTLSFailure = { reason in onProblem(.tlsFailed(peer: peer, reason: reason)) }
-            }
-            connection.limit = limit
-            let http = HTTPConnectionHandler(connection: connection, server: self)
-            connection.delegate = http
-            http.start(acceptedAt: acceptedAt)
+        let connection = Connection(acceptedFD: fd, peer: peer, loop: loop,
+                                    maxOutputBytes: configuration.maxOutputBytes, tls: session)
+        if session != nil {
+            connection.onTLSFailure = { [onProblem] reason in onProblem(.tlsFailed(peer: peer, reason: reason)) }
         }
+        connection.limit = limit
+        let http = HTTPConnectionHandler(connection: connection, server: self)
+        connection.delegate = http
+        http.start(acceptedAt: acceptedAt)
     }
 
     /// Stops accepting; open connections go on.
     public func stopAccepting() {
-        acceptQueue.sync {
-            for listener in listeners { listener.stop() }
-            listeners = []
+        for listener in listeners.withLock({ listeners in defer { listeners = [] }; return listeners }) {
+            listener.stop()
         }
     }
 
@@ -240,7 +234,7 @@ public final class HTTPServer: @unchecked Sendable {
         if limit.current == 0 || group.clock.now() >= deadline {
             completion()
         } else {
-            acceptQueue.asyncAfter(deadline: .now() + .milliseconds(20)) { [self] in
+            DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(20)) { [self] in
                 pollUntilClosed(deadline: deadline, completion: completion)
             }
         }

@@ -1,4 +1,5 @@
 import Dispatch
+import CPosix
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -65,74 +66,104 @@ public final class ConnectionLimit: Sendable {
     }
 }
 
-/// A non-blocking listening socket whose accepts are handed to `onAccept`, a bounded number per
-/// wake-up. When the process runs out of descriptors it pauses instead of spinning.
+/// A non-blocking listening socket watched by every event loop of a group (with
+/// `EPOLLEXCLUSIVE`, so a new connection wakes one loop, not all). The loop that accepts a
+/// connection keeps it: no thread hop between accept and the first read. Accepts are handed to
+/// `onAccept`, a bounded number per wake-up; when the process runs out of descriptors that loop
+/// stops watching for a moment instead of spinning.
 final class Listener: @unchecked Sendable {
     let fd: Int32
     let address: SocketAddress
-    private let source: DispatchSourceRead
-    private let queue: DispatchQueue
-    private let onAccept: (Int32, SocketAddress) -> Void
+    private let loops: [EventLoop]
+    private let onAccept: (Int32, SocketAddress, EventLoop) -> Void
     private let onError: (SocketError) -> Void
-    private var paused = false
 
-    convenience init(address: SocketAddress, backlog: Int32, queue: DispatchQueue,
-                     onAccept: @escaping (Int32, SocketAddress) -> Void,
+    /// The listener's registration with one loop; touched only on that loop.
+    private final class Watch: EpollWatcher, @unchecked Sendable {
+        unowned let listener: Listener
+        unowned let loop: EventLoop
+        var token: UInt64?
+        var stopped = false
+
+        init(listener: Listener, loop: EventLoop) {
+            self.listener = listener
+            self.loop = loop
+        }
+
+        func start() {
+            guard !stopped, token == nil else { return }
+            token = loop.watch(listener.fd, events: EPOLLIN.rawValue | EPOLLEXCLUSIVE.rawValue, by: self)
+        }
+
+        func stop() {
+            if let token { loop.unwatch(listener.fd, token: token) }
+            token = nil
+        }
+
+        func epollEvents(_ events: UInt32) {
+            guard listener.acceptPending(on: loop) else { return }
+            // Out of descriptors: the pending connection stays in the backlog; try again shortly.
+            stop()
+            loop.queue.asyncAfter(deadline: .now() + .milliseconds(100)) { [self] in start() }
+        }
+    }
+
+    private var watches: [Watch] = []
+
+    convenience init(address: SocketAddress, backlog: Int32, loops: [EventLoop],
+                     onAccept: @escaping (Int32, SocketAddress, EventLoop) -> Void,
                      onError: @escaping (SocketError) -> Void) throws(SocketError) {
         let fd = try Posix.makeListeningSocket(address: address, backlog: backlog)
-        self.init(listening: fd, address: Posix.localAddress(of: fd) ?? address, queue: queue,
+        self.init(listening: fd, address: Posix.localAddress(of: fd) ?? address, loops: loops,
                   onAccept: onAccept, onError: onError)
     }
 
     /// Takes over a socket that is already listening (socket activation: systemd passes it).
-    convenience init(adopting fd: Int32, queue: DispatchQueue,
-                     onAccept: @escaping (Int32, SocketAddress) -> Void,
+    convenience init(adopting fd: Int32, loops: [EventLoop],
+                     onAccept: @escaping (Int32, SocketAddress, EventLoop) -> Void,
                      onError: @escaping (SocketError) -> Void) throws(SocketError) {
         try Posix.checkListeningStreamSocket(fd)
         Posix.makeNonBlockingAndCloseOnExec(fd)
         guard let address = Posix.localAddress(of: fd) else { throw .lastError("getsockname on descriptor \(fd)") }
-        self.init(listening: fd, address: address, queue: queue, onAccept: onAccept, onError: onError)
+        self.init(listening: fd, address: address, loops: loops, onAccept: onAccept, onError: onError)
     }
 
-    private init(listening fd: Int32, address: SocketAddress, queue: DispatchQueue,
-                 onAccept: @escaping (Int32, SocketAddress) -> Void,
+    private init(listening fd: Int32, address: SocketAddress, loops: [EventLoop],
+                 onAccept: @escaping (Int32, SocketAddress, EventLoop) -> Void,
                  onError: @escaping (SocketError) -> Void) {
         self.fd = fd
         self.address = address
-        self.queue = queue
+        self.loops = loops
         self.onAccept = onAccept
         self.onError = onError
-        source = DispatchSource.makeReadSource(fileDescriptor: fd, queue: queue)
-        let fd = self.fd
-        source.setCancelHandler { Glibc.close(fd) }
-        source.setEventHandler { [unowned self] in self.acceptPending() }
-        source.activate()
+        watches = loops.map { Watch(listener: self, loop: $0) }
+        for watch in watches { watch.loop.execute { watch.start() } }
     }
 
-    private func acceptPending() {
+    /// Accepts what is pending; true when the process is out of descriptors (or memory).
+    private func acceptPending(on loop: EventLoop) -> Bool {
         for _ in 0..<64 {
             switch Posix.accept(fd) {
             case .accepted(let client, let peer):
-                onAccept(client, peer)
+                onAccept(client, peer, loop)
             case .wouldBlock:
-                return
+                return false
             case .failed(let error):
                 onError(error)
-                if error.errno == EMFILE || error.errno == ENFILE || error.errno == ENOBUFS || error.errno == ENOMEM {
-                    // The pending connection stays in the backlog; try again shortly.
-                    source.suspend()
-                    paused = true
-                    queue.asyncAfter(deadline: .now() + .milliseconds(100)) { [self] in
-                        if paused { paused = false; source.resume() }
-                    }
-                }
-                return
+                return error.errno == EMFILE || error.errno == ENFILE || error.errno == ENOBUFS || error.errno == ENOMEM
             }
         }
+        return false
     }
 
+    /// Stops accepting and closes the socket. Not on one of the loops' queues.
     func stop() {
-        source.cancel()
-        if paused { paused = false; source.resume() }
+        for watch in watches {
+            watch.loop.queue.sync {
+                watch.stopped = true
+                watch.stop()
+            }
+        }
+        Glibc.close(fd)
     }
 }

@@ -1,4 +1,4 @@
-// The `cycles` load: connect → upgrade → acquire → granted → close, over and over, on a bare
+// The `cycles` load: connect → upgrade → acquire → granted → close frame (or RST), over and over, on a bare
 // epoll loop with frames built once. Benchmark code: it trusts the server's answers.
 import CEpoll
 import LeaseProtocol
@@ -34,7 +34,7 @@ private func send(_ fd: Int32, _ bytes: [UInt8]) {
     _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
 }
 
-func runRawCycles(host: String, port: UInt16, clients: Int, seconds: Int, request: String) {
+func runRawCycles(host: String, port: UInt16, clients: Int, seconds: Int, request: String, resetInsteadOfClose: Bool) {
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
     address.sin_port = port.bigEndian
@@ -111,7 +111,14 @@ func runRawCycles(host: String, port: UInt16, clients: Int, seconds: Int, reques
                 latencies.append(monotonic() - client.sentAt)
                 client.buffer.removeAll(keepingCapacity: true)
                 client.phase = .closing
-                send(fd, closeFrame)
+                if resetInsteadOfClose {
+                    // The abrupt end: RST, no close frame (a crashed client).
+                    var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+                    setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+                    closed = true
+                } else {
+                    send(fd, closeFrame)
+                }
             }
             if closed {
                 finish(fd)

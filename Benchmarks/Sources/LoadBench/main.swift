@@ -1,9 +1,9 @@
 // LoadBench: a load tool that speaks the leasehold protocol, on our own transport.
 //
-//   LoadBench cycles  --port P [--clients 200] [--seconds 10] [--type bench]
+//   LoadBench cycles  --port P [--clients 200] [--seconds 10] [--type bench] [--close frame|rst]
 //       acquire → granted → close, as fast as possible; cycles/s and grant latency p50/p99
-//   LoadBench handoff --port P [--rounds 2000] [--name bench-0001]
-//       time from a holder's close to the next waiter's grant, p50/p99
+//   LoadBench handoff --port P [--rounds 1000] [--waiters 10] [--name bench-7]
+//       time from a holder's close to the head waiter's grant, p50/p99, FIFO checked
 //   LoadBench hold    --port P --server-pid PID [--connections 19000] [--type bench]
 //                     [--checkpoints 1000,5000]
 //       opens that many lease connections, each granted one resource. At each checkpoint and at
@@ -179,8 +179,10 @@ case "cycles":
     let type = arguments.string("type", "bench")
     let serverPID = arguments.int("server-pid", 0)
     let cpuBefore = serverPID > 0 ? cpuSeconds(pid: serverPID) : 0
+    let close = arguments.string("close", "frame")
+    guard close == "frame" || close == "rst" else { fail("--close is frame or rst") }
     runRawCycles(host: host, port: port, clients: clients, seconds: seconds,
-                 request: acquireText("{\"type\":\"\(type)\"}"))
+                 request: acquireText("{\"type\":\"\(type)\"}"), resetInsteadOfClose: close == "rst")
     let report = rawReport
     print("cycles: \(report.cycles) in \(format(report.elapsed)) s = \(Int(Double(report.cycles) / report.elapsed)) cycles/s with \(clients) clients")
     print("grant latency (acquire sent → granted): p50 \(format(percentile(report.latencies, 0.5))) ms, p99 \(format(percentile(report.latencies, 0.99))) ms")
@@ -195,40 +197,16 @@ case "cycles":
     exit(0)
 
 case "handoff":
-    let rounds = arguments.int("rounds", 2000)
-    let name = arguments.string("name", "bench-0")
-    let request = acquireText("{\"name\":\"\(name)\"}")
-    nonisolated(unsafe) var samples: [UInt64] = []
-    nonisolated(unsafe) var holder: LeaseClient?
-    nonisolated(unsafe) var waiter: LeaseClient?
-    nonisolated(unsafe) var releasedAt: UInt64 = 0
-    // A holder, and a waiter queued behind it. When the waiter is queued, the holder closes; the
-    // waiter's grant ends the sample, the waiter becomes the holder and a new waiter queues.
-    func newWaiter() {
-        let client = LeaseClient(request: request)
-        client.onQueued = { _ in
-            releasedAt = now()
-            holder?.socket?.close(code: 1000)
-        }
-        client.onGranted = { client in
-            if releasedAt > 0 { samples.append(now() - releasedAt) }
-            holder = client
-            if samples.count >= rounds {
-                samples.sort()
-                print("hand-off (holder's close sent → next waiter granted), \(samples.count) rounds: p50 \(format(percentile(samples, 0.5))) ms, p99 \(format(percentile(samples, 0.99))) ms")
-                exit(0)
-            }
-            newWaiter()
-        }
-        waiter = client
-        connect(client)
-    }
-    let first = LeaseClient(request: request)
-    first.onGranted = { client in
-        holder = client
-        newWaiter()
-    }
-    loop.execute { connect(first) }
+    // One resource, a holder and --waiters queued behind it; each round the holder closes and
+    // the head of the line is granted (see RawHandoff.swift).
+    let rounds = arguments.int("rounds", 1000)
+    let waiters = arguments.int("waiters", 10)
+    let name = arguments.string("name", "bench-7")
+    var samples = runRawHandoff(host: host, port: port, rounds: rounds, waiters: waiters,
+                                request: acquireText("{\"name\":\"\(name)\"}"))
+    samples.sort()
+    print("hand-off with \(waiters) waiters (holder's close sent → head waiter granted, FIFO checked), \(samples.count) rounds: p50 \(format(percentile(samples, 0.5))) ms, p99 \(format(percentile(samples, 0.99))) ms")
+    exit(0)
 
 case "hold":
     let total = arguments.int("connections", 19_000)

@@ -42,3 +42,12 @@ int leasehold_unacknowledged_bytes(int fd);
 void *leasehold_memmem(const void *haystack, size_t haystack_length, const void *needle, size_t needle_length);
 void *leasehold_memrchr(const void *bytes, int byte, size_t length);
 #endif
+
+#ifndef LEASEHOLD_CPOSIX_EPOLL_H
+#define LEASEHOLD_CPOSIX_EPOLL_H
+#include <stdint.h>
+#include <sys/epoll.h>
+/// epoll is not in Swift's Glibc module. One registration: `events` for `fd`, reported with `token`
+/// (EPOLL_CTL_ADD, _MOD or _DEL as `operation`); 0, or -1 with errno.
+int leasehold_epoll_control(int epoll, int operation, int fd, uint32_t events, uint64_t token);
+#endif
