@@ -342,7 +342,8 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
             answerUsage(query: head.query, responder: responder)
         case ("GET", "/v1/status"):
             service.queue.async { [service] in
-                responder.respond(.json(200, bytes: service.snapshotJSON()))
+                let render = service.statusRenderer()
+                DispatchQueue.global().async { responder.respond(.json(200, bytes: render())) }
             }
         case ("GET", "/healthz"):
             if shuttingDown.isSet { return responder.respond(.text(503, "shutting down\n")) }

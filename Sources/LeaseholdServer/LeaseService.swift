@@ -144,7 +144,7 @@ final class LeaseService: @unchecked Sendable {
         let tick = TimerTarget()
         timer = clock.source.makeTimer(queue: queue) { tick.service?.tick() }
         tick.service = self
-        watch.render = { [unowned self] in self.snapshotJSON() }
+        watch.prepare = { [unowned self] in self.statusRenderer() }
         if !kept.leases.isEmpty || !kept.disabled.isEmpty || !kept.resetting.isEmpty { queue.sync { restore(kept) } }
     }
 
@@ -782,10 +782,15 @@ final class LeaseService: @unchecked Sendable {
         watch.changed()
     }
 
-    /// The status document (same as a watch snapshot). Call on `queue`.
-    func snapshotJSON() -> [UInt8] {
+    /// The status document (same as a watch snapshot), as of now, to be rendered off the lease
+    /// queue: taking the snapshot is quick, writing a big lab's JSON is not, and grants must not
+    /// wait for it. Call on `queue`.
+    func statusRenderer() -> @Sendable () -> [UInt8] {
         assertOnQueue()
-        return StatusDocument.render(table.snapshot(), clock: clock, resets: resets.mapValues { ($0.result.rawValue, $0.at, $0.detail) })
+        let snapshot = table.snapshot()
+        let resets = resets.mapValues { ($0.result.rawValue, $0.at, $0.detail) }
+        let clock = clock
+        return { StatusDocument.render(snapshot, clock: clock, resets: resets) }
     }
 
     /// Call on `queue`.

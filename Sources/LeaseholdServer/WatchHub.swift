@@ -2,7 +2,9 @@ import Dispatch
 import Transport
 
 /// The `/v1/watch` subscribers. A snapshot goes out at once to a new watcher and after changes,
-/// at most ten a second, rendered once for all of them. Lives on the lease service's queue.
+/// at most ten a second, rendered once for all of them. Lives on the lease service's queue; the
+/// snapshots are rendered in order on a queue of their own, so a big lab's JSON never holds up
+/// the lease table.
 final class WatchHub: @unchecked Sendable {
     static let minimumInterval: UInt64 = 100_000_000
 
@@ -12,8 +14,22 @@ final class WatchHub: @unchecked Sendable {
     private var lastBroadcast: UInt64 = 0
     private var broadcastScheduled = false
     private var timer: LoopTimer?
-    /// Renders the status document; set by the service.
-    var render: () -> [UInt8] = { Array("{}".utf8) }
+    /// Takes the status document's snapshot (on the service queue) and returns its renderer; set
+    /// by the service.
+    var prepare: () -> @Sendable () -> [UInt8] = { { Array("{}".utf8) } }
+    private let renderQueue = DispatchQueue(label: "leasehold.watch-render")
+    /// The latest snapshot waiting to be rendered for everyone; a render in progress takes it
+    /// when done, so renders slower than the changes skip snapshots instead of queueing them.
+    /// Every watcher gets snapshots in the order they were taken: there is only ever one to send.
+    private struct Pending {
+        var render: (@Sendable () -> [UInt8])?
+        /// Everyone, after a change…
+        var audience: [WatchSession] = []
+        /// …and watchers that have not had their first snapshot yet.
+        var newcomers: [WatchSession] = []
+        var rendering = false
+    }
+    private let pending = Locked(Pending())
 
     init(queue: DispatchQueue, clock: ServerClock) {
         self.queue = queue
@@ -26,8 +42,11 @@ final class WatchHub: @unchecked Sendable {
         dispatchPrecondition(condition: .onQueue(queue))
         #endif
         watchers[ObjectIdentifier(watcher)] = watcher
-        let message = SharedMessage(text: render())
-        watcher.loop?.execute { watcher.offer(message) }
+        let render = prepare()
+        post { pending in
+            pending.render = render
+            pending.newcomers.append(watcher)
+        }
     }
 
     func remove(_ watcher: WatchSession) {
@@ -61,9 +80,43 @@ final class WatchHub: @unchecked Sendable {
         lastBroadcast = clock.source.now()
         // Rendered once, and compressed at most once per window size for every watcher that
         // negotiated permessage-deflate (the first watcher to send it compresses it).
-        let message = SharedMessage(text: render())
-        for watcher in watchers.values {
-            watcher.loop?.execute { watcher.offer(message) }
+        let render = prepare()
+        let audience = Array(watchers.values)
+        post { pending in
+            pending.render = render
+            pending.audience = audience
+            pending.newcomers = []
+        }
+    }
+
+    /// Files a snapshot to render (on the service queue) and starts the renderer if it is idle.
+    private func post(_ change: (inout Pending) -> Void) {
+        let start = pending.withLock { pending in
+            change(&pending)
+            defer { pending.rendering = true }
+            return !pending.rendering
+        }
+        if start { renderQueue.async { [self] in renderLatest() } }
+    }
+
+    /// On the render queue.
+    private func renderLatest() {
+        while let (render, audience) = pending.withLock({ pending -> ((@Sendable () -> [UInt8]), [WatchSession])? in
+            guard let render = pending.render else {
+                pending.rendering = false
+                return nil
+            }
+            pending.render = nil
+            defer {
+                pending.audience = []
+                pending.newcomers = []
+            }
+            return (render, pending.audience + pending.newcomers)
+        }) {
+            let message = SharedMessage(text: render())
+            for watcher in audience {
+                watcher.loop?.execute { watcher.offer(message) }
+            }
         }
     }
 }

@@ -62,8 +62,16 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
     /// Output is waiting for the socket to become writable (or a connect for its end).
     private var wantsWritable = false
 
-    private var output: [UInt8] = []
+    /// Bytes waiting for the socket, as the writes gave them: a big message shared by many
+    /// connections (a watch snapshot) is referenced, not copied. Small writes are joined.
+    private var output: [[UInt8]] = []
+    /// How much of `output[0]` has been sent.
     private var outputOffset = 0
+    private var queuedBytes = 0
+    /// The biggest chunk queued: the bound applies to the rest, so a message the server chose to
+    /// send always goes out whole, however big.
+    private var largestChunkBytes = 0
+    private static let joinLimit = 16 * 1024
     private let maxOutputBytes: Int
     /// While the delegate handles a read, writes are gathered and sent once afterwards.
     private var corked = false
@@ -114,7 +122,7 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
     }
 
     var isOpen: Bool { state == .open }
-    var pendingOutputBytes: Int { output.count - outputOffset }
+    var pendingOutputBytes: Int { queuedBytes }
     /// Every byte ever handed to `write`.
     private var bytesAccepted: UInt64 = 0
 
@@ -287,25 +295,36 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
     // MARK: writing
 
     /// Queues bytes for the peer. Writes at once when nothing is queued; a peer that lets more than
-    /// `maxOutputBytes` pile up is cut off.
+    /// `maxOutputBytes` pile up (besides the newest message) is cut off.
     func write(_ bytes: [UInt8]) {
         loop.assertOnLoop()
         guard state == .open || state == .connecting, !bytes.isEmpty else { return }
         bytesAccepted &+= UInt64(bytes.count)
         if output.isEmpty, !corked, state == .open {
-            let written = writeDirect(bytes)
-            guard let written, written < bytes.count else { return }
-            output.append(contentsOf: bytes[written...])
+            guard let written = writeDirect(bytes), written < bytes.count else { return }
+            output.append(bytes)
+            outputOffset = written
+            queuedBytes = bytes.count - written
+            largestChunkBytes = bytes.count
         } else {
-            output.append(contentsOf: bytes)
+            if let last = output.indices.last, output[last].count < Self.joinLimit, bytes.count < Self.joinLimit {
+                output[last].append(contentsOf: bytes)
+                largestChunkBytes = max(largestChunkBytes, output[last].count)
+            } else {
+                output.append(bytes)
+                largestChunkBytes = max(largestChunkBytes, bytes.count)
+            }
+            queuedBytes += bytes.count
         }
         // While corked the bytes have not been offered to the socket yet: flush() checks then.
-        if !corked, pendingOutputBytes > maxOutputBytes {
+        if !corked, overflowing {
             terminate(.outputOverflow, abortive: true)
             return
         }
         if !corked, state == .open { armWritable() }
     }
+
+    private var overflowing: Bool { queuedBytes - largestChunkBytes > maxOutputBytes }
 
     /// Returns the count written, or nil when the connection failed.
     private func writeDirect(_ bytes: [UInt8]) -> Int? {
@@ -320,28 +339,32 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
     }
 
     private func flush() {
-        while outputOffset < output.count {
-            let result = output.withUnsafeBytes { raw in
+        while let first = output.first {
+            let result = first.withUnsafeBytes { raw in
                 sendSome(UnsafeRawBufferPointer(rebasing: raw[outputOffset...]))
             }
             switch result {
             case .bytes(let count):
                 outputOffset += count
+                queuedBytes -= count
+                if outputOffset == first.count {
+                    output.removeFirst()
+                    outputOffset = 0
+                    largestChunkBytes = output.reduce(0) { max($0, $1.count) }
+                }
             case .waitForReadable:
                 // TLS needs the peer's handshake bytes first: reading resumes the flush.
-                if pendingOutputBytes > maxOutputBytes {
+                if overflowing {
                     terminate(.outputOverflow, abortive: true)
                     return
                 }
-                compactOutput()
                 disarmWritable()
                 return
             case .wouldBlock:
-                if pendingOutputBytes > maxOutputBytes {
+                if overflowing {
                     terminate(.outputOverflow, abortive: true)
                     return
                 }
-                compactOutput()
                 armWritable()
                 return
             case .failed(let error):
@@ -352,16 +375,12 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
         // Drained: give the memory back and stop watching writability.
         output = []
         outputOffset = 0
+        queuedBytes = 0
+        largestChunkBytes = 0
         disarmWritable()
         if shutdownAfterFlush { halfCloseAndDrain() }
     }
 
-    private func compactOutput() {
-        if outputOffset > 0, outputOffset >= output.count / 2 {
-            output.removeFirst(outputOffset)
-            outputOffset = 0
-        }
-    }
 
     private func armWritable() {
         guard !wantsWritable else { return }
@@ -481,6 +500,8 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
         notifyClosed(reason)
         output = []
         outputOffset = 0
+        queuedBytes = 0
+        largestChunkBytes = 0
         loop.queue.async { [self] in finish() }
     }
 

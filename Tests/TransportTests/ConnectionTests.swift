@@ -76,6 +76,30 @@ struct ConnectionTests {
         pair.onLoop { $0.close(.abort) }
     }
 
+    @Test("one message bigger than the output bound still goes out whole, in order with small ones around it")
+    func oneBigMessagePassesTheBound() async throws {
+        let pair = try Pair(maxOutputBytes: 64 * 1024)
+        let big = Self.pattern(1_000_000)
+        pair.onLoop { connection in
+            connection.write([1, 2, 3])
+            connection.write(big)
+            connection.write([4, 5])
+            connection.write([6])
+        }
+        try await pair.peer.fill(to: big.count + 6)
+        #expect(pair.peer.take(3) == [1, 2, 3])
+        #expect(pair.peer.take(big.count) == big)
+        #expect(pair.peer.take(3) == [4, 5, 6])
+        #expect(await eventually { pair.connection.pendingOutputBytes == 0 })
+        #expect(pair.recorder.closes.withLock { $0 }.isEmpty)
+        // A second big one while the first still waits for a peer that reads nothing is too much.
+        pair.onLoop { connection in
+            connection.write(big)
+            connection.write(big)
+        }
+        #expect(await eventually { pair.recorder.closes.withLock { $0 } == [.outputOverflow] })
+    }
+
     @Test("a graceful close sends what is queued, then end of stream, and tells the delegate once")
     func gracefulCloseDrains() async throws {
         let pair = try Pair()

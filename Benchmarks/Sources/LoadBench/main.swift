@@ -4,6 +4,9 @@
 //       acquire → granted → close, as fast as possible; cycles/s and grant latency p50/p99
 //   LoadBench handoff --port P [--rounds 1000] [--waiters 10] [--name bench-7]
 //       time from a holder's close to the head waiter's grant, p50/p99, FIFO checked
+//   LoadBench watch   --port P [--watchers 100] [--changes 50] [--seconds 20]
+//       grant and GET /v1/status latency while watchers follow a changing lab, and how long a
+//       change takes to reach a watcher (see WatchBench.swift)
 //   LoadBench hold    --port P --server-pid PID [--connections 19000] [--type bench]
 //                     [--checkpoints 1000,5000]
 //       opens that many lease connections, each granted one resource. At each checkpoint and at
@@ -208,6 +211,12 @@ case "handoff":
     print("hand-off with \(waiters) waiters (holder's close sent → head waiter granted, FIFO checked), \(samples.count) rounds: p50 \(format(percentile(samples, 0.5))) ms, p99 \(format(percentile(samples, 0.99))) ms")
     exit(0)
 
+case "watch":
+    // Needs an inventory of at least 101 resources named bench-N (`LoadBench inventory 20000`).
+    runWatchBench(host: host, port: port, watchers: arguments.int("watchers", 100), seconds: arguments.int("seconds", 20),
+                  changesPerSecond: arguments.int("changes", 50))
+    exit(0)
+
 case "hold":
     let total = arguments.int("connections", 19_000)
     let type = arguments.string("type", "bench")
@@ -282,7 +291,7 @@ case "hold":
     loop.execute { openMore() }
 
 default:
-    fail("unknown command \(arguments.command): use cycles, handoff, hold or inventory")
+    fail("unknown command \(arguments.command): use cycles, handoff, watch, hold or inventory")
 }
 
 dispatchMain()
