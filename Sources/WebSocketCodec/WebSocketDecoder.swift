@@ -54,9 +54,6 @@ public struct WebSocketDecoder: Sendable {
         var length = 0
     }
 
-    /// Inputs kept beyond this after being fully consumed are released, so a burst of large
-    /// frames does not pin memory on a connection that is quiet afterwards.
-    private static let retainedInputCapacity = 64 * 1024
 
     public init(role: WebSocketRole, maxMessageSize: Int, reservedBitsAllowed: UInt8 = 0) {
         self.role = role
@@ -115,7 +112,10 @@ public struct WebSocketDecoder: Sendable {
                 } catch {
                     try fail(error)
                 }
-                guard parsed else { return nil }
+                guard parsed else {
+                    releaseConsumedInput()
+                    return nil
+                }
                 // An empty frame still completes (or is) a message; handle it without more input.
             case .payload:
                 break
@@ -127,7 +127,10 @@ public struct WebSocketDecoder: Sendable {
                 try fail(error)
             }
             if let event { return event }
-            if case .payload = phase { return nil }   // the frame needs more bytes
+            if case .payload = phase {   // the frame needs more bytes
+                releaseConsumedInput()
+                return nil
+            }
         }
     }
 
@@ -270,7 +273,7 @@ public struct WebSocketDecoder: Sendable {
         }
         guard payloadRemaining == 0 else { return nil }
         phase = .awaitingHeader
-        releaseConsumedInputIfLarge()
+        releaseConsumedInput()
         return try completeFrame()
     }
 
@@ -343,15 +346,17 @@ public struct WebSocketDecoder: Sendable {
     private mutating func compactInput() {
         guard readIndex > 0 else { return }
         if readIndex == input.count {
-            input.removeAll(keepingCapacity: input.capacity <= Self.retainedInputCapacity)
+            input = []
         } else {
             input.removeSubrange(0..<readIndex)
         }
         readIndex = 0
     }
 
-    private mutating func releaseConsumedInputIfLarge() {
-        if readIndex == input.count && input.capacity > Self.retainedInputCapacity {
+    /// Waiting for more bytes with none left over: a quiet connection holds no input buffer
+    /// (thousands of idle lease connections each kept their last read before).
+    private mutating func releaseConsumedInput() {
+        if readIndex == input.count, !input.isEmpty {
             input = []
             readIndex = 0
         }
