@@ -37,28 +37,88 @@ final class LeaseService: @unchecked Sendable {
         let peer: String
         /// What per-address limits count by.
         let peerHost: String
-        let tokenName: String?
-        /// In the order the client sent it (the table keeps a dictionary); kept only when there
-        /// is an audit journal or a store to write it to.
-        let meta: [(String, String)]
         /// The resume token, while this process knows it: it makes it, or hears it in `resume`
         /// (after a restart only its hash is known). Never logged or stored.
         var token: String?
         let tokenHash: String
-        /// How long it survives an abrupt end of its connection; nil: not at all.
-        let grace: Duration?
-        /// The verified client certificate's subject (mutual TLS), for the journal.
-        var clientSubject: String? = nil
         /// In the queue (counted in `waitingTotal` and `waitingByAddress`).
         var queued = false
         /// Asked while the queue was full: it could only be granted at once.
         var queueWasFull = false
-        /// Set once revoked while its client stops (`revoke_wait`).
-        var revokeReason: String?
         /// What it was granted (for the journal's end line and per-type metrics).
         var granted: [(name: String, type: String)] = []
+        /// What most leases never have, boxed: this table is the biggest cost per lease when tens
+        /// of thousands are held.
+        private var rare: Rare?
+
+        private final class Rare {
+            var tokenName: String?
+            var meta: [(String, String)] = []
+            var grace: Duration?
+            var clientSubject: String?
+            var revokeReason: String?
+            var revokedBy: String?
+
+            func copy() -> Rare {
+                let copy = Rare()
+                copy.tokenName = tokenName
+                copy.meta = meta
+                copy.grace = grace
+                copy.clientSubject = clientSubject
+                copy.revokeReason = revokeReason
+                copy.revokedBy = revokedBy
+                return copy
+            }
+        }
+
+        init(session: LeaseSession?, loop: EventLoop?, peer: String, peerHost: String, tokenName: String?,
+             meta: [(String, String)], token: String?, tokenHash: String, grace: Duration?,
+             clientSubject: String? = nil, granted: [(name: String, type: String)] = []) {
+            self.session = session
+            self.loop = loop
+            self.peer = peer
+            self.peerHost = peerHost
+            self.token = token
+            self.tokenHash = tokenHash
+            self.granted = granted
+            if tokenName != nil || !meta.isEmpty || grace != nil || clientSubject != nil {
+                let rare = Rare()
+                rare.tokenName = tokenName
+                rare.meta = meta
+                rare.grace = grace
+                rare.clientSubject = clientSubject
+                self.rare = rare
+            }
+        }
+
+        /// Changes the rare fields of this entry only (copied first if shared with another copy).
+        private mutating func changeRare(_ change: (Rare) -> Void) {
+            if rare == nil {
+                rare = Rare()
+            } else if !isKnownUniquelyReferenced(&rare) {
+                rare = rare?.copy()
+            }
+            if let rare { change(rare) }
+        }
+
+        var tokenName: String? { rare?.tokenName }
+        /// In the order the client sent it (the table keeps a dictionary); kept only when there
+        /// is an audit journal or a store to write it to.
+        var meta: [(String, String)] { rare?.meta ?? [] }
+        /// How long it survives an abrupt end of its connection; nil: not at all.
+        var grace: Duration? { rare?.grace }
+        /// The verified client certificate's subject (mutual TLS), for the journal.
+        var clientSubject: String? { rare?.clientSubject }
+        /// Set once revoked while its client stops (`revoke_wait`).
+        var revokeReason: String? {
+            get { rare?.revokeReason }
+            set { changeRare { $0.revokeReason = newValue } }
+        }
         /// The admin's address that revoked it (nil: not revoked, or the server did: `max_hold`).
-        var revokedBy: String?
+        var revokedBy: String? {
+            get { rare?.revokedBy }
+            set { changeRare { $0.revokedBy = newValue } }
+        }
     }
 
     /// Server settings for the lease lifecycle.
