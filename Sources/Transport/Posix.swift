@@ -20,15 +20,24 @@ public struct SocketError: Error, CustomStringConvertible, Sendable {
 
 /// An IPv4 or IPv6 socket address.
 public struct SocketAddress: Sendable, CustomStringConvertible {
-    var storage: sockaddr_storage
+    /// Room for an IPv4 or an IPv6 address: every connection keeps its peer's, and a
+    /// `sockaddr_storage` is 128 bytes.
+    var storage: sockaddr_in6
     public let length: socklen_t
 
-    init(storage: sockaddr_storage, length: socklen_t) {
-        self.storage = storage
-        self.length = length
+    init(storage full: sockaddr_storage, length: socklen_t) {
+        var compact = sockaddr_in6()
+        let kept = min(Int(length), MemoryLayout<sockaddr_in6>.size)
+        withUnsafeMutableBytes(of: &compact) { target in
+            withUnsafeBytes(of: full) { source in
+                target.copyMemory(from: UnsafeRawBufferPointer(rebasing: source[0..<kept]))
+            }
+        }
+        storage = compact
+        self.length = socklen_t(kept)
     }
 
-    public var family: Int32 { Int32(storage.ss_family) }
+    public var family: Int32 { Int32(storage.sin6_family) }
 
     /// Parses `HOST:PORT`, `[V6HOST]:PORT`, or `:PORT`, resolving names such as `localhost`.
     public init(parsing text: String) throws(AddressError) {
