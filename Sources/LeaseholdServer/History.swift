@@ -244,10 +244,43 @@ enum History {
     /// a lease ended after the window by an end line (which carries `held_seconds`) is counted
     /// for the part of it inside the window; one that has not ended is in `current`.
     /// `inventory`: name → type of every resource now (rows for idle ones, and types' sizes).
-    static func usage(_ query: UsageQuery, reader: borrowing JournalReader, inventory: [(name: String, type: String)],
-                      current: [CurrentLease], now: Int64) -> JSONValue {
+    /// With `index`, the journal's stretches that its summaries cover are not read line by line
+    /// (`UsageIndex`); the answer is the same.
+    static func usage(_ query: UsageQuery, reader: borrowing JournalReader, index: UsageIndex.Store? = nil,
+                      inventory: [(name: String, type: String)], current: [CurrentLease], now: Int64) -> JSONValue {
+        var stats = UsageIndex.Stats()
+        return usage(query, reader: reader, index: index, inventory: inventory, current: current, now: now, stats: &stats)
+    }
+
+    static func usage(_ query: UsageQuery, reader: borrowing JournalReader, index: UsageIndex.Store?,
+                      inventory: [(name: String, type: String)], current: [CurrentLease], now: Int64,
+                      stats: inout UsageIndex.Stats) -> JSONValue {
         var tally = UsageTally(query: query, inventory: inventory, current: current)
-        reader.forward(fromMilliseconds: query.since) { line in tally.line(line) }
+        // As `reader.forward(fromMilliseconds: query.since)` reads: files whose last line is
+        // older than `since` are skipped, the others from a line a little before it.
+        for file in reader.files.reversed() {
+            let length = reader.completeLength(file)
+            if let last = reader.lastLineTime(file, length: length), last < query.since { continue }
+            var position = reader.bisect(file, length: length, for: query.since)
+            if let summaries = index?.load(file, reader: reader) {
+                stats.indexedFiles += 1
+                var cache = [Int](repeating: -1, count: summaries.names.count)
+                for entry in summaries.entries where entry.end > position {
+                    if entry.start >= position, let inside = entry.usable(for: query),
+                       let bucket = summaries.bucket(entry), tally.canApply(bucket, names: summaries.names) {
+                        tally.apply(bucket, names: summaries.names, inside: inside, cache: &cache)
+                        stats.appliedBuckets += 1
+                    } else {
+                        let from = max(position, entry.start)
+                        stats.scannedBytes += entry.end - from
+                        reader.forward(in: file, from: from, to: entry.end) { line, _ in tally.line(line) }
+                    }
+                    position = entry.end
+                }
+            }
+            stats.scannedBytes += length - position
+            reader.forward(in: file, from: position, to: length) { line, _ in tally.line(line) }
+        }
         return tally.finish(inventory: inventory, current: current, now: now)
     }
 

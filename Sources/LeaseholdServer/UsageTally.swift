@@ -14,7 +14,7 @@ enum LeaseKey: Hashable {
 
 extension History {
     /// The state of a usage computation: journal lines are folded into it one by one (`line`),
-    /// oldest first.
+    /// or a stretch of them at once from its summary (`UsageIndex`, `apply`), oldest first.
     struct UsageTally {
         let query: UsageQuery
         /// name → type: the inventory's, and those the journal names for the others (the first).
@@ -186,10 +186,13 @@ extension History {
     struct OpenLease {
         enum Resources {
             case names([String])
+            /// Names in a file's name table (no array of its own for each of many leases).
+            case indexed([String], ArraySlice<Int>)
 
             var names: [String] {
                 switch self {
                 case .names(let names): names
+                case .indexed(let table, let ids): ids.map { table[$0] }
                 }
             }
         }
