@@ -42,3 +42,12 @@ int leasehold_unacknowledged_bytes(int fd);
 void *leasehold_memmem(const void *haystack, size_t haystack_length, const void *needle, size_t needle_length);
 void *leasehold_memrchr(const void *bytes, int byte, size_t length);
 #endif
+
+#ifndef LEASEHOLD_CPOSIX_NICE_H
+#define LEASEHOLD_CPOSIX_NICE_H
+/// The calling thread's nice value (Linux: per thread), and setting it; -1000 when it cannot be
+/// read. The usage summaries are built at a low priority on a pooled thread, which gets its
+/// old value back afterwards.
+int leasehold_thread_nice(void);
+int leasehold_set_thread_nice(int value);
+#endif
