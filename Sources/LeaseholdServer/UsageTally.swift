@@ -146,40 +146,47 @@ extension History {
             // counted up to the journal's last line.
             for (_, lease) in open { hold(lease.resources.names, from: lease.at, to: lastTime) }
 
-            var sizes: [String: Int] = [:]
-            var order: [String] = []
-            for resource in inventory {
-                let name = key(resource.name)
-                if sizes[name] == nil { order.append(name) }
-                sizes[name, default: 0] += 1
-            }
-            for (name, index) in rowIndex.sorted(by: { $0.key < $1.key }) where sizes[name] == nil && rows[index].touched {
-                order.append(name)
-            }
-            let window = Double(query.until - query.since) / 1000
-            let out: [JSONValue] = order.map { name in
-                let row = rowIndex[name].map { rows[$0] } ?? Row()
-                let held = Double(row.heldMilliseconds) / 1000
-                let capacity = window * Double(query.by == .type ? max(1, sizes[name] ?? 1) : 1)
-                let waits = row.waits.sorted()
-                return .object([
-                    ("name", .string(name)),
-                    ("held_seconds", .double(held)),
-                    ("share", .double(capacity > 0 ? (held / capacity * 10_000).rounded() / 10_000 : 0)),
-                    ("leases", .int(Int64(row.leases))),
-                    ("grant_wait_p50", percentile(waits, 0.5).map(JSONValue.double) ?? .null),
-                    ("grant_wait_p95", percentile(waits, 0.95).map(JSONValue.double) ?? .null),
-                    ("abnormal_ends", .int(Int64(row.abnormalEnds))),
-                    ("failed_resets", .int(Int64(row.failedResets))),
-                ])
-            }
+            var touched: [String: Row] = [:]
+            for (name, index) in rowIndex where rows[index].touched { touched[name] = rows[index] }
+            return History.answer(query, inventory: inventory, rows: touched, key: key)
+        }
+    }
+
+    /// The answer to a usage query: a row for every resource (or type) of the inventory, then
+    /// one for every other name `rows` has, sorted.
+    static func answer(_ query: UsageQuery, inventory: [(name: String, type: String)], rows: [String: Row],
+                       key: (String) -> String) -> JSONValue {
+        var sizes: [String: Int] = [:]
+        var order: [String] = []
+        for resource in inventory {
+            let name = key(resource.name)
+            if sizes[name] == nil { order.append(name) }
+            sizes[name, default: 0] += 1
+        }
+        for name in rows.keys.sorted() where sizes[name] == nil { order.append(name) }
+        let window = Double(query.until - query.since) / 1000
+        let out: [JSONValue] = order.map { name in
+            let row = rows[name] ?? Row()
+            let held = Double(row.heldMilliseconds) / 1000
+            let capacity = window * Double(query.by == .type ? max(1, sizes[name] ?? 1) : 1)
+            let waits = row.waits.sorted()
             return .object([
-                ("since", .string(RFC3339.format(milliseconds: query.since))),
-                ("until", .string(RFC3339.format(milliseconds: query.until))),
-                ("by", .string(query.by.rawValue)),
-                ("rows", .array(out)),
+                ("name", .string(name)),
+                ("held_seconds", .double(held)),
+                ("share", .double(capacity > 0 ? (held / capacity * 10_000).rounded() / 10_000 : 0)),
+                ("leases", .int(Int64(row.leases))),
+                ("grant_wait_p50", percentile(waits, 0.5).map(JSONValue.double) ?? .null),
+                ("grant_wait_p95", percentile(waits, 0.95).map(JSONValue.double) ?? .null),
+                ("abnormal_ends", .int(Int64(row.abnormalEnds))),
+                ("failed_resets", .int(Int64(row.failedResets))),
             ])
         }
+        return .object([
+            ("since", .string(RFC3339.format(milliseconds: query.since))),
+            ("until", .string(RFC3339.format(milliseconds: query.until))),
+            ("by", .string(query.by.rawValue)),
+            ("rows", .array(out)),
+        ])
     }
 
     /// A lease granted in the journal and not ended (yet).

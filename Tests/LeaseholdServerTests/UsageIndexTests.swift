@@ -295,7 +295,8 @@ import Testing
         #expect((try? UsageIndex.Bucket(decoding: bytes, base: base, nameCount: 1)) == nil)
     }
 
-    /// Usage as it was computed before summaries (the reference the answers must equal).
+    /// Usage as it was computed before summaries (the reference the answers must equal), but
+    /// for the rendering of the answer.
     static func usage(_ query: History.UsageQuery, reader: borrowing JournalReader, inventory: [(name: String, type: String)],
                       current: [History.CurrentLease], now: Int64) -> JSONValue {
         var typeOf: [String: String] = [:]
@@ -383,37 +384,6 @@ import Testing
         // counted up to the journal's last line.
         for (_, lease) in open { hold(lease.resources, from: lease.at, to: lastTime) }
 
-        var sizes: [String: Int] = [:]
-        var order: [String] = []
-        for resource in inventory {
-            let name = key(resource.name)
-            if sizes[name] == nil { order.append(name) }
-            sizes[name, default: 0] += 1
-        }
-        for name in rows.keys.sorted() where sizes[name] == nil { order.append(name) }
-        let window = Double(query.until - query.since) / 1000
-        let out: [JSONValue] = order.map { name in
-            let row = rows[name] ?? History.Row()
-            let held = Double(row.heldMilliseconds) / 1000
-            let capacity = window * Double(query.by == .type ? max(1, sizes[name] ?? 1) : 1)
-            let waits = row.waits.sorted()
-            return .object([
-                ("name", .string(name)),
-                ("held_seconds", .double(held)),
-                ("share", .double(capacity > 0 ? (held / capacity * 10_000).rounded() / 10_000 : 0)),
-                ("leases", .int(Int64(row.leases))),
-                ("grant_wait_p50", History.percentile(waits, 0.5).map(JSONValue.double) ?? .null),
-                ("grant_wait_p95", History.percentile(waits, 0.95).map(JSONValue.double) ?? .null),
-                ("abnormal_ends", .int(Int64(row.abnormalEnds))),
-                ("failed_resets", .int(Int64(row.failedResets))),
-            ])
-        }
-        return .object([
-            ("since", .string(RFC3339.format(milliseconds: query.since))),
-            ("until", .string(RFC3339.format(milliseconds: query.until))),
-            ("by", .string(query.by.rawValue)),
-            ("rows", .array(out)),
-        ])
+        return History.answer(query, inventory: inventory, rows: rows, key: key)
     }
-
 }
