@@ -22,13 +22,14 @@ extension LeaseServer {
         let parsed: History.HistoryQuery
         do { parsed = try History.HistoryQuery(query: query) } catch { return responder.respond(.jsonError(400, error.message)) }
         // What was recorded so far is read too (the journal writes it now rather than within 100 ms).
+        let usageIndexer = self.usageIndexer
         journal.whenDurable {
             Self.historyQueue.async {
             let reader = JournalReader(files: journal.openForReading())
             if let cursor = parsed.cursor, !reader.files.contains(where: { $0.inode == cursor.inode }) {
                 return responder.respond(.jsonError(410, "the journal file this cursor points into has been rotated away; start again without 'cursor'"))
             }
-            let page = History.history(parsed, reader: reader)
+            let page = UsageIndexer.querying(usageIndexer) { History.history(parsed, reader: reader) }
             responder.respond(.json(200, bytes: page.json.serializedBytes()))
             }
         }
@@ -54,7 +55,9 @@ extension LeaseServer {
                     History.CurrentLease(id: LeaseService.format($0.id), grantedAt: clock.unixMilliseconds($0.since), resources: $0.resources)
                 }
                 let reader = JournalReader(files: journal.openForReading())
-                let answer = History.usage(parsed, reader: reader, index: usageIndexer?.store, inventory: inventory, current: current, now: now)
+                let answer = UsageIndexer.querying(usageIndexer) {
+                    History.usage(parsed, reader: reader, index: usageIndexer?.store, inventory: inventory, current: current, now: now)
+                }
                 responder.respond(.json(200, bytes: answer.serializedBytes()))
                 // The live file's new lines (and any file still without summaries) get theirs.
                 usageIndexer?.refresh()
@@ -81,6 +84,9 @@ final class UsageIndexer: Sendable {
         var idle: [@Sendable () -> Void] = []
     }
     private let state = Mutex(State())
+    /// Queries reading the journal: the builder waits for them between buckets (on two cores
+    /// it would otherwise slow the very queries it is for).
+    private let queries = DispatchGroup()
 
     init(journal: AuditJournal, clock: ServerClock, minimumTail: Int64 = 1 << 20) {
         store = UsageIndex.Store(directory: journal.path + ".index")
@@ -102,6 +108,13 @@ final class UsageIndexer: Sendable {
         }
     }
 
+    /// Runs `body` (a query reading the journal) with `indexer`'s builder paused.
+    static func querying<T>(_ indexer: UsageIndexer?, _ body: () -> T) -> T {
+        indexer?.queries.enter()
+        defer { indexer?.queries.leave() }
+        return body()
+    }
+
     /// Calls `completion` once no pass is running or asked for (tests).
     func whenIdle(_ completion: @escaping @Sendable () -> Void) {
         let now = state.withLock { state in
@@ -118,7 +131,7 @@ final class UsageIndexer: Sendable {
         repeat {
             state.withLock { $0.again = false }
             let reader = JournalReader(files: journal.openForReading())
-            store.refresh(reader: reader, now: clock.unixMilliseconds(clock.now()), minimumTail: minimumTail)
+            store.refresh(reader: reader, now: clock.unixMilliseconds(clock.now()), minimumTail: minimumTail) { queries.wait() }
         } while state.withLock({ $0.again })
         finish()
     }

@@ -237,16 +237,6 @@ extension UsageIndex {
     static let maxLines = 1 << 20
     static let maxBucketBytes: Int64 = 64 << 20
 
-    /// The fixed-size start of an index file (after `magic`).
-    struct Header: Equatable {
-        var span: UInt64
-        var inode: UInt64
-        var covered: Int64
-        var fingerprint: UInt64
-        var metaLength: Int
-        var metaChecksum: UInt64
-    }
-
     /// One journal file's index, open for a query.
     final class FileIndex {
         let names: [String]
@@ -421,8 +411,9 @@ extension UsageIndex {
         /// one up to its last whole bucket (all of it once `now` is past that bucket's hour).
         /// False when the index could not be written (the directory is not writable: queries read
         /// the lines).
+        /// `pause`: called between buckets (the server's builder waits there while queries run).
         @discardableResult
-        func build(_ file: JournalFile, live: Bool, now: Int64?, reader: borrowing JournalReader) -> Bool {
+        func build(_ file: JournalFile, live: Bool, now: Int64?, reader: borrowing JournalReader, pause: () -> Void = {}) -> Bool {
             let length = reader.completeLength(file)
             var table = NameTable()
             var entries: [Entry] = []
@@ -453,6 +444,7 @@ extension UsageIndex {
                     if later || current.lines >= UsageIndex.maxLines || offset - current.start >= UsageIndex.maxBucketBytes {
                         finish(current, end: offset)
                         builder = nil
+                        pause()
                     }
                 }
                 var current = builder ?? BucketBuilder(start: offset)
@@ -506,14 +498,14 @@ extension UsageIndex {
         /// Builds or extends the indexes of `reader.files` (newest first; the first is the live
         /// file, indexed once `minimumTail` bytes of it are not), and removes those of files that
         /// are gone.
-        func refresh(reader: borrowing JournalReader, now: Int64?, minimumTail: Int64 = 1 << 20) {
+        func refresh(reader: borrowing JournalReader, now: Int64?, minimumTail: Int64 = 1 << 20, pause: () -> Void = {}) {
             guard mkdir(directory, 0o750) == 0 || errno == EEXIST else { return }
             for (position, file) in reader.files.enumerated() {
                 let length = reader.completeLength(file)
                 let covered = load(file, reader: reader)?.covered
                 if covered == length { continue }
                 if position == 0, let covered, length - covered < minimumTail { continue }
-                guard build(file, live: position == 0, now: now, reader: reader) else { return }
+                guard build(file, live: position == 0, now: now, reader: reader, pause: pause) else { return }
             }
             removeStale(keeping: Set(reader.files.map(\.inode)))
         }
