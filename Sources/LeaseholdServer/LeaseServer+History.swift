@@ -58,9 +58,9 @@ extension LeaseServer {
                 let answer = UsageIndexer.querying(usageIndexer) {
                     History.usage(parsed, reader: reader, index: usageIndexer?.store, inventory: inventory, current: current, now: now)
                 }
-                responder.respond(.json(200, bytes: answer.serializedBytes()))
                 // The live file's new lines (and any file still without summaries) get theirs.
                 usageIndexer?.refresh()
+                responder.respond(.json(200, bytes: answer.serializedBytes()))
             }
             }
         }

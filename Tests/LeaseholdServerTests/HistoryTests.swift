@@ -282,6 +282,40 @@ import TransportTesting
         await server.stop()
     }
 
+    /// A rotated file gets its summaries right after the rotation.
+    @Test func aRotatedFileIsSummarisedAfterTheRotation() async throws {
+        let directory = temporaryPath("rotating")
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/audit.jsonl"
+        let server = try TestServer {
+            $0.auditFile = path
+            $0.auditMaxBytes = 2048
+            $0.auditKeep = 2
+        }
+        for index in 0..<12 {
+            let (holder, _) = try await server.hold(#"[{"name": "array-01"}]"#, holder: "ci/\(index)")
+            holder.send(#"{"op":"release"}"#)
+            _ = try await holder.expectClose()
+            try await server.waitUntilFree("array-01")
+        }
+        let journal = try #require(server.server.service.journal)
+        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in journal.whenDurable { done.resume() } }
+        let indexer = try #require(server.server.usageIndexer)
+        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in indexer.whenIdle { done.resume() } }
+        #expect(FileManager.default.fileExists(atPath: path + ".2"))
+        let files = JournalFile.openAll(path: path, keep: 2)
+        let reader = JournalReader(files: files)
+        // Both rotated files are summarised to their ends (the live one waits for its hour to end).
+        #expect(reader.files.count == 3)
+        for file in reader.files.dropFirst() {
+            let length = reader.completeLength(file)
+            let covered = indexer.store.load(file, reader: reader)?.covered
+            #expect(covered == length)
+        }
+        await server.stop()
+    }
+
     /// A scripted sequence on a manual clock: every time in the journal is exact.
     @Test func historyAndUsageFromAScriptedSequence() async throws {
         let path = temporaryPath("audit")
