@@ -23,7 +23,9 @@ q() {
     done
     printf '%-70s first %6.3f s  best %6.3f s  %8d bytes\n' "$1" "$first" "$best" "$(wc -c < "$DIR/answer.json")"
 }
-du -bc "$DIR"/audit.jsonl* | tail -1
+du -bc "$DIR"/audit.jsonl "$DIR"/audit.jsonl.[0-9]* | tail -1
+# The usage summaries (built in the background from the server's start; absent on the first run).
+[ -d "$DIR/audit.jsonl.index" ] && du -sb "$DIR/audit.jsonl.index" || echo "0	no $DIR/audit.jsonl.index yet"
 q "/v1/history"
 q "/v1/history?resource=array-0007"
 q "/v1/history?resource=host-0500"

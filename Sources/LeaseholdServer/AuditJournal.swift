@@ -49,6 +49,8 @@ final class AuditJournal: @unchecked Sendable {
     }
     private let file: Mutex<FileState>
     private var lastSync: DispatchTime = .init(uptimeNanoseconds: 0)   // on `queue`
+    /// Called (on the journal's queue) after each rotation.
+    private let rotationHandler = Mutex<(@Sendable () -> Void)?>(nil)
 
     init(path: String, clock: ServerClock, settings: Settings = Settings()) throws(StartupError) {
         self.path = path
@@ -118,6 +120,12 @@ final class AuditJournal: @unchecked Sendable {
             return true
         }
         if schedule { scheduleFlush() }
+    }
+
+    /// Calls `handler` after each rotation (the usage summaries of the file just closed are
+    /// finished then).
+    func onRotation(_ handler: @escaping @Sendable () -> Void) {
+        rotationHandler.withLock { $0 = handler }
     }
 
     /// Calls `completion` (on the journal's queue) once every line recorded before is durable.
@@ -236,6 +244,7 @@ final class AuditJournal: @unchecked Sendable {
         close(state.fd)
         state = FileState(fd: fd, size: 0)
         Self.syncDirectory(of: path)
+        rotationHandler.withLock { $0 }?()
         return true
     }
 

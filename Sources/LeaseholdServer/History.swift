@@ -236,130 +236,52 @@ enum History {
         var waits: [Double] = []
         var abnormalEnds = 0
         var failedResets = 0
+        /// Something was counted in it (a row outside the inventory is reported only then).
+        var touched = false
     }
 
     /// Usage per resource (or type) over the window. Reads the journal from `since` to its end:
     /// a lease ended after the window by an end line (which carries `held_seconds`) is counted
     /// for the part of it inside the window; one that has not ended is in `current`.
     /// `inventory`: name → type of every resource now (rows for idle ones, and types' sizes).
-    static func usage(_ query: UsageQuery, reader: borrowing JournalReader, inventory: [(name: String, type: String)],
-                      current: [CurrentLease], now: Int64) -> JSONValue {
-        var typeOf: [String: String] = [:]
-        for resource in inventory { typeOf[resource.name] = resource.type }
-        var rows: [String: Row] = [:]
-        /// Granted in the journal, not ended yet: lease → (grant time, resources).
-        var open: [String: (at: Int64, resources: [String])] = [:]
-        var ended = Set<String>()
-        var lastTime: Int64 = query.since
+    /// With `index`, the journal's stretches that its summaries cover are not read line by line
+    /// (`UsageIndex`); the answer is the same.
+    static func usage(_ query: UsageQuery, reader: borrowing JournalReader, index: UsageIndex.Store? = nil,
+                      inventory: [(name: String, type: String)], current: [CurrentLease], now: Int64) -> JSONValue {
+        var stats = UsageIndex.Stats()
+        return usage(query, reader: reader, index: index, inventory: inventory, current: current, now: now, stats: &stats)
+    }
 
-        func key(_ name: String) -> String { query.by == .resource ? name : (typeOf[name] ?? "?") }
-        /// The rows a lease of these resources counts in, once each.
-        func distinctKeys(_ resources: [String]) -> [String] {
-            if resources.count == 1 { return [key(resources[0])] }
-            var seen = Set<String>()
-            return resources.map(key).filter { seen.insert($0).inserted }
-        }
-        func hold(_ resources: [String], from start: Int64, to end: Int64) {
-            let overlap = min(end, query.until) - max(start, query.since)
-            guard overlap > 0 else { return }
-            for name in resources { rows[key(name), default: Row()].heldMilliseconds += overlap }
-        }
-
-        reader.forward(fromMilliseconds: query.since) { line in
-            guard let time = JournalReader.lineTime(line), time >= query.since - 5_000 else { return true }
-            guard let event = JournalReader.lineEvent(line) else { return true }
-            switch event {
-            case "granted", "released", "revoked", "expired", "started", "reset": break
-            default: return true
-            }
-            guard let fields = UsageFields(line) else { return true }
-            defer { lastTime = max(lastTime, time) }
-            func names() -> [String] {
-                fields.resources.map { resource in
-                    if typeOf[resource.name] == nil, let type = resource.type { typeOf[resource.name] = type }
-                    return resource.name
-                }
-            }
-            switch event {
-            case "granted":
-                guard let lease = fields.lease else { return true }
-                let resources = names()
-                open[lease] = (time, resources)
-                if time >= query.since, time < query.until {
-                    for rowKey in distinctKeys(resources) {
-                        rows[rowKey, default: Row()].leases += 1
-                        if let waited = fields.waited { rows[rowKey, default: Row()].waits.append(waited) }
+    static func usage(_ query: UsageQuery, reader: borrowing JournalReader, index: UsageIndex.Store?,
+                      inventory: [(name: String, type: String)], current: [CurrentLease], now: Int64,
+                      stats: inout UsageIndex.Stats) -> JSONValue {
+        var tally = UsageTally(query: query, inventory: inventory, current: current)
+        // As `reader.forward(fromMilliseconds: query.since)` reads: files whose last line is
+        // older than `since` are skipped, the others from a line a little before it.
+        for file in reader.files.reversed() {
+            let length = reader.completeLength(file)
+            if let last = reader.lastLineTime(file, length: length), last < query.since { continue }
+            var position = reader.bisect(file, length: length, for: query.since)
+            if let summaries = index?.load(file, reader: reader) {
+                stats.indexedFiles += 1
+                var cache = [Int](repeating: -1, count: summaries.names.count)
+                for entry in summaries.entries where entry.end > position {
+                    if entry.start >= position, let inside = entry.usable(for: query),
+                       let bucket = summaries.bucket(entry), tally.canApply(bucket, names: summaries.names) {
+                        tally.apply(bucket, names: summaries.names, inside: inside, cache: &cache)
+                        stats.appliedBuckets += 1
+                    } else {
+                        let from = max(position, entry.start)
+                        stats.scannedBytes += entry.end - from
+                        reader.forward(in: file, from: from, to: entry.end) { line, _ in tally.line(line) }
                     }
+                    position = entry.end
                 }
-            case "released", "revoked", "expired":
-                // A waiter's end carries `waited_seconds`, no `held_seconds`.
-                guard let lease = fields.lease, let heldSeconds = fields.held else { return true }
-                var resources = names()
-                let opened = open.removeValue(forKey: lease)
-                if resources.isEmpty { resources = opened?.resources ?? [] }
-                ended.insert(lease)
-                let start = opened?.at ?? time - Int64((heldSeconds * 1000).rounded())
-                hold(resources, from: start, to: time)
-                let reason = event == "released" ? fields.reason ?? "" : String(event)
-                if time >= query.since, time < query.until, Self.abnormalReasons.contains(reason) {
-                    for rowKey in distinctKeys(resources) { rows[rowKey, default: Row()].abnormalEnds += 1 }
-                }
-            case "started":
-                // A server that kept no state lost its leases with the previous process; their
-                // hold ended (at the latest) when that process last wrote.
-                if fields.state == false {
-                    for (_, lease) in open { hold(lease.resources, from: lease.at, to: lastTime) }
-                    open = [:]
-                }
-            case "reset":
-                if time >= query.since, time < query.until, fields.result == "failed", let name = fields.resource {
-                    rows[key(name), default: Row()].failedResets += 1
-                }
-            default:
-                break
             }
-            return true
+            stats.scannedBytes += length - position
+            reader.forward(in: file, from: position, to: length) { line, _ in tally.line(line) }
         }
-        // Held now: from the table (those granted before the journal's window too).
-        for lease in current where !ended.contains(lease.id) {
-            open.removeValue(forKey: lease.id)
-            hold(lease.resources, from: lease.grantedAt, to: now)
-        }
-        // Granted in the journal but neither ended there nor held now (a line lost to a crash):
-        // counted up to the journal's last line.
-        for (_, lease) in open { hold(lease.resources, from: lease.at, to: lastTime) }
-
-        var sizes: [String: Int] = [:]
-        var order: [String] = []
-        for resource in inventory {
-            let name = key(resource.name)
-            if sizes[name] == nil { order.append(name) }
-            sizes[name, default: 0] += 1
-        }
-        for name in rows.keys.sorted() where sizes[name] == nil { order.append(name) }
-        let window = Double(query.until - query.since) / 1000
-        let out: [JSONValue] = order.map { name in
-            let row = rows[name] ?? Row()
-            let held = Double(row.heldMilliseconds) / 1000
-            let capacity = window * Double(query.by == .type ? max(1, sizes[name] ?? 1) : 1)
-            let waits = row.waits.sorted()
-            return .object([
-                ("name", .string(name)),
-                ("held_seconds", .double(held)),
-                ("share", .double(capacity > 0 ? (held / capacity * 10_000).rounded() / 10_000 : 0)),
-                ("leases", .int(Int64(row.leases))),
-                ("grant_wait_p50", percentile(waits, 0.5).map(JSONValue.double) ?? .null),
-                ("grant_wait_p95", percentile(waits, 0.95).map(JSONValue.double) ?? .null),
-                ("abnormal_ends", .int(Int64(row.abnormalEnds))),
-                ("failed_resets", .int(Int64(row.failedResets))),
-            ])
-        }
-        return .object([
-            ("since", .string(RFC3339.format(milliseconds: query.since))),
-            ("until", .string(RFC3339.format(milliseconds: query.until))),
-            ("by", .string(query.by.rawValue)),
-            ("rows", .array(out)),
-        ])
+        return tally.finish(inventory: inventory, current: current, now: now)
     }
 
     /// Nearest rank: the smallest value with at least `fraction` of the values at or below it.

@@ -30,7 +30,7 @@ struct JournalReader: ~Copyable {
     deinit { for file in files { close(file.fd) } }
 
     /// The length of the file's complete lines (up to its last newline).
-    private func completeLength(_ file: JournalFile) -> Int64 {
+    func completeLength(_ file: JournalFile) -> Int64 {
         var end = file.size
         var buffer = [UInt8](repeating: 0, count: 4096)
         while end > 0 {
@@ -43,7 +43,7 @@ struct JournalReader: ~Copyable {
         return 0
     }
 
-    private func read(_ file: JournalFile, at offset: Int64, count: Int, into buffer: inout [UInt8]) -> Bool {
+    func read(_ file: JournalFile, at offset: Int64, count: Int, into buffer: inout [UInt8]) -> Bool {
         if buffer.count < count { buffer = [UInt8](repeating: 0, count: count) }
         var done = 0
         while done < count {
@@ -134,7 +134,6 @@ struct JournalReader: ~Copyable {
     /// found by bisection), until `body` returns false.
     func forward(fromMilliseconds from: Int64?, _ body: (UnsafeRawBufferPointer) -> Bool) {
         // Oldest file first; skip files whose last line is older than `from`.
-        var buffer = [UInt8](repeating: 0, count: chunkSize)
         for file in files.reversed() {
             let length = completeLength(file)
             var start: Int64 = 0
@@ -142,45 +141,56 @@ struct JournalReader: ~Copyable {
                 if let last = lastLineTime(file, length: length), last < from { continue }
                 start = bisect(file, length: length, for: from)
             }
-            var chunk = chunkSize
-            while start < length {
-                let count = Int(min(Int64(chunk), length - start))
-                guard read(file, at: start, count: count, into: &buffer) else { return }
-                guard let lastNewline = buffer[0..<count].lastIndex(of: UInt8(ascii: "\n")) else {
-                    if chunk >= maxLineBytes {
-                        // Skip the over-long line: up to its newline.
-                        var skip = start + Int64(count)
-                        while skip < length {
-                            let part = Int(min(Int64(chunkSize), length - skip))
-                            guard read(file, at: skip, count: part, into: &buffer) else { return }
-                            if let newline = buffer[0..<part].firstIndex(of: UInt8(ascii: "\n")) { skip += Int64(newline) + 1; break }
-                            skip += Int64(part)
-                        }
-                        start = skip
-                        chunk = chunkSize
-                    } else {
-                        chunk *= 4
-                    }
-                    continue
-                }
-                chunk = chunkSize
-                let keepGoing: Bool = buffer.withUnsafeBytes { raw in
-                    var lineStart = 0
-                    let region = UnsafeRawBufferPointer(rebasing: raw[0...lastNewline])
-                    while lineStart <= lastNewline {
-                        let lineEnd = Self.lineEnd(in: region, from: lineStart)
-                        if !body(UnsafeRawBufferPointer(rebasing: raw[lineStart..<lineEnd])) { return false }
-                        lineStart = lineEnd + 1
-                    }
-                    return true
-                }
-                if !keepGoing { return }
-                start += Int64(lastNewline + 1)
-            }
+            if !forward(in: file, from: start, to: length, { line, _ in body(line) }) { return }
         }
     }
 
-    private func lastLineTime(_ file: JournalFile, length: Int64) -> Int64? {
+    /// The lines of `file` between two line starts (`to`: a line start or the length of its
+    /// complete lines), oldest first, each with its offset; false when `body` returned false (or
+    /// a read failed).
+    @discardableResult
+    func forward(in file: JournalFile, from: Int64, to length: Int64, _ body: (UnsafeRawBufferPointer, Int64) -> Bool) -> Bool {
+        var buffer = [UInt8](repeating: 0, count: chunkSize)
+        var start = from
+        var chunk = chunkSize
+        while start < length {
+            let count = Int(min(Int64(chunk), length - start))
+            guard read(file, at: start, count: count, into: &buffer) else { return false }
+            guard let lastNewline = buffer[0..<count].lastIndex(of: UInt8(ascii: "\n")) else {
+                if chunk >= maxLineBytes {
+                    // Skip the over-long line: up to its newline.
+                    var skip = start + Int64(count)
+                    while skip < length {
+                        let part = Int(min(Int64(chunkSize), length - skip))
+                        guard read(file, at: skip, count: part, into: &buffer) else { return false }
+                        if let newline = buffer[0..<part].firstIndex(of: UInt8(ascii: "\n")) { skip += Int64(newline) + 1; break }
+                        skip += Int64(part)
+                    }
+                    start = skip
+                    chunk = chunkSize
+                } else {
+                    chunk *= 4
+                }
+                continue
+            }
+            chunk = chunkSize
+            let keepGoing: Bool = buffer.withUnsafeBytes { raw in
+                var lineStart = 0
+                let region = UnsafeRawBufferPointer(rebasing: raw[0...lastNewline])
+                while lineStart <= lastNewline {
+                    let lineEnd = Self.lineEnd(in: region, from: lineStart)
+                    if !body(UnsafeRawBufferPointer(rebasing: raw[lineStart..<lineEnd]), start + Int64(lineStart)) { return false }
+                    lineStart = lineEnd + 1
+                }
+                return true
+            }
+            if !keepGoing { return false }
+            start += Int64(lastNewline + 1)
+        }
+        return true
+    }
+
+    func lastLineTime(_ file: JournalFile, length: Int64) -> Int64? {
         guard length > 0 else { return nil }
         let start = max(0, length - 4096)
         var buffer = [UInt8]()
@@ -193,7 +203,7 @@ struct JournalReader: ~Copyable {
     /// The offset of a line at or a little before the first line with a time ≥ `target` (lines
     /// are in time order but for a few milliseconds between writers: the search aims a few
     /// seconds early and the caller skips what is older).
-    private func bisect(_ file: JournalFile, length: Int64, for target: Int64) -> Int64 {
+    func bisect(_ file: JournalFile, length: Int64, for target: Int64) -> Int64 {
         let aim = target - 5_000
         var low: Int64 = 0      // a line start known to be before `aim` (or the file's start)
         var high = length       // a position known to be at or after `aim`

@@ -103,6 +103,8 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
     private let watchers: ConnectionLimit
     /// Lowercased host names that `Host` may carry (see `ServerOptions.allowedHosts`).
     private let hostNames: Set<String>
+    /// Keeps the journal's usage summaries up to date; nil without a journal.
+    let usageIndexer: UsageIndexer?
     /// Serial, so two reloads apply in the order they were asked for.
     private let reloadQueue = DispatchQueue(label: "leasehold.reload")
     /// The TLS listeners' certificate and key (reloaded with the inventory); nil without TLS.
@@ -160,6 +162,13 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
             throw StartupError(message: "inventory \(options.inventoryPath): \(error)")
         }
         journal?.record([("event", .string("started")), ("version", .string(leaseholdVersion)), ("state", .bool(store != nil))])
+        usageIndexer = journal.map { UsageIndexer(journal: $0, clock: clock) }
+        if let usageIndexer {
+            journal?.onRotation { usageIndexer.refresh() }
+            // Files without summaries (a journal from before them, or one a crash left behind)
+            // get them in the background.
+            usageIndexer.refresh()
+        }
         if options.stateDirectory == nil, inventory.resources.contains(where: { $0.reset != nil }) {
             logger.warning("the inventory names reset commands but there is no --state-dir: a reset that a stop or a crash interrupts is not run again, and its resource comes back free")
         }

@@ -248,6 +248,74 @@ import TransportTesting
         #expect(all.first?["state"] == .bool(true))
     }
 
+    /// The server summarises its journal in the background (`UsageIndex`) and answers the same
+    /// from the summaries as from the lines.
+    @Test func theServerSummarisesItsJournalAndAnswersTheSameFromTheSummaries() async throws {
+        let directory = temporaryPath("state")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let clock = ManualClock()
+        let server = try TestServer(clock: clock) {
+            $0.stateDirectory = directory
+            $0.pingInterval = .seconds(3600)
+            $0.deadAfter = .seconds(7200)
+        }
+        let start = server.server.clock.unixMilliseconds(server.server.clock.now())
+        for (seconds, name) in [(30, "array-01"), (90, "switch-01")] {
+            let (holder, _) = try await server.hold(#"[{"name": "\#(name)"}]"#, holder: "ci/\(name)")
+            clock.advance(by: .seconds(seconds))
+            holder.send(#"{"op":"release"}"#)
+            _ = try await holder.expectClose()
+            try await server.waitUntilFree(name)
+        }
+        // The live file's hour is over: its lines can be summarised.
+        clock.advance(by: .seconds(7200))
+        let window = "since=\(RFC3339.format(milliseconds: start - 60_000))&until=\(RFC3339.format(milliseconds: start + 3_600_000))"
+        let first = try await server.http("GET", "/v1/usage?\(window)")
+        let indexer = try #require(server.server.usageIndexer)
+        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in indexer.whenIdle { done.resume() } }
+        let indexes = try FileManager.default.contentsOfDirectory(atPath: directory + "/audit.jsonl.index")
+        #expect(indexes.count == 1 && indexes.allSatisfy { $0.hasSuffix(".usage") }, "\(indexes)")
+        let second = try await server.http("GET", "/v1/usage?\(window)")
+        #expect(first.status == 200 && second.body == first.body)
+        let rows = try json(second)["rows"]?.arrayValue ?? []
+        #expect(rows.first { $0["name"] == .string("switch-01") }?["held_seconds"] == .double(90))
+        await server.stop()
+    }
+
+    /// A rotated file gets its summaries right after the rotation.
+    @Test func aRotatedFileIsSummarisedAfterTheRotation() async throws {
+        let directory = temporaryPath("rotating")
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/audit.jsonl"
+        let server = try TestServer {
+            $0.auditFile = path
+            $0.auditMaxBytes = 2048
+            $0.auditKeep = 2
+        }
+        for index in 0..<12 {
+            let (holder, _) = try await server.hold(#"[{"name": "array-01"}]"#, holder: "ci/\(index)")
+            holder.send(#"{"op":"release"}"#)
+            _ = try await holder.expectClose()
+            try await server.waitUntilFree("array-01")
+        }
+        let journal = try #require(server.server.service.journal)
+        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in journal.whenDurable { done.resume() } }
+        let indexer = try #require(server.server.usageIndexer)
+        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in indexer.whenIdle { done.resume() } }
+        #expect(FileManager.default.fileExists(atPath: path + ".2"))
+        let files = JournalFile.openAll(path: path, keep: 2)
+        let reader = JournalReader(files: files)
+        // Both rotated files are summarised to their ends (the live one waits for its hour to end).
+        #expect(reader.files.count == 3)
+        for file in reader.files.dropFirst() {
+            let length = reader.completeLength(file)
+            let covered = indexer.store.load(file, reader: reader)?.covered
+            #expect(covered == length)
+        }
+        await server.stop()
+    }
+
     /// A scripted sequence on a manual clock: every time in the journal is exact.
     @Test func historyAndUsageFromAScriptedSequence() async throws {
         let path = temporaryPath("audit")

@@ -51,3 +51,12 @@ void *leasehold_memrchr(const void *bytes, int byte, size_t length);
 /// (EPOLL_CTL_ADD, _MOD or _DEL as `operation`); 0, or -1 with errno.
 int leasehold_epoll_control(int epoll, int operation, int fd, uint32_t events, uint64_t token);
 #endif
+
+#ifndef LEASEHOLD_CPOSIX_NICE_H
+#define LEASEHOLD_CPOSIX_NICE_H
+/// The calling thread's nice value (Linux: per thread), and setting it; -1000 when it cannot be
+/// read. The usage summaries are built at a low priority on a pooled thread, which gets its
+/// old value back afterwards.
+int leasehold_thread_nice(void);
+int leasehold_set_thread_nice(int value);
+#endif
