@@ -52,22 +52,26 @@ final class LeaseService: @unchecked Sendable {
         private var rare: Rare?
 
         private final class Rare {
-            var tokenName: String?
-            var meta: [(String, String)] = []
-            var grace: Duration?
-            var clientSubject: String?
+            let tokenName: String?
+            let meta: [(String, String)]
+            let grace: Duration?
+            let clientSubject: String?
             var revokeReason: String?
             var revokedBy: String?
 
+            init(tokenName: String? = nil, meta: [(String, String)] = [], grace: Duration? = nil, clientSubject: String? = nil,
+                 revokeReason: String? = nil, revokedBy: String? = nil) {
+                self.tokenName = tokenName
+                self.meta = meta
+                self.grace = grace
+                self.clientSubject = clientSubject
+                self.revokeReason = revokeReason
+                self.revokedBy = revokedBy
+            }
+
             func copy() -> Rare {
-                let copy = Rare()
-                copy.tokenName = tokenName
-                copy.meta = meta
-                copy.grace = grace
-                copy.clientSubject = clientSubject
-                copy.revokeReason = revokeReason
-                copy.revokedBy = revokedBy
-                return copy
+                Rare(tokenName: tokenName, meta: meta, grace: grace, clientSubject: clientSubject,
+                     revokeReason: revokeReason, revokedBy: revokedBy)
             }
         }
 
@@ -82,12 +86,7 @@ final class LeaseService: @unchecked Sendable {
             self.tokenHash = tokenHash
             self.granted = granted
             if tokenName != nil || !meta.isEmpty || grace != nil || clientSubject != nil {
-                let rare = Rare()
-                rare.tokenName = tokenName
-                rare.meta = meta
-                rare.grace = grace
-                rare.clientSubject = clientSubject
-                self.rare = rare
+                rare = Rare(tokenName: tokenName, meta: meta, grace: grace, clientSubject: clientSubject)
             }
         }
 

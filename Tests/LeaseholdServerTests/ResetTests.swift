@@ -170,7 +170,8 @@ struct ResetHookTests {
                       ("abnormal", "binary", true), ("abnormal", "revoke", true)])
     func whichEndsReset(_ after: String, _ end: String, _ resets: Bool) async throws {
         let lab = try Lab()
-        let reset = try lab.script("reset", #"echo "$LEASEHOLD_END_REASON" > "\#(lab.path("reason"))""#)
+        // Written whole, then renamed: the test may look the moment the file appears.
+        let reset = try lab.script("reset", #"echo "$LEASEHOLD_END_REASON" > "\#(lab.path("reason.tmp"))" && mv "\#(lab.path("reason.tmp"))" "\#(lab.path("reason"))""#)
         let server = try TestServer(inventory: lab.inventory(reset, after: after))
         let (holder, _) = try await server.hold(#"[{"name": "array-01"}]"#)
         switch end {

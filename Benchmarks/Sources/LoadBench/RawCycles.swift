@@ -34,18 +34,24 @@ private func send(_ fd: Int32, _ bytes: [UInt8]) {
     _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
 }
 
+/// The bytes a raw lease client sends: its upgrade request, its acquire and its close frame.
+func prebuiltLeaseFrames(host: String, port: UInt16, request: String) -> (handshake: [UInt8], acquire: [UInt8], close: [UInt8]) {
+    let handshake = Array("GET /v1/lease HTTP/1.1\r\nHost: \(host):\(port)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".utf8)
+    var acquire: [UInt8] = []
+    WebSocketEncoder.appendFrame(opcode: .text, payload: Array(request.utf8), maskingKey: (1, 2, 3, 4), into: &acquire)
+    var close: [UInt8] = []
+    WebSocketEncoder.appendFrame(opcode: .close, payload: WebSocketEncoder.closePayload(code: 1000, reason: ""),
+                                 maskingKey: (5, 6, 7, 8), into: &close)
+    return (handshake, acquire, close)
+}
+
 func runRawCycles(host: String, port: UInt16, clients: Int, seconds: Int, request: String, resetInsteadOfClose: Bool) {
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
     address.sin_port = port.bigEndian
     guard inet_pton(AF_INET, host, &address.sin_addr) == 1 else { fail("cycles needs a numeric IPv4 --host") }
 
-    let handshake = Array("GET /v1/lease HTTP/1.1\r\nHost: \(host):\(port)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".utf8)
-    var acquireFrame: [UInt8] = []
-    WebSocketEncoder.appendFrame(opcode: .text, payload: Array(request.utf8), maskingKey: (1, 2, 3, 4), into: &acquireFrame)
-    var closeFrame: [UInt8] = []
-    WebSocketEncoder.appendFrame(opcode: .close, payload: WebSocketEncoder.closePayload(code: 1000, reason: ""),
-                                 maskingKey: (5, 6, 7, 8), into: &closeFrame)
+    let (handshake, acquireFrame, closeFrame) = prebuiltLeaseFrames(host: host, port: port, request: request)
     let granted = Array("\"granted\"".utf8)
 
     let epoll = epoll_create1(Int32(EPOLL_CLOEXEC))

@@ -58,12 +58,7 @@ final class RawSocket {
 }
 
 func runRawHandoff(host: String, port: UInt16, rounds: Int, waiters: Int, request: String) -> [UInt64] {
-    let handshake = Array("GET /v1/lease HTTP/1.1\r\nHost: \(host):\(port)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".utf8)
-    var acquireFrame: [UInt8] = []
-    WebSocketEncoder.appendFrame(opcode: .text, payload: Array(request.utf8), maskingKey: (1, 2, 3, 4), into: &acquireFrame)
-    var closeFrame: [UInt8] = []
-    WebSocketEncoder.appendFrame(opcode: .close, payload: WebSocketEncoder.closePayload(code: 1000, reason: ""),
-                                 maskingKey: (5, 6, 7, 8), into: &closeFrame)
+    let (handshake, acquireFrame, closeFrame) = prebuiltLeaseFrames(host: host, port: port, request: request)
     let granted = Array("\"granted\"".utf8)
     let queued = Array("\"queued\"".utf8)
     let position = Array("\"position\":".utf8)
