@@ -1,6 +1,6 @@
 import Dispatch
+import Transport
 import LeaseProtocol
-import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -39,7 +39,7 @@ final class AuditJournal: @unchecked Sendable {
         /// Callbacks waiting for everything recorded before them to be durable.
         var waiters: [@Sendable () -> Void] = []
     }
-    private let pending = Mutex(Pending())
+    private let pending = Locked(Pending())
 
     /// The open file and its size, and which files exist: the writer's (on `queue`), read by
     /// `openForReading` under the same lock so a rotation never happens half-way through it.
@@ -47,10 +47,10 @@ final class AuditJournal: @unchecked Sendable {
         var fd: Int32
         var size: Int64
     }
-    private let file: Mutex<FileState>
+    private let file: Locked<FileState>
     private var lastSync: DispatchTime = .init(uptimeNanoseconds: 0)   // on `queue`
     /// Called (on the journal's queue) after each rotation.
-    private let rotationHandler = Mutex<(@Sendable () -> Void)?>(nil)
+    private let rotationHandler = Locked<(@Sendable () -> Void)?>(nil)
 
     init(path: String, clock: ServerClock, settings: Settings = Settings()) throws(StartupError) {
         self.path = path
@@ -67,7 +67,7 @@ final class AuditJournal: @unchecked Sendable {
             close(fd)
             throw StartupError(message: "cannot repair audit journal \(path): \(error.message)")
         }
-        file = Mutex(FileState(fd: fd, size: size))
+        file = Locked(FileState(fd: fd, size: size))
     }
 
     deinit {

@@ -1,6 +1,5 @@
 import CPosix
 import Dispatch
-import Synchronization
 import HTTPCodec
 import LeaseProtocol
 import Transport
@@ -83,7 +82,7 @@ final class UsageIndexer: Sendable {
         var again = false
         var idle: [@Sendable () -> Void] = []
     }
-    private let state = Mutex(State())
+    private let state = Locked(State())
     /// Queries reading the journal: the builder waits for them between buckets (on two cores
     /// it would otherwise slow the very queries it is for).
     private let queries = DispatchGroup()

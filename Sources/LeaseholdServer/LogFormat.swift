@@ -1,6 +1,6 @@
 import Logging
 import LeaseProtocol
-import Synchronization
+import Transport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -112,7 +112,7 @@ public struct LeaseholdLogHandler: LogHandler {
         return RFC3339.format(milliseconds: Int64(spec.tv_sec) * 1000 + Int64(spec.tv_nsec) / 1_000_000)
     }
 
-    private static let writeLock = Mutex(())
+    private static let writeLock = Locked(())
 
     /// Writes the line to stderr in one piece (lines from several threads never interleave).
     public static let standardError: @Sendable (String) -> Void = { line in

@@ -53,6 +53,12 @@ struct ConnectionTests {
             peer = TestSocket(connectedFD: fds[1])
         }
 
+        /// Read on the connection's loop, where it is kept.
+        var pendingOutputBytes: Int {
+            let connection = connection
+            return loop.queue.sync { connection.pendingOutputBytes }
+        }
+
         func onLoop(_ body: @escaping @Sendable (Connection) -> Void) {
             let connection = connection
             loop.queue.sync { body(connection) }
@@ -71,7 +77,7 @@ struct ConnectionTests {
         pair.onLoop { $0.write(big) }
         try await pair.peer.fill(to: big.count)
         #expect(pair.peer.take(big.count) == big)
-        #expect(await eventually { pair.connection.pendingOutputBytes == 0 })
+        #expect(await eventually { pair.pendingOutputBytes == 0 })
         #expect(pair.recorder.closes.withLock { $0 }.isEmpty)
         pair.onLoop { $0.close(.abort) }
     }
@@ -90,7 +96,7 @@ struct ConnectionTests {
         #expect(pair.peer.take(3) == [1, 2, 3])
         #expect(pair.peer.take(big.count) == big)
         #expect(pair.peer.take(3) == [4, 5, 6])
-        #expect(await eventually { pair.connection.pendingOutputBytes == 0 })
+        #expect(await eventually { pair.pendingOutputBytes == 0 })
         #expect(pair.recorder.closes.withLock { $0 }.isEmpty)
         // A second big one while the first still waits for a peer that reads nothing is too much.
         pair.onLoop { connection in
