@@ -106,19 +106,24 @@ func runWatchBench(host: String, port: UInt16, watchers: Int, seconds: Int, chan
             let count = buffer.withUnsafeMutableBytes { read(measuring.fd, $0.baseAddress, $0.count) }
             guard count > 0 else { break }
             let now = monotonicNow()
-            var chunk = carry + buffer[0..<count]
-            var highest = -1
-            var from = chunk.startIndex
-            while let range = chunk[from...].firstRange(of: tickMarker) {
-                var number = 0
-                var at = range.upperBound
-                while at < chunk.endIndex, (48...57).contains(chunk[at]) { number = number * 10 + Int(chunk[at] - 48); at += 1 }
-                if at < chunk.endIndex { highest = max(highest, number) }
-                from = range.upperBound
+            let chunk = carry + buffer[0..<count]
+            // memmem, not a generic search: a slow scan would measure this reader's backlog.
+            let highest = chunk.withUnsafeBytes { bytes -> Int in
+                guard let base = bytes.baseAddress else { return -1 }
+                var highest = -1
+                var from = 0
+                while from < bytes.count,
+                      let found = tickMarker.withUnsafeBytes({ bench_find(base + from, bytes.count - from, $0.baseAddress, $0.count) }) {
+                    var at = base.distance(to: found) + tickMarker.count
+                    var number = 0
+                    while at < bytes.count, (48...57).contains(bytes[at]) { number = number * 10 + Int(bytes[at] - 48); at += 1 }
+                    if at < bytes.count { highest = max(highest, number) }
+                    from = at
+                }
+                return highest
             }
             if highest >= 0 { ticks.seen(highest, at: now) }
             carry = Array(chunk.suffix(32))
-            chunk.removeAll()
         }
         close(measuring.fd)
         done.signal()
