@@ -78,7 +78,7 @@ let package = Package(
         .testTarget(
             name: "LeaseholdServerTests",
             dependencies: ["LeaseholdServer", "LeaseholdClient", "Transport", "HTTPCodec", "LeaseProtocol", "TransportTesting",
-                           "LeaseCore", .product(name: "Logging", package: "swift-log")]
+                           "LeaseCore", "PerMessageDeflate", .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(
             name: "LeaseholdClientTests",

@@ -29,6 +29,14 @@ public struct ResourceView: Sendable, Equatable {
     public var enabled: Bool { disabled == nil }
     /// The inventory names a reset for it.
     public var resettable = false
+
+    /// The same resource, and what can change without a reload is the same (between snapshots
+    /// of one `Snapshot.inventoryGeneration` the rest cannot differ).
+    public func sameState(as other: ResourceView) -> Bool {
+        state == other.state && epoch == other.epoch && since == other.since && lease == other.lease
+            && holder == other.holder && disabled == other.disabled && inInventory == other.inInventory
+            && name == other.name
+    }
 }
 
 /// Why a resource is out of service, and since when.
@@ -85,6 +93,9 @@ public struct Snapshot: Sendable, Equatable {
     public var resources: [ResourceView]
     public var leases: [LeaseView]
     public var queue: [WaiterView]
+    /// Goes up with every reload, the only change of a resource's name, type, labels, attributes
+    /// or reset: between two snapshots of one generation only a resource's state can differ.
+    public var inventoryGeneration: UInt64 = 0
 }
 
 /// Where a lease id stands.
@@ -101,18 +112,27 @@ public struct ResourceCount: Sendable, Hashable {
 
 extension LeaseTable {
     func state(_ r: Int) -> ResourceState {
-        let x = resources[r]
+        Self.state(resources[r])
+    }
+
+    static func state(_ x: borrowing ResourceRec) -> ResourceState {
         if x.owner >= 0 { return x.held ? .held : .reserved }
         if x.resetting { return .resetting }
         return x.enabled ? .free : .disabled
     }
 
     func view(_ r: Int) -> ResourceView {
-        let x = resources[r]
-        let owner: Int? = x.owner >= 0 ? Int(x.owner) : nil
+        leases.withUnsafeBufferPointer { Self.view(resources[r], leases: $0) }
+    }
+
+    /// Borrows the records instead of copying them: a snapshot of a big lab makes one view per
+    /// resource on the lease queue, and copying each record (a dozen references) cost more than
+    /// the view.
+    static func view(_ x: borrowing ResourceRec, leases: UnsafeBufferPointer<LeaseRec>) -> ResourceView {
+        let owner = Int(x.owner)
         return ResourceView(
-            name: x.name, type: x.type, labels: x.labels, attributes: x.attributes, state: state(r),
-            lease: owner.map { leases[$0].id }, holder: owner.map { leases[$0].request.holder },
+            name: x.name, type: x.type, labels: x.labels, attributes: x.attributes, state: state(x),
+            lease: owner >= 0 ? leases[owner].id : nil, holder: owner >= 0 ? leases[owner].request.holder : nil,
             epoch: x.epoch, since: x.since, inInventory: x.inInventory, disabled: x.disabled, resettable: x.reset != nil)
     }
 
@@ -124,7 +144,11 @@ extension LeaseTable {
     public func snapshot() -> Snapshot {
         var views: [ResourceView] = []
         views.reserveCapacity(resources.count)
-        for r in resources.indices where !resources[r].gone { views.append(view(r)) }
+        resources.withUnsafeBufferPointer { records in
+            leases.withUnsafeBufferPointer { leases in
+                for r in records.indices where !records[r].gone { views.append(Self.view(records[r], leases: leases)) }
+            }
+        }
         var granted: [(UInt64, LeaseView)] = []
         for w in leases.indices where leases[w].alive && !leases[w].waiting {
             let lease = leases[w]
@@ -143,7 +167,7 @@ extension LeaseTable {
             pos += 1
             waiting.append(waiterView(Int(s), position: pos, holdersBySelector: &holdersBySelector))
         }
-        return Snapshot(resources: views, leases: granted.map(\.1), queue: waiting)
+        return Snapshot(resources: views, leases: granted.map(\.1), queue: waiting, inventoryGeneration: inventoryGeneration)
     }
 
     func waiterView(_ w: Int, position: Int, holdersBySelector: inout [Int32: [Int32]]) -> WaiterView {

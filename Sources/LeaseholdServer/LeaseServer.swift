@@ -352,7 +352,7 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
         case ("GET", "/v1/status"):
             service.queue.async { [service] in
                 let render = service.statusRenderer()
-                DispatchQueue.global().async { responder.respond(.json(200, bytes: render())) }
+                DispatchQueue.global().async { responder.respond(.json(200, bytes: SharedMessage(textPieces: render()).payload)) }
             }
         case ("GET", "/healthz"):
             if shuttingDown.isSet { return responder.respond(.text(503, "shutting down\n")) }

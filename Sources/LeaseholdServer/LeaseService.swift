@@ -26,6 +26,8 @@ final class LeaseService: @unchecked Sendable {
     let store: LeaseStore?
 
     let watch: WatchHub
+    /// Keeps the status document's unchanged parts between snapshots.
+    let renderer: StatusRenderer
 
     /// The I/O side of a lease or waiter: where its effects go (nowhere while it is orphaned),
     /// and what the table does not keep. Holder, arrival and grant time are the table's
@@ -200,6 +202,7 @@ final class LeaseService: @unchecked Sendable {
         // Ids unlikely to repeat across restarts, so a log line names one lease; above every kept one.
         nextRawID = max((generator.next() as UInt64) >> 24, kept.leases.map(\.id.raw).max() ?? 0)
         watch = WatchHub(queue: queue, clock: clock)
+        renderer = StatusRenderer(clock: clock)
         let tick = TimerTarget()
         timer = clock.source.makeTimer(queue: queue) { tick.service?.tick() }
         tick.service = self
@@ -844,12 +847,13 @@ final class LeaseService: @unchecked Sendable {
     /// The status document (same as a watch snapshot), as of now, to be rendered off the lease
     /// queue: taking the snapshot is quick, writing a big lab's JSON is not, and grants must not
     /// wait for it. Call on `queue`.
-    func statusRenderer() -> @Sendable () -> [UInt8] {
+    /// Takes a snapshot now; the returned closure renders it, off this queue.
+    func statusRenderer() -> @Sendable () -> [MessagePiece] {
         assertOnQueue()
         let snapshot = table.snapshot()
-        let resets = resets.mapValues { ($0.result.rawValue, $0.at, $0.detail) }
-        let clock = clock
-        return { StatusDocument.render(snapshot, clock: clock, resets: resets) }
+        let resets = resets.mapValues { ResetShown(result: $0.result.rawValue, at: $0.at, detail: $0.detail) }
+        let renderer = renderer
+        return { renderer.render(snapshot, resets: resets) }
     }
 
     /// Call on `queue`.

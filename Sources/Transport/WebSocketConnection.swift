@@ -121,20 +121,26 @@ public final class WebSocketConnection: ConnectionDelegate, @unchecked Sendable 
         payload.withUnsafeBytes { send(.ping, $0) }
     }
 
-    /// Sends a message that goes to many sockets. With permessage-deflate it is compressed once
-    /// for all sockets whose peer takes our window (the first one compresses it) and the same
-    /// bytes are sent; this socket's own compressor then starts afresh.
+    /// How this socket takes shared messages compressed; nil when permessage-deflate is off.
+    /// Fixed at the upgrade, so any thread may read it (a renderer prepares frames with it).
+    public var sharedMessageCompression: SharedMessage.Compression? {
+        compression.map { SharedMessage.Compression(windowBits: $0.compressionWindowBits, configuration: $0.configuration) }
+    }
+
+    /// Sends a message that goes to many sockets: the same frame bytes as every other socket
+    /// that takes the same compression (made by whoever asks first); this socket's own
+    /// compressor then starts afresh.
     public func send(_ message: SharedMessage) {
         loop.assertOnLoop()
         guard machine.isOpen else { return }
-        let opcode: WebSocketOpcode = message.isText ? .text : .binary
-        if let compression, let compressed = message.compressed(windowBits: compression.compressionWindowBits,
-                                                                 configuration: compression.configuration) {
-            compression.forgetCompressionContext()
-            compressed.withUnsafeBytes { writeFrame(opcode, $0, rsv1: true) }
-        } else {
-            message.payload.withUnsafeBytes { writeFrame(opcode, $0, rsv1: false) }
+        guard role == .server else {
+            // A client masks every frame: nothing to share.
+            message.payload.withUnsafeBytes { send(message.isText ? .text : .binary, $0) }
+            return
         }
+        let (frame, compressed) = message.serverFrame(sharedMessageCompression)
+        if compressed { compression?.forgetCompressionContext() }
+        connection.write(frame)
     }
 
     private func send(_ opcode: WebSocketOpcode, _ payload: UnsafeRawBufferPointer) {

@@ -30,7 +30,7 @@ struct ResetHookTests {
 
         func read(_ name: String) -> String? { try? String(contentsOfFile: path(name), encoding: .utf8) }
         func exists(_ name: String) -> Bool { FileManager.default.fileExists(atPath: path(name)) }
-        func touch(_ name: String) { FileManager.default.createFile(atPath: path(name), contents: Data()) }
+        func touch(_ name: String) { _ = FileManager.default.createFile(atPath: path(name), contents: Data()) }
 
         func waitFor(_ name: String) async throws {
             let deadline = Date().addingTimeInterval(liveness)
