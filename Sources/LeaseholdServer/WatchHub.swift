@@ -16,13 +16,13 @@ final class WatchHub: @unchecked Sendable {
     private var timer: LoopTimer?
     /// Takes the status document's snapshot (on the service queue) and returns its renderer; set
     /// by the service.
-    var prepare: () -> @Sendable () -> [UInt8] = { { Array("{}".utf8) } }
+    var prepare: () -> @Sendable () -> [MessagePiece] = { { [MessagePiece(Array("{}".utf8))] } }
     private let renderQueue = DispatchQueue(label: "leasehold.watch-render")
     /// The latest snapshot waiting to be rendered for everyone; a render in progress takes it
     /// when done, so renders slower than the changes skip snapshots instead of queueing them.
     /// Every watcher gets snapshots in the order they were taken: there is only ever one to send.
     private struct Pending {
-        var render: (@Sendable () -> [UInt8])?
+        var render: (@Sendable () -> [MessagePiece])?
         /// Everyone, after a change…
         var audience: [WatchSession] = []
         /// …and watchers that have not had their first snapshot yet.
@@ -79,7 +79,7 @@ final class WatchHub: @unchecked Sendable {
         guard !watchers.isEmpty else { return }
         lastBroadcast = clock.source.now()
         // Rendered once, and compressed at most once per window size for every watcher that
-        // negotiated permessage-deflate (the first watcher to send it compresses it).
+        // negotiated permessage-deflate.
         let render = prepare()
         let audience = Array(watchers.values)
         post { pending in
@@ -101,7 +101,7 @@ final class WatchHub: @unchecked Sendable {
 
     /// On the render queue.
     private func renderLatest() {
-        while let (render, audience) = pending.withLock({ pending -> ((@Sendable () -> [UInt8]), [WatchSession])? in
+        while let (render, audience) = pending.withLock({ pending -> ((@Sendable () -> [MessagePiece]), [WatchSession])? in
             guard let render = pending.render else {
                 pending.rendering = false
                 return nil
@@ -113,10 +113,34 @@ final class WatchHub: @unchecked Sendable {
             }
             return (render, pending.audience + pending.newcomers)
         }) {
-            let message = SharedMessage(text: render())
-            for watcher in audience {
-                watcher.loop?.execute { watcher.offer(message) }
+            let message = SharedMessage(textPieces: render())
+            // Frame (and compress) it here for every kind of watcher, so their loops only write.
+            var prepared: [SharedMessage.Compression?] = []
+            for watcher in audience where !prepared.contains(watcher.compression) {
+                prepared.append(watcher.compression)
+                _ = message.serverFrame(watcher.compression)
             }
+            var byLoop: [ObjectIdentifier: (EventLoop, [WatchSession])] = [:]
+            for watcher in audience {
+                guard let loop = watcher.loop else { continue }
+                byLoop[ObjectIdentifier(loop), default: (loop, [])].1.append(watcher)
+            }
+            for (loop, watchers) in byLoop.values { Self.offer(message, to: watchers[...], on: loop) }
+        }
+    }
+}
+
+extension WatchHub {
+    /// Watchers a loop sends a snapshot to before it looks at its sockets again.
+    static let offersPerTurn = 8
+
+    /// Offers `message` to watchers of one loop a few at a time, each batch queued behind the
+    /// loop's other work: a grant waits for a handful of snapshot writes, not a hundred.
+    private static func offer(_ message: SharedMessage, to watchers: ArraySlice<WatchSession>, on loop: EventLoop) {
+        loop.execute {
+            for watcher in watchers.prefix(offersPerTurn) { watcher.offer(message) }
+            let rest = watchers.dropFirst(offersPerTurn)
+            if !rest.isEmpty { offer(message, to: rest, on: loop) }
         }
     }
 }
@@ -128,6 +152,8 @@ final class WatchSession: WebSocketHandler, @unchecked Sendable {
     private let hubQueue: DispatchQueue
     private weak var socket: WebSocketConnection?
     private(set) var loop: EventLoop?
+    /// How the socket takes shared messages; set at open, before the hub hears of it.
+    private(set) var compression: SharedMessage.Compression?
     private var latest: SharedMessage?
     private var retryScheduled = false
     static let backlogLimit = 256 * 1024
@@ -149,6 +175,7 @@ final class WatchSession: WebSocketHandler, @unchecked Sendable {
         slotAddress = socket.peer.host
         self.socket = socket
         loop = socket.loop
+        compression = socket.sharedMessageCompression
         hubQueue.async { [hub, self] in hub.add(self) }
     }
 

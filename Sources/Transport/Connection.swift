@@ -72,6 +72,10 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
     /// send always goes out whole, however big.
     private var largestChunkBytes = 0
     private static let joinLimit = 16 * 1024
+    /// The most one turn of the loop writes to one socket: a 4 MiB status document copied into
+    /// a socket buffer in one call would hold up every other connection of the loop (and the
+    /// lease queue, which runs on the first loop) for milliseconds.
+    static let writeSlice = 64 * 1024
     private let maxOutputBytes: Int
     /// While the delegate handles a read, writes are gathered and sent once afterwards.
     private var corked = false
@@ -236,7 +240,7 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
     private func sendSome(_ bytes: UnsafeRawBufferPointer) -> SendOutcome {
         guard let tls else {
             guard let base = bytes.baseAddress else { return .bytes(0) }
-            var vector = iovec(iov_base: UnsafeMutableRawPointer(mutating: base), iov_len: bytes.count)
+            var vector = iovec(iov_base: UnsafeMutableRawPointer(mutating: base), iov_len: min(bytes.count, Self.writeSlice))
             switch withUnsafePointer(to: &vector, { Posix.send(fd, UnsafeBufferPointer(start: $0, count: 1)) }) {
             case .bytes(let count): return .bytes(count)
             case .wouldBlock, .endOfFile: return .wouldBlock
@@ -339,12 +343,19 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
     }
 
     private func flush() {
+        var budget = Self.writeSlice
         while let first = output.first {
+            guard budget > 0 else {
+                // More is queued, and the socket may take it: the rest after the loop's other work.
+                armWritable()
+                return
+            }
             let result = first.withUnsafeBytes { raw in
                 sendSome(UnsafeRawBufferPointer(rebasing: raw[outputOffset...]))
             }
             switch result {
             case .bytes(let count):
+                budget -= count
                 outputOffset += count
                 queuedBytes -= count
                 if outputOffset == first.count {
