@@ -343,11 +343,10 @@ extension LeaseTable {
         } else {
             w = leases.count
             leases.append(LeaseRec(
-                id: id, seq: seq, alive: true, waiting: false, request: request, arrivedAt: t,
-                grantedAt: t, grantedGeneration: 0, groups: scratchResolved,
-                slots: Array(repeating: -1, count: Int(total)), anyOverlap: anyOverlap,
-                usableGroups: 0, inWaiterHeaps: 0, deadline: .max, queueIndex: -1, lastSentPos: 0,
-                lastSentAt: .min, holdsSelectorRefs: true))
+                id: id, seq: seq, request: request, arrivedAt: t, grantedAt: t, grantedGeneration: 0,
+                groups: scratchResolved, slots: Array(repeating: -1, count: Int(total)), deadline: .max,
+                lastSentAt: .min, queueIndex: -1, lastSentPos: 0, usableGroups: 0, inWaiterHeaps: 0,
+                alive: true, waiting: false, anyOverlap: anyOverlap, holdsSelectorRefs: true))
         }
         leaseIndex[id] = Int32(w)
         return w

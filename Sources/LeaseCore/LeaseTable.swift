@@ -152,11 +152,11 @@ public struct LeaseTable: Sendable {
         var rep: Int8
     }
 
+    /// One per lease and waiter (the biggest part of the table when many are held): the small
+    /// fields are kept together so that padding does not grow it.
     struct LeaseRec: Sendable {
         var id: LeaseID
         var seq: UInt64
-        var alive: Bool
-        var waiting: Bool
         var request: Request
         var arrivedAt: Tick
         var grantedAt: Tick
@@ -165,13 +165,15 @@ public struct LeaseTable: Sendable {
         /// Flat: group g owns `slots[offset ..< offset+count]`, the first `filled` in use.
         /// After the grant this is the granted list, in want order.
         var slots: [Int32]
-        var anyOverlap: Bool
-        var usableGroups: UInt16
-        var inWaiterHeaps: UInt16
         var deadline: Int64
+        var lastSentAt: Int64
         var queueIndex: Int32
         var lastSentPos: Int32
-        var lastSentAt: Int64
+        var usableGroups: UInt16
+        var inWaiterHeaps: UInt16
+        var alive: Bool
+        var waiting: Bool
+        var anyOverlap: Bool
         var holdsSelectorRefs: Bool
         /// Lifecycle beyond waiting and granted (see Lifecycle.swift); `.max`: not in force.
         var orphanUntil: Int64 = .max

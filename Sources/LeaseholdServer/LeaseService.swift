@@ -35,14 +35,14 @@ final class LeaseService: @unchecked Sendable {
     private struct LeaseEntry {
         /// nil while orphaned.
         var session: LeaseSession?
-        var loop: EventLoop?
+        /// The session's (set before it asks for anything).
+        var loop: EventLoop? { session?.loop }
         let peer: String
         /// What per-address limits count by.
         let peerHost: String
         /// The resume token, while this process knows it: it makes it, or hears it in `resume`
         /// (after a restart only its hash is known). Never logged or stored.
-        var token: String?
-        let tokenHash: String
+        var secret: ResumeSecret
         /// In the queue (counted in `waitingTotal` and `waitingByAddress`).
         var queued = false
         /// Asked while the queue was full: it could only be granted at once.
@@ -77,15 +77,13 @@ final class LeaseService: @unchecked Sendable {
             }
         }
 
-        init(session: LeaseSession?, loop: EventLoop?, peer: String, peerHost: String, tokenName: String?,
-             meta: [(String, String)], token: String?, tokenHash: String, grace: Duration?,
+        init(session: LeaseSession?, peer: String, peerHost: String, tokenName: String?,
+             meta: [(String, String)], secret: ResumeSecret, grace: Duration?,
              clientSubject: String? = nil, granted: [(name: String, type: String)] = []) {
             self.session = session
-            self.loop = loop
             self.peer = peer
             self.peerHost = peerHost
-            self.token = token
-            self.tokenHash = tokenHash
+            self.secret = secret
             self.granted = granted
             if tokenName != nil || !meta.isEmpty || grace != nil || clientSubject != nil {
                 rare = Rare(tokenName: tokenName, meta: meta, grace: grace, clientSubject: clientSubject)
@@ -239,7 +237,7 @@ final class LeaseService: @unchecked Sendable {
     // MARK: from sessions (any loop)
 
     func acquire(_ id: LeaseID, _ request: AcquireRequest, session: LeaseSession) {
-        guard let loop = session.loop else { return }
+        guard session.loop != nil else { return }
         // The default holder: the client certificate's name under mutual TLS, else the address.
         let named = request.holder ?? session.clientCertificate?.name ?? session.peer
         let holder = session.tokenName.map { "\($0)/" + named } ?? named
@@ -252,14 +250,14 @@ final class LeaseService: @unchecked Sendable {
             wait: request.wait.map(Self.duration),
             revokeWait: request.revokeWait.map { Self.duration(min($0, limits.maxRevokeWait)) },
             maxHold: request.maxHold.map(Self.duration))
-        let token = ResumeToken.make()
+        let token = ResumeToken.random()
         queue.async { [self] in
             var coreRequest = asked
             let now = clock.now()
-            var entry = LeaseEntry(session: session, loop: loop, peer: session.peer, peerHost: session.peerHost,
+            var entry = LeaseEntry(session: session, peer: session.peer, peerHost: session.peerHost,
                                    tokenName: session.tokenName,
                                    meta: journal == nil && store == nil ? [] : request.meta,
-                                   token: token, tokenHash: ResumeToken.hash(token),
+                                   secret: .token(token),
                                    grace: request.grace.flatMap { $0 > 0 ? Self.duration($0) : nil },
                                    clientSubject: session.clientCertificate?.subject)
             if waitingTotal >= limits.waitersTotal || waitingByAddress[session.peerHost, default: 0] >= limits.waitersPerAddress {
@@ -271,7 +269,7 @@ final class LeaseService: @unchecked Sendable {
                 leaseLogger(id, entry, holder: coreRequest.holder).info("acquire", metadata: ["want": .string(request.want.map { $0.json.serialized() }.joined(separator: ","))])
             }
             store?.recordArrival(KeptLease(
-                id: id, tokenHash: entry.tokenHash, holder: coreRequest.holder, peer: entry.peer, peerHost: entry.peerHost,
+                id: id, tokenHash: token.digest.hex, holder: coreRequest.holder, peer: entry.peer, peerHost: entry.peerHost,
                 tokenName: entry.tokenName, want: request.want, meta: request.meta, arrivedAt: clock.wallNanoseconds(now),
                 waitUntil: coreRequest.wait.map { clock.wallNanoseconds(now.advanced(by: $0)) },
                 grace: request.grace, revokeWait: request.revokeWait.map { min($0, limits.maxRevokeWait) }, maxHold: request.maxHold))
@@ -294,7 +292,6 @@ final class LeaseService: @unchecked Sendable {
                 let until = now.advanced(by: grace)
                 if table.orphan(id, until: until, now: now, into: &effects) {
                     entry.session = nil
-                    entry.loop = nil
                     leases[id] = entry
                     store?.recordOrphan(id, until: clock.wallNanoseconds(until))
                     journalLine(id, entry, "orphaned", [("reason", .string(reason.rawValue)), ("until", .string(clock.iso8601(until)))])
@@ -322,10 +319,10 @@ final class LeaseService: @unchecked Sendable {
     /// session is refused (4410).
     func resume(_ idText: String, token: String, session: LeaseSession) {
         guard let loop = session.loop else { return }
-        let hash = ResumeToken.hash(token)
+        let presented = TokenDigest(of: token)
         queue.async { [self] in
             let now = clock.now()
-            guard let id = Self.parseID(idText), var entry = leases[id], constantTimeEquals(hash, entry.tokenHash) else {
+            guard let id = Self.parseID(idText), var entry = leases[id], entry.secret.accepts(presented) else {
                 metrics.resumes["refused", default: 0] += 1
                 logger.notice("resume refused", metadata: ["lease.id": .string(String(idText.prefix(20))), "connection.peer": .string(session.peer)])
                 loop.execute { session.refuseResume("no lease \(idText.prefix(20)) is kept for this token") }
@@ -343,8 +340,7 @@ final class LeaseService: @unchecked Sendable {
                 oldLoop.execute { old.resumedElsewhere() }
             }
             entry.session = session
-            entry.loop = loop
-            entry.token = token
+            if let known = ResumeToken(token) { entry.secret = .token(known) }
             leases[id] = entry
             if wasOrphan { store?.recordOrphan(id, until: nil) }
             metrics.resumes["ok", default: 0] += 1
@@ -416,8 +412,8 @@ final class LeaseService: @unchecked Sendable {
             }
             restored.append(RestoredLease(id: lease.id, request: request, arrivedAt: clock.tick(wallNanoseconds: lease.arrivedAt),
                                           deadline: lease.waitUntil.map(clock.tick(wallNanoseconds:)), grant: grant, orphanUntil: until))
-            leases[lease.id] = LeaseEntry(session: nil, loop: nil, peer: lease.peer, peerHost: lease.peerHost, tokenName: lease.tokenName,
-                                          meta: lease.meta, token: nil, tokenHash: lease.tokenHash,
+            leases[lease.id] = LeaseEntry(session: nil, peer: lease.peer, peerHost: lease.peerHost, tokenName: lease.tokenName,
+                                          meta: lease.meta, secret: TokenDigest(hex: lease.tokenHash).map { .digest($0) } ?? .none,
                                           grace: lease.grace.flatMap { $0 > 0 ? Self.duration($0) : nil },
                                           granted: (lease.grant?.resources ?? []).map { ($0.name, $0.type) })
             store?.recordOrphan(lease.id, until: clock.wallNanoseconds(until))
@@ -568,7 +564,7 @@ final class LeaseService: @unchecked Sendable {
                 if logger.logLevel <= .info { leaseLogger(id, entry, holder: facts.holder).info("granted", metadata: [
                     "resources": .string(granted.map { "\($0.name)#\($0.epoch)" }.joined(separator: ",")),
                 ]) }
-                deliver(entry, id, .granted(lease: text, resources: granted.map(Self.wireResource), resume: entry.token,
+                deliver(entry, id, .granted(lease: text, resources: granted.map(Self.wireResource), resume: entry.secret.tokenText,
                                             expires: limit.map { clock.iso8601Precise($0.expires) }))
             case .revoking(_, let reason, let until):
                 entry.revokeReason = reason
@@ -601,7 +597,7 @@ final class LeaseService: @unchecked Sendable {
                 entry.queued = true
                 countWaiting(entry, 1)
                 leases[id] = entry
-                deliver(entry, id, .queued(lease: text, position: position, resume: entry.token))
+                deliver(entry, id, .queued(lease: text, position: position, resume: entry.secret.tokenText))
             case .positionChanged(_, let position):
                 deliver(entry, id, .queued(lease: text, position: position))
             }

@@ -17,7 +17,9 @@ final class LeaseSession: WebSocketHandler, @unchecked Sendable {
     private unowned let service: LeaseService
     private let requestTimeout: Duration
     private var state = State.awaitingAcquire
-    private weak var socket: WebSocketConnection?
+    /// Until it closes (not weak: a weak reference costs every connection a side table). The
+    /// socket lets go of its handler when it closes, and this of the socket.
+    private var socket: WebSocketConnection?
     private(set) var loop: EventLoop?
     /// Why the client's lease ended, for the releases metric; set before the service hears of it.
     private var endReason = ReleaseReason.disconnect
@@ -116,6 +118,7 @@ final class LeaseSession: WebSocketHandler, @unchecked Sendable {
     func webSocketDidClose(_ socket: WebSocketConnection, code: UInt16, reason: String) {
         let id = leaseID
         state = .closed
+        self.socket = nil
         guard let id else { return }
         var why: ReleaseReason = socket.end == .deadPeer ? .deadPeer : endReason
         // A close frame with 1000 is a release, as the `release` op is.
