@@ -508,7 +508,6 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
         watchedEvents = 0
         state = .closed
         deadline = .max
-        loop.unwatchDeadline(self)
         notifyClosed(reason)
         output = []
         outputOffset = 0

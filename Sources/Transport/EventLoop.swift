@@ -8,16 +8,12 @@ import Glibc
 ///
 /// Subclasses set `deadline` and call `loop.watchDeadline(self)`; the loop calls
 /// `deadlineReached(now:)` on the loop's queue once `now >= deadline`. Moving a deadline later costs
-/// nothing: the loop notices when the old entry comes due and files the object again. The loop
-/// holds a filed object until its entry comes due or `unwatchDeadline` takes it out (a strong
-/// reference and the entry's index: a weak reference would cost every connection a side table).
+/// nothing: the loop notices when the old entry comes due and files the object again.
 open class DeadlineOwner: @unchecked Sendable {
     /// Monotonic nanoseconds; `.max` = nothing to wait for.
     public final var deadline: UInt64 = .max
-    /// The deadline of this object's entry in the loop's heap (`.max` = none).
+    /// The deadline of this object's live entry in the loop's heap (`.max` = none).
     final var filedDeadline: UInt64 = .max
-    /// Where that entry is in the heap (-1: none).
-    final var heapIndex: Int32 = -1
 
     public init() {}
 
@@ -46,7 +42,7 @@ public final class EventLoop: @unchecked Sendable {
 
     private struct Entry {
         var deadline: UInt64
-        var owner: DeadlineOwner
+        weak var owner: DeadlineOwner?
     }
 
     private var heap: [Entry] = []
@@ -182,22 +178,8 @@ public final class EventLoop: @unchecked Sendable {
         let deadline = owner.deadline
         guard deadline != .max, deadline < owner.filedDeadline else { return }
         owner.filedDeadline = deadline
-        if owner.heapIndex >= 0 {
-            let index = Int(owner.heapIndex)
-            heap[index].deadline = deadline
-            siftUp(index)
-        } else {
-            push(Entry(deadline: deadline, owner: owner))
-        }
+        push(Entry(deadline: deadline, owner: owner))
         if deadline < timerArmedFor { arm(for: deadline) }
-    }
-
-    /// Takes `owner`'s entry out of the heap (the loop lets go of it). Call on the loop's queue.
-    func unwatchDeadline(_ owner: DeadlineOwner) {
-        assertOnLoop()
-        owner.filedDeadline = .max
-        guard owner.heapIndex >= 0 else { return }
-        remove(at: Int(owner.heapIndex))
     }
 
     private func arm(for deadline: UInt64) {
@@ -209,8 +191,9 @@ public final class EventLoop: @unchecked Sendable {
         timerArmedFor = .max
         let now = clock.now()
         while let top = heap.first, top.deadline <= now {
-            remove(at: 0)
-            let owner = top.owner
+            popTop()
+            // Entries superseded by an earlier filing, or whose owner is gone, are skipped.
+            guard let owner = top.owner, owner.filedDeadline == top.deadline else { continue }
             owner.filedDeadline = .max
             if owner.deadline <= now {
                 owner.deadlineReached(now: now)
@@ -226,42 +209,22 @@ public final class EventLoop: @unchecked Sendable {
 
     // MARK: binary min-heap on deadline
 
-    // Every move updates the owner's `heapIndex`.
-
     private func push(_ entry: Entry) {
         heap.append(entry)
-        entry.owner.heapIndex = Int32(heap.count - 1)
-        siftUp(heap.count - 1)
-    }
-
-    private func remove(at index: Int) {
-        heap[index].owner.heapIndex = -1
-        let last = heap.removeLast()
-        guard index < heap.count else { return }
-        heap[index] = last
-        last.owner.heapIndex = Int32(index)
-        siftUp(index)
-        siftDown(Int(last.owner.heapIndex))
-    }
-
-    private func swap(_ a: Int, _ b: Int) {
-        heap.swapAt(a, b)
-        heap[a].owner.heapIndex = Int32(a)
-        heap[b].owner.heapIndex = Int32(b)
-    }
-
-    private func siftUp(_ start: Int) {
-        var child = start
+        var child = heap.count - 1
         while child > 0 {
             let parent = (child - 1) / 2
             if heap[parent].deadline <= heap[child].deadline { break }
-            swap(parent, child)
+            heap.swapAt(parent, child)
             child = parent
         }
     }
 
-    private func siftDown(_ start: Int) {
-        var parent = start
+    private func popTop() {
+        let last = heap.removeLast()
+        guard !heap.isEmpty else { return }
+        heap[0] = last
+        var parent = 0
         while true {
             let left = 2 * parent + 1
             let right = left + 1
@@ -269,7 +232,7 @@ public final class EventLoop: @unchecked Sendable {
             if left < heap.count, heap[left].deadline < heap[smallest].deadline { smallest = left }
             if right < heap.count, heap[right].deadline < heap[smallest].deadline { smallest = right }
             if smallest == parent { break }
-            swap(parent, smallest)
+            heap.swapAt(parent, smallest)
             parent = smallest
         }
     }
