@@ -482,6 +482,7 @@ class Churn:
                            hold_plan, hold_time):
         sent_at = time.monotonic()
         await ws.send(json.dumps(message))
+        trace = [(round(sent_at, 4), "acquire sent")]
         lease = None
         grant = None
         queued_at = []
@@ -510,6 +511,7 @@ class Churn:
             except (asyncio.TimeoutError, TimeoutError):
                 event = None
             except Closed as closed:
+                trace.append((round(time.monotonic(), 4), f"closed {closed.code}"))
                 self.finish(label, cid, grant, acted, terminal, closed.code, garbage_pending)
                 self.pending_liveness.discard(label)
                 return
@@ -524,6 +526,7 @@ class Churn:
                     plan = "release"
                 act_at = None
                 acted_at = time.monotonic()
+                trace.append((round(acted_at, 4), f"act {plan}"))
                 if grant is not None and grant.get("stopped_at") is None and plan not in ("garbage", "second_acquire"):
                     grant["stopped_at"] = time.monotonic()
                 if plan == "release":
@@ -565,6 +568,7 @@ class Churn:
                     pass
                 continue
             kind = event.get("event")
+            trace.append((round(time.monotonic(), 4), f"event {kind} {event.get('code', '')}"))
             if kind == "queued":
                 if wait == 0:
                     self.problems.add(f"{label}: queued with wait 0: {event}")
@@ -593,7 +597,7 @@ class Churn:
                     self.problems.add(f"{label}: granted lease {event.get('lease')} but queued as {lease}")
                 lease = event.get("lease")
                 self.check_grant(label, want, cls, event)
-                grant = {"lease": lease, "cid": cid, "label": label, "granted_at": time.monotonic(),
+                grant = {"lease": lease, "cid": cid, "label": label, "granted_at": time.monotonic(), "trace": trace,
                          "stopped_at": None, "revoked": False,
                          "epochs": {r["name"]: r["epoch"] for r in event["resources"]}}
                 if acted is not None:
@@ -949,7 +953,8 @@ def test_churn_safety_and_liveness(churn_server):
                 churn.problems.add(f"{name}: epoch {e2} granted before epoch {e1}")
             if not g1["revoked"] and g1["stopped_at"] is not None and g2["granted_at"] < g1["stopped_at"]:
                 churn.problems.add(f"{name}: {g2['label']} granted epoch {e2} while {g1['label']} "
-                                   f"still held epoch {e1} ({g1['stopped_at'] - g2['granted_at']:.3f} s overlap)")
+                                   f"still held epoch {e1} ({g1['stopped_at'] - g2['granted_at']:.3f} s overlap)"
+                                   f" {g1['trace']} {g2['trace']}")
     if stuck:
         churn.problems.add(f"{len(stuck)} waiters not granted within 8 s of the all-clear: {stuck[:5]}")
     if unfinished:
