@@ -94,8 +94,13 @@ public final class TLSServerContext: @unchecked Sendable {
         _ = leasehold_ssl_ctx_set_modes(context)
         _ = leasehold_ssl_ctx_set_options(context)
         _ = leasehold_ssl_ctx_ignore_unexpected_eof(context)
-        guard SSL_CTX_set_cipher_list(context, "ECDHE+AESGCM:ECDHE+CHACHA20") == 1 else {
+        // ChaCha20-Poly1305 first: its per-connection state is a fraction of AES-GCM's (key
+        // schedule and GHASH tables, both directions), and a lease connection is mostly idle.
+        guard SSL_CTX_set_cipher_list(context, "ECDHE+CHACHA20:ECDHE+AESGCM") == 1 else {
             throw .openSSL("cannot set the TLS 1.2 cipher list")
+        }
+        guard SSL_CTX_set_ciphersuites(context, "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384") == 1 else {
+            throw .openSSL("cannot set the TLS 1.3 cipher suites")
         }
     }
 }
