@@ -16,10 +16,13 @@ public final class Deflater {
     /// `windowBits` 8-15: zlib has no raw stream of 8 and makes it 9, whose longest distance
     /// (512 - 262 = 250 bytes) still fits a 256-byte window at the other end.
     public init(windowBits: Int, memoryLevel: Int, level: Int) {
-        self.windowBits = min(15, max(9, windowBits))
+        self.windowBits = Deflater.windowBits(windowBits)
         self.memoryLevel = min(9, max(1, memoryLevel))
         self.level = min(9, max(1, level))
     }
+
+    /// The window zlib compresses with when asked for `requested` bits.
+    public static func windowBits(_ requested: Int) -> Int { min(15, max(9, requested)) }
 
     deinit { release() }
 

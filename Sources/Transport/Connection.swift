@@ -42,8 +42,9 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
     var limit: ConnectionLimit?
     /// TLS over the socket, when this is a TLS connection: reads and writes go through it.
     private(set) var tls: TLSSession?
-    /// Told, once, why a TLS connection failed (handshake or later), with OpenSSL's reasons.
-    var onTLSFailure: ((_ reason: String) -> Void)?
+    /// Told, once, why a TLS connection failed (handshake or later), with OpenSSL's reasons. A
+    /// server shares one for all its connections (no closure context per connection).
+    var onTLSFailure: ((_ connection: Connection, _ reason: String) -> Void)?
     /// OpenSSL needs the socket writable to go on reading (a handshake message to send).
     private var readWantsWrite = false
     /// OpenSSL needs the socket readable to go on writing (the handshake is not done).
@@ -277,7 +278,7 @@ final class Connection: DeadlineOwner, @unchecked Sendable {
         }
         if let report = onTLSFailure {
             onTLSFailure = nil
-            report(plainHTTP ? "plain HTTP request on a TLS port" : reason)
+            report(self, plainHTTP ? "plain HTTP request on a TLS port" : reason)
         }
     }
 

@@ -122,6 +122,8 @@ public final class HTTPServer: @unchecked Sendable {
     let limit: ConnectionLimit
     private let listeners = Locked<[Listener]>([])
     private let onProblem: @Sendable (HTTPServerProblem) -> Void
+    /// Every TLS connection's `onTLSFailure`: one closure, not one per connection.
+    private let reportTLSFailure: (Connection, String) -> Void
 
     public init(group: EventLoopGroup, configuration: HTTPServerConfiguration, handler: HTTPRequestHandler,
                 onProblem: @escaping @Sendable (HTTPServerProblem) -> Void = { _ in }) {
@@ -129,6 +131,7 @@ public final class HTTPServer: @unchecked Sendable {
         self.configuration = configuration
         self.handler = handler
         self.onProblem = onProblem
+        reportTLSFailure = { connection, reason in onProblem(.tlsFailed(peer: connection.peer, reason: reason)) }
         let descriptors = Posix.raiseDescriptorLimit()
         // Keep a few descriptors for listeners, files and logs.
         let byDescriptors = descriptors > 64 ? descriptors - 32 : descriptors
@@ -196,7 +199,7 @@ public final class HTTPServer: @unchecked Sendable {
         let connection = Connection(acceptedFD: fd, peer: peer, loop: loop,
                                     maxOutputBytes: configuration.maxOutputBytes, tls: session)
         if session != nil {
-            connection.onTLSFailure = { [onProblem] reason in onProblem(.tlsFailed(peer: peer, reason: reason)) }
+            connection.onTLSFailure = reportTLSFailure
         }
         connection.limit = limit
         let http = HTTPConnectionHandler(connection: connection, server: self)

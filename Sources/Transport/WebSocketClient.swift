@@ -73,7 +73,7 @@ public enum WebSocketClient {
             let handshake = ClientHandshake(connection: connection, key: key, request: requestBytes,
                                             configuration: configuration, handler: handler, completion: completion)
             if session != nil {
-                connection.onTLSFailure = { [weak handshake] reason in handshake?.tlsFailure = reason }
+                connection.onTLSFailure = { [weak handshake] _, reason in handshake?.tlsFailure = reason }
             }
             connection.delegate = handshake
             connection.deadline = loop.clock.deadline(after: handshakeTimeout)
