@@ -43,13 +43,14 @@ def make_certificate(directory: Path) -> tuple[str, str]:
     return str(cert), str(key)
 
 
-def start_server(directory: Path, count: int, tls: bool, compression: bool) -> tuple[subprocess.Popen, int]:
+def start_server(directory: Path, count: int, tls: bool, compression: bool,
+                 prefix: list[str] | None = None) -> tuple[subprocess.Popen, int]:
     inventory = directory / "inventory.yaml"
     inventory.write_text("resources:\n" + "".join(f"  - name: bench-{i:05}\n    type: bench\n" for i in range(count)))
     cert, key = make_certificate(directory)
     listen = ["--listen-tls", "127.0.0.1:0", "--tls-cert", cert, "--tls-key", key] if tls else ["--listen", "127.0.0.1:0"]
     process = subprocess.Popen(
-        [str(BINARY), "serve", *listen, "--inventory", str(inventory), "--log-level", "warning", "--loops", "1",
+        [*(prefix or []), str(BINARY), "serve", *listen, "--inventory", str(inventory), "--log-level", "warning", "--loops", "1",
          "--max-connections-per-address", str(count + 100), "--compression", "on" if compression else "off"],
         stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
@@ -219,16 +220,22 @@ def watch(resources: int, watchers: int, changes: int) -> None:
                 process.wait(timeout=30)
 
 
-def handshakes(seconds: int) -> None:
+def handshakes(seconds: int, clients: int, pin: bool) -> None:
+    """--pin: the server on core 0, the clients on the other cores (taskset), so the figure is
+    the server's rate, not what is left of two cores after the clients' own handshake work."""
+    cores = os.cpu_count() or 1
+    pin = pin and cores >= 2
+    server_prefix = ["taskset", "-c", "0"] if pin else []
+    client_prefix = ["taskset", "-c", f"1-{cores - 1}"] if pin else []
     with tempfile.TemporaryDirectory() as temporary:
         directory = Path(temporary)
-        process, port = start_server(directory, 10, True, True)
+        process, port = start_server(directory, 10, True, True, server_prefix)
         try:
-            workers = os.cpu_count() or 1
             cpu_before = server_cpu_seconds(process.pid)
-            runs = [subprocess.Popen(["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new", "-time", str(seconds)],
+            runs = [subprocess.Popen([*client_prefix, "openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new",
+                                      "-time", str(seconds)],
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-                    for _ in range(workers)]
+                    for _ in range(clients)]
             total = 0.0
             for run in runs:
                 out, _ = run.communicate(timeout=seconds * 4 + 30)
@@ -240,7 +247,8 @@ def handshakes(seconds: int) -> None:
                     total += float(match.group(1))
             cpu = server_cpu_seconds(process.pid) - cpu_before
             done = total * seconds
-            print(f"full TLS handshakes: {total:,.0f}/s ({workers} openssl s_time clients on the same cores, {seconds} s, "
+            where = "server on core 0, clients on the others" if pin else "clients on the same cores"
+            print(f"full TLS handshakes: {total:,.0f}/s ({clients} openssl s_time clients, {where}, {seconds} s, "
                   f"server --loops 1); server CPU {cpu:.1f} s: {done / cpu if cpu else 0:,.0f} handshakes per server CPU-second")
         finally:
             process.terminate()
@@ -256,6 +264,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=10_000)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--concurrency", type=int, default=200, help="connections opened at once")
+    parser.add_argument("--clients", type=int, default=os.cpu_count() or 1, help="handshakes: openssl s_time processes")
+    parser.add_argument("--pin", action="store_true", help="handshakes: server on core 0, clients on the others")
     parser.add_argument("--only", action="append", default=[], help="a variant: plain, TLS, compression, 'TLS + compression'")
     arguments = parser.parse_args()
     global CONCURRENCY
@@ -267,7 +277,7 @@ def main() -> None:
     elif arguments.what == "watch":
         watch(arguments.resources, arguments.watchers, arguments.changes)
     else:
-        handshakes(arguments.seconds)
+        handshakes(arguments.seconds, arguments.clients, arguments.pin)
 
 
 if __name__ == "__main__":
