@@ -42,9 +42,11 @@ final class WatchHub: @unchecked Sendable {
         dispatchPrecondition(condition: .onQueue(queue))
         #endif
         watchers[ObjectIdentifier(watcher)] = watcher
-        let render = prepare()
+        // A snapshot still waiting to be rendered is new enough for a newcomer (a change after it
+        // is broadcast to everyone, newcomer included): a hundred watchers connecting at once
+        // cost one snapshot of the table, not a hundred.
         post { pending in
-            pending.render = render
+            if pending.render == nil { pending.render = prepare() }
             pending.newcomers.append(watcher)
         }
     }
