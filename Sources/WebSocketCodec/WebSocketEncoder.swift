@@ -12,24 +12,8 @@ public enum WebSocketEncoder {
         into buffer: inout [UInt8]
     ) {
         let length = payload.count
-        precondition(!opcode.isControl || (fin && length <= 125), "control frames are final and carry at most 125 bytes")
         buffer.reserveCapacity(buffer.count + maximumHeaderLength + length)
-
-        buffer.append((fin ? 0x80 : 0) | (rsv1 ? 0x40 : 0) | opcode.rawValue)
-        let maskBit: UInt8 = maskingKey == nil ? 0 : 0x80
-        if length <= 125 {
-            buffer.append(maskBit | UInt8(truncatingIfNeeded: length))
-        } else if length <= 0xFFFF {
-            buffer.append(maskBit | 126)
-            buffer.append(UInt8(truncatingIfNeeded: length >> 8))
-            buffer.append(UInt8(truncatingIfNeeded: length))
-        } else {
-            buffer.append(maskBit | 127)
-            let wide = UInt64(length)
-            for shift in stride(from: 56, through: 0, by: -8) {
-                buffer.append(UInt8(truncatingIfNeeded: wide >> UInt64(shift)))
-            }
-        }
+        appendHeader(opcode: opcode, length: length, fin: fin, rsv1: rsv1, masked: maskingKey != nil, into: &buffer)
         guard let key = maskingKey else {
             buffer.append(contentsOf: payload)
             return
@@ -42,6 +26,28 @@ public enum WebSocketEncoder {
         buffer.append(contentsOf: payload)
         buffer.withUnsafeMutableBytes {
             WebSocketMasking.apply(key: key, offset: 0, to: UnsafeMutableRawBufferPointer(rebasing: $0[start...]))
+        }
+    }
+
+    /// Appends a frame's header up to (not including) the masking key: what precedes a payload
+    /// of `length` bytes that the caller appends itself.
+    public static func appendHeader(opcode: WebSocketOpcode, length: Int, fin: Bool = true, rsv1: Bool = false,
+                                    masked: Bool = false, into buffer: inout [UInt8]) {
+        precondition(!opcode.isControl || (fin && length <= 125), "control frames are final and carry at most 125 bytes")
+        buffer.append((fin ? 0x80 : 0) | (rsv1 ? 0x40 : 0) | opcode.rawValue)
+        let maskBit: UInt8 = masked ? 0x80 : 0
+        if length <= 125 {
+            buffer.append(maskBit | UInt8(truncatingIfNeeded: length))
+        } else if length <= 0xFFFF {
+            buffer.append(maskBit | 126)
+            buffer.append(UInt8(truncatingIfNeeded: length >> 8))
+            buffer.append(UInt8(truncatingIfNeeded: length))
+        } else {
+            buffer.append(maskBit | 127)
+            let wide = UInt64(length)
+            for shift in stride(from: 56, through: 0, by: -8) {
+                buffer.append(UInt8(truncatingIfNeeded: wide >> UInt64(shift)))
+            }
         }
     }
 
