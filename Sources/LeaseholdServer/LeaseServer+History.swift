@@ -101,7 +101,7 @@ final class UsageIndexer: Sendable {
             defer { state.running = true }
             return !state.running
         }
-        if start, !Self.detach({ [self] in run() }) {
+        if start, !BackgroundThread.run(nice: 10, { [self] in run() }) {
             // No thread to be had: the queries read the lines, as without summaries.
             finish()
         }
@@ -124,9 +124,6 @@ final class UsageIndexer: Sendable {
     }
 
     private func run() {
-        // Nice values are per thread on Linux; this thread is ours alone, and ends.
-        let nice = leasehold_thread_nice()
-        if nice > -1000, nice < 10 { _ = leasehold_set_thread_nice(10) }
         repeat {
             state.withLock { $0.again = false }
             let reader = JournalReader(files: journal.openForReading())
@@ -144,27 +141,5 @@ final class UsageIndexer: Sendable {
             return state.idle
         }
         for waiter in waiters { waiter() }
-    }
-
-    private final class Work {
-        let body: () -> Void
-        init(_ body: @escaping () -> Void) { self.body = body }
-    }
-
-    /// Runs `body` on a new detached thread; false when there is none to be had.
-    private static func detach(_ body: @escaping () -> Void) -> Bool {
-        let work = Unmanaged.passRetained(Work(body)).toOpaque()
-        var thread = pthread_t()
-        let started = pthread_create(&thread, nil, { raw in
-            guard let raw else { return nil }
-            Unmanaged<Work>.fromOpaque(raw).takeRetainedValue().body()
-            return nil
-        }, work)
-        guard started == 0 else {
-            Unmanaged<Work>.fromOpaque(work).release()
-            return false
-        }
-        pthread_detach(thread)
-        return true
     }
 }

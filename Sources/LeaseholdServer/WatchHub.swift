@@ -3,8 +3,8 @@ import Transport
 
 /// The `/v1/watch` subscribers. A snapshot goes out at once to a new watcher and after changes,
 /// at most ten a second, rendered once for all of them. Lives on the lease service's queue; the
-/// snapshots are rendered in order on a queue of their own, so a big lab's JSON never holds up
-/// the lease table.
+/// snapshots are rendered in order on a thread of their own (one at a time, at a lower priority),
+/// so a big lab's JSON never holds up the lease table.
 final class WatchHub: @unchecked Sendable {
     static let minimumInterval: UInt64 = 100_000_000
 
@@ -98,7 +98,11 @@ final class WatchHub: @unchecked Sendable {
             defer { pending.rendering = true }
             return !pending.rendering
         }
-        if start { renderQueue.async { [self] in renderLatest() } }
+        // Below the loops' priority: where the server has one core, a big lab's render must not
+        // keep a grant waiting for the CPU.
+        if start, !BackgroundThread.run(nice: 5, { [self] in renderLatest() }) {
+            renderQueue.async { [self] in renderLatest() }
+        }
     }
 
     /// On the render queue.
