@@ -66,25 +66,25 @@ public final class SharedMessage: @unchecked Sendable {
                     if let made { return (made, true) }
                 } else {
                     let made = self.compressed(windowBits: compression.windowBits, configuration: compression.configuration)
-                        .map { frame([MessagePiece($0)], rsv1: true) }
+                        .map { frame([$0], rsv1: true) }
                     frames[compression.windowBits] = .some(made)
                     if let made { return (made, true) }
                 }
             }
             if let plain = frames[0], let plain { return (plain, false) }
-            let plain = frame(pieces, rsv1: false)
+            let plain = frame(pieces.map(\.bytes), rsv1: false)
             frames[0] = .some(plain)
             return (plain, false)
         }
     }
 
-    /// Header and pieces in one buffer: the payload is copied once, not joined first.
-    private func frame(_ pieces: [MessagePiece], rsv1: Bool) -> [UInt8] {
-        let length = pieces.reduce(0) { $0 + $1.bytes.count }
+    /// Header and payload parts in one buffer: the payload is copied once, not joined first.
+    private func frame(_ parts: [[UInt8]], rsv1: Bool) -> [UInt8] {
+        let length = parts.reduce(0) { $0 + $1.count }
         var frame: [UInt8] = []
         frame.reserveCapacity(length + WebSocketEncoder.maximumHeaderLength)
         WebSocketEncoder.appendHeader(opcode: isText ? .text : .binary, length: length, rsv1: rsv1, into: &frame)
-        for piece in pieces { frame.append(contentsOf: piece.bytes) }
+        for part in parts { frame.append(contentsOf: part) }
         return frame
     }
 
