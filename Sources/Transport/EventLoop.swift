@@ -62,7 +62,14 @@ public final class EventLoop: @unchecked Sendable {
     private var watchers: [UInt64: EpollWatcher] = [:]
     private var nextToken: UInt64 = 1
     /// The loop polls its epoll instance itself (the source is suspended) while it finds events.
-    private var pollingItself = false
+    private(set) var pollingItself = false
+    /// When the loop's current run of polls that found nothing began (monotonic ns; 0 = none).
+    private var dryPollsSince: UInt64 = 0
+    /// How long the loop keeps polling after its last event before it hands the wait back to its
+    /// source. Under load the next event is rarely further away, and handing over costs a
+    /// wake-up of Dispatch's manager thread and of this queue's worker; idle, it costs this much
+    /// CPU once per burst.
+    private static let dryPollingNanoseconds: UInt64 = 50_000
     private let events: UnsafeMutablePointer<epoll_event>
     private static let eventsPerBatch = 256
 
@@ -119,9 +126,9 @@ public final class EventLoop: @unchecked Sendable {
     }
 
     /// The source saw readiness. From here the loop polls by itself, turn after turn, for as long
-    /// as it finds events: every return from a Dispatch source's handler costs a wake-up of
-    /// Dispatch's manager thread to re-arm it, which under load would be most of the server's
-    /// context switches. When a poll finds nothing, the source takes over again.
+    /// as it finds events and `dryPollingNanoseconds` after the last: every return from a Dispatch
+    /// source's handler costs a wake-up of Dispatch's manager thread to re-arm it, which under load
+    /// would be most of the server's context switches. Then the source takes over again.
     private func readinessReported() {
         guard !pollingItself else { return }
         pollingItself = true
@@ -131,12 +138,20 @@ public final class EventLoop: @unchecked Sendable {
 
     private func pollTurn() {
         if drainReadiness() {
-            // After the work this turn queued (lease decisions, closes), poll again.
-            queue.async { [unowned self] in pollTurn() }
+            dryPollsSince = 0
         } else {
-            pollingItself = false
-            epollSource?.resume()
+            // Real time, not the loop clock: this bounds CPU spent, and a test's clock stands still.
+            let now = Posix.monotonicNanoseconds()
+            if dryPollsSince == 0 { dryPollsSince = now }
+            if now - dryPollsSince >= Self.dryPollingNanoseconds {
+                dryPollsSince = 0
+                pollingItself = false
+                epollSource?.resume()
+                return
+            }
         }
+        // After the work this turn queued (lease decisions, closes), poll again.
+        queue.async { [unowned self] in pollTurn() }
     }
 
     /// Handles ready descriptors, a bounded number of batches a turn so that timers and queued

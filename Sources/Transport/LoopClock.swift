@@ -64,22 +64,38 @@ public final class SystemClock: LoopClock {
 }
 
 private final class DispatchLoopTimer: LoopTimer, @unchecked Sendable {
+    /// Deadlines are rounded up to a tick of this length. They are timeouts of a second or more,
+    /// and a loop's heap keeps the entries of connections already closed until they come due:
+    /// under churn, a timer armed for each of them would fire (and wake Dispatch's manager thread
+    /// to re-arm it) for every closed connection.
+    static let tick: UInt64 = 4_000_000
+
     private let source: DispatchSourceTimer
+    /// The tick the source is set for; `.max` = none (never set, or fired since).
+    private var scheduledTick: UInt64 = .max
 
     init(queue: DispatchQueue, handler: @escaping @Sendable () -> Void) {
         source = DispatchSource.makeTimerSource(queue: queue)
-        source.setEventHandler(handler: handler)
         source.schedule(deadline: .distantFuture)
+        source.setEventHandler { [weak self] in
+            self?.scheduledTick = .max
+            handler()
+        }
         source.activate()
     }
 
     func schedule(at deadline: UInt64) {
         guard deadline != .max else {
+            scheduledTick = .max
             source.schedule(deadline: .distantFuture)
             return
         }
+        let (roundedUp, overflow) = deadline.addingReportingOverflow(Self.tick - 1)
+        let tick = overflow ? deadline : roundedUp / Self.tick * Self.tick
+        guard tick != scheduledTick else { return }
+        scheduledTick = tick
         let now = Posix.monotonicNanoseconds()
-        let delay = deadline > now ? deadline - now : 0
+        let delay = tick > now ? tick - now : 0
         source.schedule(deadline: .now() + .nanoseconds(Int(clamping: delay)), leeway: .milliseconds(1))
     }
 
