@@ -217,6 +217,22 @@ def test_plain_http_on_the_tls_port_fails_cleanly_and_the_server_goes_on(tls_ser
     assert curl(pki, f"{tls_server.https}/healthz").stdout == "ok\n"
 
 
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2])
+def test_the_server_offers_no_session_resumption(tls_server, pki, version):
+    # Our clients never resume, and a session ticket costs every connection memory for its life.
+    context = pki.context()
+    context.maximum_version = version
+    with socket.create_connection(("127.0.0.1", tls_server.tls_port), timeout=DEADLINE) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost") as tls:
+        tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := tls.recv(4096):  # TLS 1.3 tickets arrive after the handshake: read to the end
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        assert tls.version() == {ssl.TLSVersion.TLSv1_3: "TLSv1.3", ssl.TLSVersion.TLSv1_2: "TLSv1.2"}[version]
+        assert not tls.session.has_ticket
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_tls_1_1_is_refused(tls_server, pki):
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

@@ -67,7 +67,7 @@ public final class TLSServerContext: @unchecked Sendable {
         var ok = false
         defer { if !ok { SSL_CTX_free(context) } }
         try configureCommon(context)
-        _ = leasehold_ssl_ctx_no_session_cache(context)
+        _ = leasehold_ssl_ctx_no_resumption(context)
         guard SSL_CTX_use_certificate_chain_file(context, certificate) == 1 else {
             throw .openSSL("cannot load the certificate (chain) from \(certificate)")
         }
