@@ -131,7 +131,10 @@ final class WatchHub: @unchecked Sendable {
                 guard let loop = watcher.loop else { continue }
                 byLoop[ObjectIdentifier(loop), default: (loop, [])].1.append(watcher)
             }
-            for (loop, watchers) in byLoop.values { Self.offer(message, to: watchers[...], on: loop) }
+            // A few watchers per loop turn: a grant waits for a handful of snapshot writes, not a hundred.
+            for (loop, watchers) in byLoop.values {
+                loop.forEach(watchers[...], perTurn: Self.offersPerTurn) { $0.offer(message) }
+            }
         }
     }
 }
@@ -139,16 +142,6 @@ final class WatchHub: @unchecked Sendable {
 extension WatchHub {
     /// Watchers a loop sends a snapshot to before it looks at its sockets again.
     static let offersPerTurn = 8
-
-    /// Offers `message` to watchers of one loop a few at a time, each batch queued behind the
-    /// loop's other work: a grant waits for a handful of snapshot writes, not a hundred.
-    private static func offer(_ message: SharedMessage, to watchers: ArraySlice<WatchSession>, on loop: EventLoop) {
-        loop.execute {
-            for watcher in watchers.prefix(offersPerTurn) { watcher.offer(message) }
-            let rest = watchers.dropFirst(offersPerTurn)
-            if !rest.isEmpty { offer(message, to: rest, on: loop) }
-        }
-    }
 }
 
 /// One `/v1/watch` WebSocket. Holds at most one unsent snapshot (the latest) when the peer reads

@@ -176,6 +176,17 @@ public final class EventLoop: @unchecked Sendable {
         queue.async(execute: work)
     }
 
+    /// Runs `body` for each of `items` on this loop, `perTurn` at a time, each batch queued behind
+    /// the loop's other work: a long list holds up the loop's sockets (and a grant) for one batch.
+    public func forEach<Element: Sendable>(_ items: ArraySlice<Element>, perTurn: Int,
+                                           _ body: @escaping @Sendable (Element) -> Void) {
+        execute { [self] in
+            for item in items.prefix(perTurn) { body(item) }
+            let rest = items.dropFirst(perTurn)
+            if !rest.isEmpty { forEach(rest, perTurn: perTurn, body) }
+        }
+    }
+
     /// The loop clock's time, in monotonic nanoseconds.
     public func now() -> UInt64 { clock.now() }
 

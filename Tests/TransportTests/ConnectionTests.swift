@@ -31,14 +31,14 @@ struct ConnectionTests {
         let recorder = Recorder()
         let peer: TestSocket
 
-        init(maxOutputBytes: Int = 1 << 20) throws {
+        init(maxOutputBytes: Int = 1 << 20, kernelBufferBytes: Int32 = 16 * 1024) throws {
             var fds: [Int32] = [-1, -1]
             guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else {
                 throw TestClientError("socketpair: errno \(errno)")
             }
             _ = fcntl(fds[0], F_SETFL, fcntl(fds[0], F_GETFL) | O_NONBLOCK)
             // Small kernel buffers, so a peer that does not read makes output queue up here quickly.
-            var size: Int32 = 16 * 1024
+            var size = kernelBufferBytes
             setsockopt(fds[0], SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
             setsockopt(fds[1], SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
             let loop = ConnectionTests.loop
@@ -104,6 +104,24 @@ struct ConnectionTests {
             connection.write(big)
         }
         #expect(await eventually { pair.recorder.closes.withLock { $0 } == [.outputOverflow] })
+    }
+
+    @Test("one turn of the loop writes at most a slice to one socket; the rest follows in later turns")
+    func oneTurnWritesOneSlice() async throws {
+        // Kernel buffers far bigger than a slice (Linux caps them at twice wmem_max).
+        let pair = try Pair(maxOutputBytes: 8 << 20, kernelBufferBytes: 4 << 20)
+        let big = Self.pattern(1_000_000)
+        let connection = pair.connection
+        let pendingAfterTheTurn = pair.loop.queue.sync {
+            connection.write(big)
+            return connection.pendingOutputBytes
+        }
+        #expect(pendingAfterTheTurn < big.count, "the write did not start")
+        #expect(pendingAfterTheTurn >= big.count - Connection.writeSlice, "\(big.count - pendingAfterTheTurn) bytes in one turn")
+        try await pair.peer.fill(to: big.count)
+        #expect(pair.peer.take(big.count) == big)
+        #expect(await eventually { pair.pendingOutputBytes == 0 })
+        pair.onLoop { $0.close(.abort) }
     }
 
     @Test("a graceful close sends what is queued, then end of stream, and tells the delegate once")

@@ -77,4 +77,20 @@ struct EventLoopTests {
         }
         if let token { loop.queue.sync { loop.unwatch(fds[0], token: token) } }
     }
+
+    @Test("a long list is worked through a few items per turn, each batch behind the loop's other work")
+    func forEachTakesTurns() {
+        let loop = EventLoop(index: 0, label: "event-loop-tests.batches")
+        let order = Locked<[String]>([])
+        loop.queue.sync {
+            loop.forEach(Array(0..<20)[...], perTurn: 8) { item in order.withLock { $0.append("\(item)") } }
+            // Queued after the first batch: the rest must wait behind it.
+            loop.execute { order.withLock { $0.append("other work") } }
+        }
+        loop.queue.sync {}  // the first batch and the other work
+        loop.queue.sync {}  // the second batch, queued by the first behind the other work
+        loop.queue.sync {}  // the third
+        let expected = (0..<8).map(String.init) + ["other work"] + (8..<20).map(String.init)
+        #expect(order.withLock { $0 } == expected)
+    }
 }
