@@ -609,7 +609,7 @@ class Churn:
                     act_at = time.monotonic() + hold_time
             elif kind == "revoked":
                 if grant is None or event.get("lease") != lease or not event.get("reason"):
-                    self.problems.add(f"{label}: revoked without a grant or with a bad body: {event}")
+                    self.problems.add(f"{label}: revoked without a grant or with a bad body: {event} {trace}")
                 elif grant["stopped_at"] is None:
                     grant["stopped_at"] = time.monotonic()
                 if grant is not None:
@@ -915,9 +915,25 @@ def churn_server(tmp_path):
     args = ["--loops", loops] if loops else []
     if DEAD_AFTER:
         args += ["--ping-interval", str(max(0.5, DEAD_AFTER / 3)), "--dead-after", str(DEAD_AFTER)]
-    server = Server(tmp_path, inventory_yaml(FULL_VARIANT, 0), args)
+    server = Server(tmp_path, inventory_yaml(FULL_VARIANT, 0), args + ["--audit-file", str(tmp_path / "audit.jsonl")])
+    server.journal = tmp_path / "audit.jsonl"
     yield server
     server.stop()
+
+
+def revoked_by_the_server(journal, lease):
+    """Whether the server's audit journal says `lease` was revoked, once it has the lease's end
+    (appends are batched: wait for it). A holder may act on its lease before it reads a revoke
+    that is already on its way, so its own record can miss one."""
+    deadline = time.monotonic() + 30
+    while True:
+        events = set()
+        for line in journal.read_text().splitlines():
+            if f'"{lease}"' in line:
+                events.add(json.loads(line).get("event"))
+        if events - {"granted", "revoking"} or time.monotonic() > deadline:
+            return bool(events & {"revoked", "revoking"})
+        time.sleep(0.1)
 
 
 def test_churn_safety_and_liveness(churn_server):
@@ -945,12 +961,16 @@ def test_churn_safety_and_liveness(churn_server):
         if len(set(epochs)) != len(epochs):
             churn.problems.add(f"{name}: epoch granted twice: {epochs}")
         for (e1, g1), (e2, g2) in zip(entries, entries[1:]):
+            if not g1["revoked"] and (g2["granted_at"] < g1["granted_at"] or
+                                      (g1["stopped_at"] is not None and g2["granted_at"] < g1["stopped_at"])):
+                g1["revoked"] = revoked_by_the_server(server.journal, g1["lease"])
             # A grant its client had already given up on (it closed or released while waiting and
             # the grant crossed that) ended before the client read it: with every client on one
             # event loop, a later grant to another client may then be read first.
             given_up = g1["stopped_at"] is not None and g1["stopped_at"] <= g1["granted_at"]
             if g2["granted_at"] < g1["granted_at"] and not g1["revoked"] and not given_up:
-                churn.problems.add(f"{name}: epoch {e2} granted before epoch {e1}")
+                churn.problems.add(f"{name}: epoch {e2} granted before epoch {e1} {g1['label']} {g1['trace']} "
+                                   f"{g2['label']} {g2['trace']}")
             if not g1["revoked"] and g1["stopped_at"] is not None and g2["granted_at"] < g1["stopped_at"]:
                 churn.problems.add(f"{name}: {g2['label']} granted epoch {e2} while {g1['label']} "
                                    f"still held epoch {e1} ({g1['stopped_at'] - g2['granted_at']:.3f} s overlap)"
