@@ -64,6 +64,8 @@ import Transport
         let revoked = try #require(Self.entry("revoked", in: entries))
         #expect(revoked.metadata["lease.id"] == lease)
         holder.close()
+        // The limit counts the holder's connection until the server has seen it close.
+        try await server.waitForOpenConnections(0)
 
         let (first, _) = try await server.hold(#"[{"name":"switch-02"}]"#)
         let (second, _) = try await server.hold(#"[{"name":"switch-01"}]"#)
