@@ -150,8 +150,9 @@ public final class EventLoop: @unchecked Sendable {
                 return
             }
         }
-        // After the work this turn queued (lease decisions, closes), poll again.
-        queue.async { [unowned self] in pollTurn() }
+        // After the work this turn queued (lease decisions, closes), poll again. The loop stays
+        // alive until it has handed its wait back (it may be let go of meanwhile).
+        queue.async { [self] in pollTurn() }
     }
 
     /// Handles ready descriptors, a bounded number of batches a turn so that timers and queued
