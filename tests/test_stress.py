@@ -921,19 +921,16 @@ def churn_server(tmp_path):
     server.stop()
 
 
-def revoked_by_the_server(journal, lease):
-    """Whether the server's audit journal says `lease` was revoked, once it has the lease's end
-    (appends are batched: wait for it). A holder may act on its lease before it reads a revoke
-    that is already on its way, so its own record can miss one."""
-    deadline = time.monotonic() + 30
-    while True:
-        events = set()
-        for line in journal.read_text().splitlines():
-            if f'"{lease}"' in line:
-                events.add(json.loads(line).get("event"))
-        if events - {"granted", "revoking"} or time.monotonic() > deadline:
-            return bool(events & {"revoked", "revoking"})
-        time.sleep(0.1)
+def leases_revoked_by_the_server(journal):
+    """The leases the server's audit journal says were revoked (read after the server stopped, so
+    every line is written). A holder may act on its lease before it reads a revoke that is already
+    on its way, so its own record can miss one."""
+    revoked = set()
+    for line in journal.read_text().splitlines():
+        entry = json.loads(line)
+        if entry.get("event") in ("revoked", "revoking"):
+            revoked.add(entry.get("lease"))
+    return revoked
 
 
 def test_churn_safety_and_liveness(churn_server):
@@ -949,32 +946,6 @@ def test_churn_safety_and_liveness(churn_server):
     samples = max(1, churn.samples + churn.watch_snapshots)
     print("mean per snapshot:", {k: round(v / samples, 1) for k, v in sorted(churn.state_counts.items())})
 
-    # Safety from the clients' side: per name, grants ordered by epoch never overlap in time
-    # (unless the earlier one was revoked, when the server does not wait for the holder).
-    by_name = {}
-    for grant in churn.grants:
-        for name, epoch in grant["epochs"].items():
-            by_name.setdefault(name, []).append((epoch, grant))
-    for name, entries in by_name.items():
-        entries.sort(key=lambda e: e[0])
-        epochs = [e for e, _ in entries]
-        if len(set(epochs)) != len(epochs):
-            churn.problems.add(f"{name}: epoch granted twice: {epochs}")
-        for (e1, g1), (e2, g2) in zip(entries, entries[1:]):
-            if not g1["revoked"] and (g2["granted_at"] < g1["granted_at"] or
-                                      (g1["stopped_at"] is not None and g2["granted_at"] < g1["stopped_at"])):
-                g1["revoked"] = revoked_by_the_server(server.journal, g1["lease"])
-            # A grant its client had already given up on (it closed or released while waiting and
-            # the grant crossed that) ended before the client read it: with every client on one
-            # event loop, a later grant to another client may then be read first.
-            given_up = g1["stopped_at"] is not None and g1["stopped_at"] <= g1["granted_at"]
-            if g2["granted_at"] < g1["granted_at"] and not g1["revoked"] and not given_up:
-                churn.problems.add(f"{name}: epoch {e2} granted before epoch {e1} {g1['label']} {g1['trace']} "
-                                   f"{g2['label']} {g2['trace']}")
-            if not g1["revoked"] and g1["stopped_at"] is not None and g2["granted_at"] < g1["stopped_at"]:
-                churn.problems.add(f"{name}: {g2['label']} granted epoch {e2} while {g1['label']} "
-                                   f"still held epoch {e1} ({g1['stopped_at'] - g2['granted_at']:.3f} s overlap)"
-                                   f" {g1['trace']} {g2['trace']}")
     if stuck:
         churn.problems.add(f"{len(stuck)} waiters not granted within 8 s of the all-clear: {stuck[:5]}")
     if unfinished:
@@ -1009,6 +980,33 @@ def test_churn_safety_and_liveness(churn_server):
         churn.problems.add(str(error))
     assert http(server.port, "GET", "/healthz")[0] == 200
     server.assert_alive()
+    server.stop()  # the journal is whole once the server has stopped
+    revoked = leases_revoked_by_the_server(server.journal)
+
+    # Safety from the clients' side: per name, grants ordered by epoch never overlap in time
+    # (unless the earlier one was revoked, when the server does not wait for the holder).
+    by_name = {}
+    for grant in churn.grants:
+        for name, epoch in grant["epochs"].items():
+            by_name.setdefault(name, []).append((epoch, grant))
+    for name, entries in by_name.items():
+        entries.sort(key=lambda e: e[0])
+        epochs = [e for e, _ in entries]
+        if len(set(epochs)) != len(epochs):
+            churn.problems.add(f"{name}: epoch granted twice: {epochs}")
+        for (e1, g1), (e2, g2) in zip(entries, entries[1:]):
+            g1["revoked"] = g1["revoked"] or g1["lease"] in revoked
+            # A grant its client had already given up on (it closed or released while waiting and
+            # the grant crossed that) ended before the client read it: with every client on one
+            # event loop, a later grant to another client may then be read first.
+            given_up = g1["stopped_at"] is not None and g1["stopped_at"] <= g1["granted_at"]
+            if g2["granted_at"] < g1["granted_at"] and not g1["revoked"] and not given_up:
+                churn.problems.add(f"{name}: epoch {e2} granted before epoch {e1} {g1['label']} {g1['trace']} "
+                                   f"{g2['label']} {g2['trace']}")
+            if not g1["revoked"] and g1["stopped_at"] is not None and g2["granted_at"] < g1["stopped_at"]:
+                churn.problems.add(f"{name}: {g2['label']} granted epoch {e2} while {g1['label']} "
+                                   f"still held epoch {e1} ({g1['stopped_at'] - g2['granted_at']:.3f} s overlap)"
+                                   f" {g1['trace']} {g2['trace']}")
     assert len(churn.grants) > 200, "the churn granted too little to mean anything"
     assert not churn.problems.items, "\n".join(churn.problems.items[:60])
 

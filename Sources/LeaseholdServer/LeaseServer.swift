@@ -211,9 +211,6 @@ public final class LeaseServer: HTTPRequestHandler, @unchecked Sendable {
     /// The most connections this server takes (see `HTTPServer.connectionCapacity`).
     public var connectionCapacity: Int { http.connectionCapacity }
 
-    /// Connections open now, counted as the connection limits count them.
-    public var openConnections: Int { http.openConnections }
-
     /// Bytes read from clients and processed so far (see `EventLoopGroup.bytesRead`).
     public var bytesReceived: UInt64 { group.bytesRead }
 

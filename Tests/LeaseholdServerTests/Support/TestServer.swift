@@ -190,16 +190,6 @@ final class TestServer: @unchecked Sendable {
         }
     }
 
-    /// Waits until the server counts `count` open connections (a closed client's connection
-    /// ends on the server's loop, after the client's call has returned).
-    func waitForOpenConnections(_ count: Int) async throws {
-        let deadline = Date().addingTimeInterval(liveness)
-        while server.openConnections != count {
-            if Date() > deadline { throw TestTimeout(what: "\(count) open connections (\(server.openConnections) open)") }
-            try await Task.sleep(nanoseconds: 5_000_000)
-        }
-    }
-
     /// Advances the manual clock by `step` (a ping interval), then waits until the server has
     /// read the pongs that the pings drew from live clients: they count as heard before time
     /// moves on. Only for tests whose other clients send nothing meanwhile.
